@@ -1,0 +1,367 @@
+//! `vwctl`: command-line client of a VirtualWire fabric.
+
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use vw_ctl::proto::{EncapName, EndpointInfo, EndpointSpec, Stats, Status, WireInfo};
+use vw_ctl::{Client, ClientError, Request};
+
+/// Control a VirtualWire fabric (vwfabric) through its control socket.
+///
+/// A wire is a point-to-point layer-2 cable between two endpoints. Connect
+/// two local endpoints for a loopback wire, or an endpoint and a remote
+/// fabric's VTEP address for an encap wire; run the same connect (same wire
+/// id) on both hosts.
+#[derive(Parser, Debug)]
+#[command(name = "vwctl", version, after_help = EXAMPLES)]
+struct Cli {
+    /// Control socket of the fabric.
+    #[arg(short, long, env = "VWCTL_SOCKET", default_value = vw_ctl::DEFAULT_SOCKET, global = true)]
+    socket: String,
+    /// Print the result as JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  vwctl endpoint add vm1 net_tap0,iface=vm1      # a net_tap device as endpoint vm1
+  vwctl connect 7 vm1 vm2                        # loopback wire 7 between vm1 and vm2
+  vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
+  vwctl wire list
+  vwctl stats --json | jq .drops";
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the fabric: uplink, VTEP, workers, neighbours, mbuf usage.
+    Status,
+    /// Add, remove or list endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Connect wire WIRE between ENDPOINT and PEER.
+    ///
+    /// PEER is another local endpoint (loopback wire) or the IPv4 address of
+    /// a remote fabric's VTEP (encap wire). WIRE is the 32-bit connector ID
+    /// both ends of an encap wire use; vxlan wires need WIRE < 16777216.
+    Connect {
+        /// Wire id (connector ID), 0 to 4294967295.
+        wire: u32,
+        /// Local endpoint.
+        endpoint: String,
+        /// Local endpoint name, or remote VTEP IPv4 address.
+        peer: String,
+        /// Tunnel format of an encap wire.
+        #[arg(long, value_enum)]
+        encap: Option<EncapArg>,
+    },
+    /// Disconnect wire WIRE (traffic on it stops; the endpoints stay).
+    Disconnect {
+        /// Wire id.
+        wire: u32,
+    },
+    /// List wires.
+    #[command(subcommand)]
+    Wire(WireCmd),
+    /// Counters: per port, per wire, per worker, drops by reason.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Hot-plug a DPDK device and make it endpoint NAME.
+    Add {
+        /// Endpoint name (1-32 of A-Z a-z 0-9 _ . -).
+        name: String,
+        /// DPDK device arguments, e.g. `net_tap0,iface=vm1` or a PCI address.
+        devargs: String,
+    },
+    /// Remove endpoint NAME and its device (disconnect its wire first).
+    Del {
+        /// Endpoint name.
+        name: String,
+    },
+    /// List endpoints.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum WireCmd {
+    /// List wires with their kind, ends, state and counters.
+    List,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum EncapArg {
+    /// VirtualWire connector format (UDP + 32-bit connector ID).
+    Vwire,
+    /// RFC 7348 VXLAN (UDP 4789, VNI = wire id).
+    Vxlan,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let request = match &cli.command {
+        Command::Status => Request::Status,
+        Command::Endpoint(EndpointCmd::Add { name, devargs }) => {
+            Request::EndpointAdd { name: name.clone(), spec: EndpointSpec::Dpdk { devargs: devargs.clone() } }
+        }
+        Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
+        Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
+        Command::Connect { wire, endpoint, peer, encap } => Request::Connect {
+            wire: *wire,
+            endpoint: endpoint.clone(),
+            peer: peer.clone(),
+            encap: encap.map(|e| match e {
+                EncapArg::Vwire => EncapName::Vwire,
+                EncapArg::Vxlan => EncapName::Vxlan,
+            }),
+        },
+        Command::Disconnect { wire } => Request::Disconnect { wire: *wire },
+        Command::Wire(WireCmd::List) => Request::WireList,
+        Command::Stats => Request::Stats,
+    };
+    let mut client = match Client::connect(&cli.socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vwctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let reply = match client.call(&request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vwctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    if cli.json {
+        let out =
+            if reply.ok { reply.result.clone().unwrap_or_default() } else { serde_json::to_value(&reply).unwrap() };
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return if reply.ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
+    if !reply.ok {
+        let e = reply.error.unwrap();
+        eprintln!("vwctl: {} ({})", e.message, e.code.as_str());
+        return ExitCode::from(1);
+    }
+    let result = reply.result.unwrap_or_default();
+    let printed = match &cli.command {
+        Command::Status => serde_json::from_value(result).map(|s| print_status(&s)),
+        Command::Endpoint(EndpointCmd::Add { .. }) => {
+            serde_json::from_value(result).map(|e: EndpointInfo| print_endpoints(std::slice::from_ref(&e)))
+        }
+        Command::Endpoint(EndpointCmd::List) => {
+            serde_json::from_value(result).map(|v: Vec<EndpointInfo>| print_endpoints(&v))
+        }
+        Command::Connect { .. } => {
+            serde_json::from_value(result).map(|w: WireInfo| print_wires(std::slice::from_ref(&w)))
+        }
+        Command::Wire(WireCmd::List) => serde_json::from_value(result).map(|v: Vec<WireInfo>| print_wires(&v)),
+        Command::Stats => serde_json::from_value(result).map(|s| print_stats(&s)),
+        Command::Endpoint(EndpointCmd::Del { name }) => {
+            println!("endpoint {name} removed");
+            Ok(())
+        }
+        Command::Disconnect { wire } => {
+            println!("wire {wire} disconnected");
+            Ok(())
+        }
+    };
+    if let Err(e) = printed {
+        eprintln!("vwctl: {}", ClientError::Protocol(e.to_string()));
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints rows as a left-aligned table with a header line.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_status(s: &Status) {
+    println!("vwfabric {} pid {} up {}s, socket {}", s.version, s.pid, s.uptime_s, s.socket);
+    let lcores: Vec<String> = s.workers.iter().map(|w| w.lcore.to_string()).collect();
+    let mode =
+        if s.idle_sleep_us == 0 { "busy polling".to_string() } else { format!("idle back-off {}us", s.idle_sleep_us) };
+    println!("workers: {} on lcores {} ({mode})", s.workers.len(), lcores.join(","));
+    match &s.uplink {
+        Some(u) => {
+            println!(
+                "uplink: port {} {} mac {} link {} mtu {}",
+                u.port,
+                u.devargs,
+                u.mac,
+                if u.link_up { "up" } else { "down" },
+                u.mtu
+            );
+            println!(
+                "vtep: {} gateway {} udp ports vwire {} vxlan {}",
+                u.vtep,
+                u.gateway.as_deref().unwrap_or("-"),
+                u.vwire_port,
+                u.vxlan_port
+            );
+        }
+        None => println!("uplink: none (loopback wires only)"),
+    }
+    println!(
+        "endpoints: {}  wires: {}  mbufs in use: {} of {}",
+        s.endpoints, s.wires, s.mempool.in_use, s.mempool.size
+    );
+    if !s.neighbours.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .neighbours
+            .iter()
+            .map(|n| {
+                vec![
+                    n.ip.clone(),
+                    n.mac.clone().unwrap_or_else(|| "-".into()),
+                    n.state.clone(),
+                    n.wires.to_string(),
+                    n.requests.to_string(),
+                ]
+            })
+            .collect();
+        table(&["NEIGHBOUR", "MAC", "STATE", "WIRES", "ARP-REQUESTS"], &rows);
+    }
+}
+
+fn print_endpoints(v: &[EndpointInfo]) {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|e| {
+            let EndpointSpec::Dpdk { devargs } = &e.spec;
+            vec![
+                e.name.clone(),
+                e.port.to_string(),
+                e.driver.clone(),
+                devargs.clone(),
+                e.mac.clone(),
+                if e.link_up { "up".into() } else { "down".into() },
+                e.mtu.to_string(),
+                e.wire.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "MTU", "WIRE"], &rows);
+}
+
+fn print_wires(v: &[WireInfo]) {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|w| {
+            vec![
+                w.wire.to_string(),
+                match w.encap {
+                    Some(e) => format!("{} ({e})", w.kind),
+                    None => w.kind.clone(),
+                },
+                w.endpoint.clone(),
+                w.peer.clone(),
+                w.state.clone(),
+                w.forward.frames.to_string(),
+                w.forward.bytes.to_string(),
+                w.reverse.frames.to_string(),
+                w.reverse.bytes.to_string(),
+                w.dropped.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["WIRE", "KIND", "ENDPOINT", "PEER", "STATE", "FWD-FRAMES", "FWD-BYTES", "REV-FRAMES", "REV-BYTES", "DROPPED"],
+        &rows,
+    );
+}
+
+fn nonzero(m: &BTreeMap<String, u64>) -> Vec<Vec<String>> {
+    m.iter().filter(|(_, v)| **v != 0).map(|(k, v)| vec![k.clone(), v.to_string()]).collect()
+}
+
+fn print_stats(s: &Stats) {
+    let rows: Vec<Vec<String>> = s
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.port.to_string(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                p.rx_missed.to_string(),
+                (p.rx_errors + p.rx_nombuf).to_string(),
+                p.tx_errors.to_string(),
+                p.tx_dropped.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PORT",
+            "ID",
+            "RX-PKTS",
+            "RX-BYTES",
+            "TX-PKTS",
+            "TX-BYTES",
+            "RX-MISSED",
+            "RX-ERRORS",
+            "TX-ERRORS",
+            "TX-DROPPED",
+        ],
+        &rows,
+    );
+    println!();
+    print_wires(&s.wires);
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            let busy = if w.polls == 0 { 0.0 } else { 100.0 * w.busy_polls as f64 / w.polls as f64 };
+            let drops: u64 = w.drops.values().sum();
+            vec![
+                w.index.to_string(),
+                w.lcore.to_string(),
+                w.polls.to_string(),
+                format!("{busy:.1}%"),
+                w.rx_frames.to_string(),
+                w.tx_frames.to_string(),
+                drops.to_string(),
+                w.sleeps.to_string(),
+            ]
+        })
+        .collect();
+    table(&["WORKER", "LCORE", "POLLS", "BUSY", "RX-FRAMES", "TX-FRAMES", "DROPS", "SLEEPS"], &rows);
+    let handled = nonzero(&s.handled);
+    if !handled.is_empty() {
+        println!();
+        table(&["HANDLED", "FRAMES"], &handled);
+    }
+    let drops = nonzero(&s.drops);
+    println!();
+    if drops.is_empty() {
+        println!("drops: none");
+    } else {
+        table(&["DROP-REASON", "FRAMES"], &drops);
+    }
+    println!();
+    println!("mbufs in use: {} of {}", s.mempool.in_use, s.mempool.size);
+}

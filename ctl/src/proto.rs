@@ -1,0 +1,433 @@
+//! Requests and replies of the control socket.
+//!
+//! A request is a JSON object with a `"cmd"` member naming the command; the
+//! reply is `{"ok":true,"result":...}` or
+//! `{"ok":false,"error":{"code":"...","message":"..."}}`. A refused request
+//! changes nothing. See `docs/control.md` for examples of every command.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Tunnel format of an encap wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncapName {
+    /// The VirtualWire connector format: UDP + 32-bit connector ID.
+    #[default]
+    Vwire,
+    /// RFC 7348 VXLAN, VNI = connector ID.
+    Vxlan,
+}
+
+impl fmt::Display for EncapName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncapName::Vwire => "vwire",
+            EncapName::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// How an endpoint's device is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EndpointSpec {
+    /// Any DPDK device given by devargs (`net_tap0,iface=vm1`, a PCI address).
+    Dpdk {
+        /// Device arguments as for `--vdev`/`-a`.
+        devargs: String,
+    },
+}
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Fabric identity, uplink, workers, neighbours.
+    Status,
+    /// Hot-plug a device and make it an endpoint.
+    EndpointAdd {
+        /// Endpoint name (1-32 of `[A-Za-z0-9_.-]`).
+        name: String,
+        /// The device.
+        spec: EndpointSpec,
+    },
+    /// Remove an endpoint (it must carry no wire) and its device.
+    EndpointDel {
+        /// Endpoint name.
+        name: String,
+    },
+    /// List endpoints.
+    EndpointList,
+    /// Connect a wire.
+    Connect {
+        /// Wire id, which is also the connector ID on the underlay.
+        wire: u32,
+        /// The local endpoint at this end.
+        endpoint: String,
+        /// Another local endpoint (loopback wire) or a remote VTEP IPv4 address (encap wire).
+        peer: String,
+        /// Tunnel format for a remote peer (default vwire); refused for a local peer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encap: Option<EncapName>,
+    },
+    /// Disconnect a wire.
+    Disconnect {
+        /// Wire id.
+        wire: u32,
+    },
+    /// List wires with their counters.
+    WireList,
+    /// All counters.
+    Stats,
+}
+
+/// Stable error codes (the `code` member of an error reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is not valid JSON or not a known command.
+    BadRequest,
+    /// The request is larger than the server accepts.
+    TooLarge,
+    /// The client took too long to send a complete request.
+    Timeout,
+    /// An argument is invalid.
+    InvalidArgument,
+    /// The named endpoint does not exist.
+    NoSuchEndpoint,
+    /// The endpoint name is taken.
+    EndpointExists,
+    /// The endpoint carries a wire.
+    EndpointBusy,
+    /// The wire does not exist.
+    NoSuchWire,
+    /// The wire id is taken.
+    WireExists,
+    /// Encap wires need an uplink and this fabric has none.
+    NoUplink,
+    /// DPDK refused (device probe, port setup...).
+    DeviceError,
+    /// The fabric is shutting down or too busy.
+    Unavailable,
+    /// Too many clients are connected.
+    TooManyClients,
+}
+
+impl ErrorCode {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NoSuchEndpoint => "no_such_endpoint",
+            ErrorCode::EndpointExists => "endpoint_exists",
+            ErrorCode::EndpointBusy => "endpoint_busy",
+            ErrorCode::NoSuchWire => "no_such_wire",
+            ErrorCode::WireExists => "wire_exists",
+            ErrorCode::NoUplink => "no_uplink",
+            ErrorCode::DeviceError => "device_error",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooManyClients => "too_many_clients",
+        }
+    }
+}
+
+/// The error member of a refused request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// A reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The command's result when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why the request was refused when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    /// A success carrying `result`.
+    pub fn ok<T: Serialize>(result: &T) -> Reply {
+        match serde_json::to_value(result) {
+            Ok(v) => Reply { ok: true, result: Some(v), error: None },
+            Err(e) => Reply::err(ErrorCode::Unavailable, format!("cannot encode the reply: {e}")),
+        }
+    }
+
+    /// A refusal.
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply { ok: false, result: None, error: Some(ErrorBody { code, message: message.into() }) }
+    }
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// vwfabric version.
+    pub version: String,
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Control socket path.
+    pub socket: String,
+    /// Worker lcores.
+    pub workers: Vec<WorkerInfo>,
+    /// The uplink, if the fabric has one.
+    pub uplink: Option<UplinkStatus>,
+    /// Resolved and pending underlay neighbours.
+    pub neighbours: Vec<NeighbourInfo>,
+    /// Number of endpoints.
+    pub endpoints: usize,
+    /// Number of wires.
+    pub wires: usize,
+    /// Mbuf pool usage.
+    pub mempool: MempoolInfo,
+    /// Idle back-off in microseconds (0: busy polling).
+    pub idle_sleep_us: u64,
+}
+
+/// A worker lcore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Worker index (also its queue number on every port).
+    pub index: usize,
+    /// EAL lcore id.
+    pub lcore: u32,
+}
+
+/// The uplink port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    /// Device arguments it was created from.
+    pub devargs: String,
+    /// DPDK port id.
+    pub port: u16,
+    /// MAC address.
+    pub mac: String,
+    /// VTEP address with prefix length (`10.0.0.1/24`).
+    pub vtep: String,
+    /// Gateway for peers outside the subnet.
+    pub gateway: Option<String>,
+    /// Underlay MTU.
+    pub mtu: u16,
+    /// UDP port of the vwire format.
+    pub vwire_port: u16,
+    /// UDP port of the vxlan format.
+    pub vxlan_port: u16,
+    /// Link up.
+    pub link_up: bool,
+}
+
+/// An underlay neighbour the fabric resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighbourInfo {
+    /// IPv4 address.
+    pub ip: String,
+    /// MAC address, when resolved.
+    pub mac: Option<String>,
+    /// `incomplete`, `reachable` or `stale`.
+    pub state: String,
+    /// ARP requests sent for it.
+    pub requests: u64,
+    /// Wires that send through it.
+    pub wires: usize,
+}
+
+/// Mbuf pool usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MempoolInfo {
+    /// Mbufs in the pool.
+    pub size: u32,
+    /// Mbufs in use (in device rings, queues or in flight).
+    pub in_use: u32,
+}
+
+/// An endpoint (result of `endpoint add`, elements of `endpoint list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// Name.
+    pub name: String,
+    /// How it was created.
+    pub spec: EndpointSpec,
+    /// DPDK port id.
+    pub port: u16,
+    /// ethdev name.
+    pub device: String,
+    /// PMD.
+    pub driver: String,
+    /// MAC address of the port.
+    pub mac: String,
+    /// Link up.
+    pub link_up: bool,
+    /// MTU.
+    pub mtu: u16,
+    /// The wire it carries.
+    pub wire: Option<u32>,
+}
+
+/// One direction of a wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowCounters {
+    /// Frames delivered.
+    pub frames: u64,
+    /// Bytes delivered (inner frame bytes).
+    pub bytes: u64,
+}
+
+/// A wire (result of `connect`, elements of `wire list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireInfo {
+    /// Wire id (connector ID).
+    pub wire: u32,
+    /// `loopback` or `encap`.
+    pub kind: String,
+    /// The local endpoint named first.
+    pub endpoint: String,
+    /// The other end: a local endpoint or a remote VTEP.
+    pub peer: String,
+    /// Tunnel format of an encap wire.
+    pub encap: Option<EncapName>,
+    /// `up`, or `resolving` while the underlay next hop's MAC is unknown.
+    pub state: String,
+    /// Frames that entered at `endpoint` and left at `peer`.
+    pub forward: FlowCounters,
+    /// Frames that entered at `peer` and left at `endpoint`.
+    pub reverse: FlowCounters,
+    /// Frames dropped on this wire (too big, no headroom, peer unresolved, TX full).
+    pub dropped: u64,
+}
+
+/// Per-port counters in `stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    /// Endpoint name, or `uplink`.
+    pub name: String,
+    /// DPDK port id.
+    pub port: u16,
+    /// Device counters.
+    pub rx_packets: u64,
+    /// Device counters.
+    pub rx_bytes: u64,
+    /// Device counters.
+    pub tx_packets: u64,
+    /// Device counters.
+    pub tx_bytes: u64,
+    /// RX frames the device dropped (rings full).
+    pub rx_missed: u64,
+    /// RX errors reported by the device.
+    pub rx_errors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+    /// TX errors reported by the device.
+    pub tx_errors: u64,
+    /// Frames the fabric had for this port that the TX queue refused.
+    pub tx_dropped: u64,
+}
+
+/// Per-worker counters in `stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    /// Worker index.
+    pub index: usize,
+    /// EAL lcore id.
+    pub lcore: u32,
+    /// Poll loop iterations.
+    pub polls: u64,
+    /// Iterations that received at least one frame.
+    pub busy_polls: u64,
+    /// Idle back-off sleeps.
+    pub sleeps: u64,
+    /// Frames received from all ports.
+    pub rx_frames: u64,
+    /// Frames handed to TX queues.
+    pub tx_frames: u64,
+    /// Configuration snapshots taken.
+    pub config_updates: u64,
+    /// Frames the VTEP answered or consumed (ARP, ICMP echo), by kind.
+    pub handled: BTreeMap<String, u64>,
+    /// Frames dropped, by reason (only reasons with a non-zero count).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Result of `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per port.
+    pub ports: Vec<PortCounters>,
+    /// Per wire.
+    pub wires: Vec<WireInfo>,
+    /// Per worker.
+    pub workers: Vec<WorkerCounters>,
+    /// Drops by reason, summed over workers (every reason, zero or not).
+    pub drops: BTreeMap<String, u64>,
+    /// Handled frames by kind, summed over workers.
+    pub handled: BTreeMap<String, u64>,
+    /// Mbuf pool usage.
+    pub mempool: MempoolInfo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_encoding_is_the_documented_one() {
+        let r = Request::Connect {
+            wire: 7,
+            endpoint: "vm1".into(),
+            peer: "10.0.0.2".into(),
+            encap: Some(EncapName::Vxlan),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"connect","wire":7,"endpoint":"vm1","peer":"10.0.0.2","encap":"vxlan"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let add: Request = serde_json::from_str(
+            r#"{"cmd":"endpoint_add","name":"vm1","spec":{"type":"dpdk","devargs":"net_tap0,iface=vm1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            add,
+            Request::EndpointAdd {
+                name: "vm1".into(),
+                spec: EndpointSpec::Dpdk { devargs: "net_tap0,iface=vm1".into() }
+            }
+        );
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+    }
+
+    #[test]
+    fn unknown_commands_and_fields_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"disconnect","wire":7,"force":true}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"disconnect","wire":-1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"disconnect","wire":4294967296}"#).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let e = Reply::err(ErrorCode::NoSuchWire, "wire 9 does not exist");
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(s, r#"{"ok":false,"error":{"code":"no_such_wire","message":"wire 9 does not exist"}}"#);
+        let ok = Reply::ok(&MempoolInfo { size: 10, in_use: 2 });
+        let back: Reply = serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert!(back.ok && back.error.is_none());
+        assert_eq!(back.result.unwrap(), serde_json::json!({"size": 10, "in_use": 2}));
+        for code in [ErrorCode::BadRequest, ErrorCode::TooManyClients, ErrorCode::WireExists] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
+        }
+    }
+}

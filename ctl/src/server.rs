@@ -1,0 +1,419 @@
+//! The control socket server.
+//!
+//! One thread accepts connections; each client gets a thread that frames
+//! requests (one JSON object per line), refuses what is malformed, too large
+//! or too slow without involving the fabric, and passes every valid request
+//! to the fabric's control thread as a [`Job`]. The control thread handles
+//! jobs one at a time, so requests never race each other, and a slow or
+//! broken client only ever holds up its own thread.
+
+use crate::proto::{ErrorCode, Reply, Request};
+use crossbeam::channel::{bounded, Sender};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Server limits and socket settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Socket path.
+    pub path: PathBuf,
+    /// File mode of the socket (default 0660: owner and group may connect).
+    pub mode: u32,
+    /// Group that owns the socket, if not the process's.
+    pub group: Option<u32>,
+    /// Largest request line accepted, in bytes.
+    pub max_request: usize,
+    /// Time a client has to finish a request it has started sending.
+    pub request_timeout: Duration,
+    /// Time a connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// Time to wait for the control thread to answer.
+    pub reply_timeout: Duration,
+    /// Most clients connected at once.
+    pub max_clients: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `path`.
+    pub fn new(path: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            path: path.into(),
+            mode: 0o660,
+            group: None,
+            max_request: 64 * 1024,
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            reply_timeout: Duration::from_secs(60),
+            max_clients: 64,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process answers on the socket path.
+    #[error(
+        "another process is already serving {0} (a connection to it succeeded); stop it or choose another --socket"
+    )]
+    InUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot create the control socket {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// A request waiting for the control thread, with the way back to its client.
+#[derive(Debug)]
+pub struct Job {
+    /// The decoded request.
+    pub request: Request,
+    reply: Sender<Reply>,
+}
+
+impl Job {
+    /// Sends the reply to the waiting client (ignored if it has gone).
+    pub fn reply(self, reply: Reply) {
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// A running control socket server. Dropping it stops accepting and removes
+/// the socket file.
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io { path: path.to_owned(), source }
+}
+
+impl Server {
+    /// Binds the socket and starts serving; valid requests go to `jobs`.
+    pub fn start(cfg: ServerConfig, jobs: Sender<Job>) -> Result<Server, ServerError> {
+        let path = cfg.path.clone();
+        if path.exists() {
+            match UnixStream::connect(&path) {
+                Ok(_) => return Err(ServerError::InUse(path)),
+                // Nobody listens: a stale socket from a process that died.
+                Err(_) => std::fs::remove_file(&path).map_err(io_err(&path))?,
+            }
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(io_err(&path))?;
+            }
+        }
+        let listener = UnixListener::bind(&path).map_err(io_err(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode)).map_err(io_err(&path))?;
+        if let Some(gid) = cfg.group {
+            std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err(&path))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("vw-ctl-accept".into())
+            .spawn(move || accept_loop(listener, cfg, jobs, stop2))
+            .map_err(io_err(&path))?;
+        Ok(Server { path, stop, acceptor: Some(acceptor) })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(mut stream) = conn else { continue };
+        if active.load(Ordering::SeqCst) >= cfg.max_clients {
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+            let r = Reply::err(
+                ErrorCode::TooManyClients,
+                format!("{} clients are connected, the most this fabric serves at once; retry later", cfg.max_clients),
+            );
+            let _ = write_reply(&mut stream, &r);
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let (cfg, jobs, active2, stop2) = (cfg.clone(), jobs.clone(), active.clone(), stop.clone());
+        let spawned = std::thread::Builder::new().name("vw-ctl-client".into()).spawn(move || {
+            serve_client(stream, &cfg, &jobs, &stop2);
+            active2.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn write_reply(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Outcome of reading one request line.
+enum Line {
+    Request(Vec<u8>),
+    Closed,
+    Refused(Reply),
+}
+
+/// Reads one line, enforcing the size limit, the idle timeout before the
+/// first byte and the request timeout after it. `buf` keeps bytes read past
+/// the end of the line for the next call.
+fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>, cfg: &ServerConfig, stop: &AtomicBool) -> Line {
+    let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
+    let idle_since = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let rest = buf.split_off(pos + 1);
+            let mut line = std::mem::replace(buf, rest);
+            line.pop();
+            return Line::Request(line);
+        }
+        if buf.len() > cfg.max_request {
+            return Line::Refused(Reply::err(
+                ErrorCode::TooLarge,
+                format!(
+                    "request longer than {} bytes without a newline; requests are one JSON object per line",
+                    cfg.max_request
+                ),
+            ));
+        }
+        let deadline = match started {
+            Some(t) => t + cfg.request_timeout,
+            None => idle_since + cfg.idle_timeout,
+        };
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            return match started {
+                Some(_) => Line::Refused(Reply::err(
+                    ErrorCode::Timeout,
+                    format!(
+                        "request not completed within {:?}; send one JSON object followed by a newline",
+                        cfg.request_timeout
+                    ),
+                )),
+                None => Line::Closed,
+            };
+        };
+        if stop.load(Ordering::Relaxed) {
+            return Line::Closed;
+        }
+        // Wake at least every 200 ms to notice a server shutdown.
+        let _ = stream.set_read_timeout(Some(left.min(Duration::from_millis(200))));
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                // EOF: a last request without a trailing newline still counts.
+                if buf.iter().any(|b| !b.is_ascii_whitespace()) {
+                    return Line::Request(std::mem::take(buf));
+                }
+                return Line::Closed;
+            }
+            Ok(n) => {
+                if started.is_none() {
+                    started = Some(Instant::now());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => return Line::Closed,
+        }
+    }
+}
+
+fn serve_client(mut stream: UnixStream, cfg: &ServerConfig, jobs: &Sender<Job>, stop: &AtomicBool) {
+    let _ = stream.set_write_timeout(Some(cfg.request_timeout));
+    let mut buf = Vec::new();
+    loop {
+        let line = match read_line(&mut stream, &mut buf, cfg, stop) {
+            Line::Request(l) => l,
+            Line::Closed => return,
+            Line::Refused(reply) => {
+                let _ = write_reply(&mut stream, &reply);
+                return;
+            }
+        };
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let reply = match serde_json::from_slice::<Request>(&line) {
+            Err(e) => Reply::err(ErrorCode::BadRequest, format!("cannot decode the request: {e}")),
+            Ok(request) => {
+                let (tx, rx) = bounded(1);
+                if jobs.send(Job { request, reply: tx }).is_err() {
+                    Reply::err(ErrorCode::Unavailable, "the fabric is shutting down")
+                } else {
+                    rx.recv_timeout(cfg.reply_timeout)
+                        .unwrap_or_else(|_| Reply::err(ErrorCode::Unavailable, "the fabric did not answer in time"))
+                }
+            }
+        };
+        if write_reply(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam::channel::unbounded;
+    use std::io::{BufRead, BufReader};
+
+    fn temp_socket(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("vw-ctl-test-{}-{name}.sock", std::process::id()))
+    }
+
+    /// Starts a server whose "fabric" answers every request with its command name.
+    fn echo_server(cfg: ServerConfig) -> (Server, std::thread::JoinHandle<usize>) {
+        let (tx, rx) = unbounded::<Job>();
+        let server = Server::start(cfg, tx).unwrap();
+        let fabric = std::thread::spawn(move || {
+            let mut n = 0;
+            while let Ok(job) = rx.recv() {
+                n += 1;
+                let name = serde_json::to_value(&job.request).unwrap()["cmd"].as_str().unwrap().to_owned();
+                job.reply(Reply::ok(&name));
+            }
+            n
+        });
+        (server, fabric)
+    }
+
+    fn roundtrip(stream: &mut UnixStream, line: &[u8]) -> Reply {
+        stream.write_all(line).unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut s = String::new();
+        r.read_line(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap()
+    }
+
+    #[test]
+    fn serves_requests_and_refuses_garbage_without_bothering_the_fabric() {
+        let path = temp_socket("basic");
+        let (server, fabric) = echo_server(ServerConfig::new(&path));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let mut c = UnixStream::connect(&path).unwrap();
+        let r = roundtrip(&mut c, b"{\"cmd\":\"status\"}\n");
+        assert!(r.ok);
+        assert_eq!(r.result.unwrap(), serde_json::json!("status"));
+        let r = roundtrip(&mut c, b"this is not json\n");
+        assert_eq!(r.error.unwrap().code, ErrorCode::BadRequest);
+        let r = roundtrip(&mut c, b"{\"cmd\":\"wire_list\"}\n");
+        assert!(r.ok, "the connection stays usable after a bad request");
+        drop(c);
+        drop(server);
+        assert!(!path.exists(), "the socket file is removed on shutdown");
+        assert_eq!(fabric.join().unwrap(), 2, "only the two valid requests reached the fabric");
+    }
+
+    #[test]
+    fn oversized_and_slow_requests_are_refused_and_others_still_served() {
+        let path = temp_socket("limits");
+        let mut cfg = ServerConfig::new(&path);
+        cfg.max_request = 1024;
+        cfg.request_timeout = Duration::from_millis(300);
+        let (server, fabric) = echo_server(cfg);
+
+        let mut big = UnixStream::connect(&path).unwrap();
+        let r = roundtrip(&mut big, &vec![b'x'; 8192]);
+        assert_eq!(r.error.unwrap().code, ErrorCode::TooLarge);
+
+        let mut slow = UnixStream::connect(&path).unwrap();
+        slow.write_all(b"{\"cmd\":").unwrap();
+        // While the slow client dawdles, another is served at once.
+        let mut quick = UnixStream::connect(&path).unwrap();
+        let t = Instant::now();
+        assert!(roundtrip(&mut quick, b"{\"cmd\":\"stats\"}\n").ok);
+        assert!(t.elapsed() < Duration::from_millis(250));
+        let mut s = String::new();
+        BufReader::new(slow).read_line(&mut s).unwrap();
+        let r: Reply = serde_json::from_str(&s).unwrap();
+        assert_eq!(r.error.unwrap().code, ErrorCode::Timeout);
+        drop(quick);
+        drop(server);
+        assert_eq!(fabric.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_path_is_refused_and_a_stale_socket_is_replaced() {
+        let path = temp_socket("inuse");
+        let (server, fabric) = echo_server(ServerConfig::new(&path));
+        let (tx2, _rx2) = unbounded();
+        match Server::start(ServerConfig::new(&path), tx2) {
+            Err(ServerError::InUse(p)) => assert_eq!(p, path),
+            other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+        }
+        // The first server still works.
+        let mut c = UnixStream::connect(&path).unwrap();
+        assert!(roundtrip(&mut c, b"{\"cmd\":\"status\"}\n").ok);
+        drop(c);
+        drop(server);
+        fabric.join().unwrap();
+
+        // A stale socket file (nobody listening) is taken over.
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let (server, fabric) = echo_server(ServerConfig::new(&path));
+        let mut c = UnixStream::connect(&path).unwrap();
+        assert!(roundtrip(&mut c, b"{\"cmd\":\"status\"}\n").ok);
+        drop(c);
+        drop(server);
+        fabric.join().unwrap();
+    }
+
+    #[test]
+    fn too_many_clients_get_a_clear_refusal() {
+        let path = temp_socket("many");
+        let mut cfg = ServerConfig::new(&path);
+        cfg.max_clients = 2;
+        let (server, fabric) = echo_server(cfg);
+        let mut a = UnixStream::connect(&path).unwrap();
+        let mut b = UnixStream::connect(&path).unwrap();
+        assert!(roundtrip(&mut a, b"{\"cmd\":\"status\"}\n").ok);
+        assert!(roundtrip(&mut b, b"{\"cmd\":\"status\"}\n").ok);
+        let c = UnixStream::connect(&path).unwrap();
+        let mut s = String::new();
+        BufReader::new(c).read_line(&mut s).unwrap();
+        let r: Reply = serde_json::from_str(&s).unwrap();
+        assert_eq!(r.error.unwrap().code, ErrorCode::TooManyClients);
+        drop((a, b));
+        drop(server);
+        fabric.join().unwrap();
+    }
+}

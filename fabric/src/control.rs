@@ -1,0 +1,755 @@
+//! The control plane: runs on the EAL main lcore, owns all configuration.
+//!
+//! Requests from the control socket are handled one at a time. A change is
+//! made on a copy of the state, turned into a new data-path [`Snapshot`],
+//! published to the workers (who switch at their next quiescent point), and
+//! only then committed; a refused or failed request leaves everything as it
+//! was. A periodic tick resolves underlay neighbours (ARP) and checks that
+//! every worker is alive.
+
+use crate::neighbour::Neighbours;
+use crate::snapshot::{self, decap_key, DecapTarget, EndpointAction, Mailbox, PortPlan, Snapshot, UplinkPlan};
+use crate::stats::{drop_name, Handled, WireTotals, WorkerStats, DROP_REASONS};
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vw_ctl::proto::{self, EncapName, EndpointSpec, ErrorCode, Reply, Request};
+use vw_ctl::server::Job;
+use vw_pmd::{port, Mempool, PortConfig, PortId, PortInfo};
+use vw_wire::table::{Peer, TableError, WireTable};
+use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr, UnderlayConfig};
+
+/// How long a worker may take to switch to a new snapshot.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Control-plane housekeeping period (ARP, worker health).
+const TICK: Duration = Duration::from_millis(10);
+
+/// The uplink's settings.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    /// Device arguments.
+    pub devargs: String,
+    /// Port id.
+    pub port: PortId,
+    /// MAC address.
+    pub mac: MacAddr,
+    /// VTEP address.
+    pub vtep: Ipv4Addr,
+    /// Subnet prefix length of the VTEP address.
+    pub prefix: u8,
+    /// Gateway for peers outside the subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// Underlay MTU.
+    pub mtu: u16,
+    /// UDP port of the vwire format.
+    pub vwire_port: u16,
+    /// UDP port of the vxlan format.
+    pub vxlan_port: u16,
+}
+
+impl Uplink {
+    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+        u32::from(ip) & mask == u32::from(self.vtep) & mask
+    }
+}
+
+/// A worker as the control plane sees it.
+pub struct WorkerHandle {
+    /// Worker index.
+    pub index: usize,
+    /// EAL lcore.
+    pub lcore: u32,
+    /// Its mailbox.
+    pub mailbox: Arc<Mailbox>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Settings the control plane needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Control socket path (for `status`).
+    pub socket: String,
+    /// RX/TX descriptors per queue for endpoints.
+    pub rx_desc: u16,
+    /// See `rx_desc`.
+    pub tx_desc: u16,
+    /// Number of wire counter slots.
+    pub max_wires: usize,
+    /// Idle back-off (for `status`).
+    pub idle_sleep_us: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    spec: EndpointSpec,
+    port: PortId,
+    info: PortInfo,
+    mac: MacAddr,
+    tx_dropped_base: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WireSlot {
+    slot: u32,
+    base: WireTotals,
+}
+
+/// Everything a request may change, cloned for each change.
+#[derive(Clone, Default)]
+struct State {
+    table: WireTable,
+    endpoints: BTreeMap<String, Endpoint>,
+    wires: BTreeMap<ConnectorId, WireSlot>,
+    neighbours: Neighbours,
+}
+
+/// A refused request.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into() }
+    }
+}
+
+impl From<TableError> for Refusal {
+    fn from(e: TableError) -> Refusal {
+        let code = match e.code() {
+            "wire_exists" => ErrorCode::WireExists,
+            "endpoint_busy" => ErrorCode::EndpointBusy,
+            "no_such_endpoint" => ErrorCode::NoSuchEndpoint,
+            "no_such_wire" => ErrorCode::NoSuchWire,
+            "endpoint_exists" => ErrorCode::EndpointExists,
+            _ => ErrorCode::InvalidArgument,
+        };
+        Refusal::new(code, e.to_string())
+    }
+}
+
+fn device_error(e: vw_pmd::Error) -> Refusal {
+    Refusal::new(ErrorCode::DeviceError, e.to_string())
+}
+
+/// A failure that stops the fabric.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// A worker stopped running its loop.
+    #[error("worker {index} on lcore {lcore} stopped unexpectedly (see the panic message above)")]
+    WorkerDied {
+        /// Worker index.
+        index: usize,
+        /// Its lcore.
+        lcore: u32,
+    },
+}
+
+/// The control plane.
+pub struct Control {
+    settings: Settings,
+    pool: Mempool,
+    workers: Vec<WorkerHandle>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    uplink: Option<Uplink>,
+    state: State,
+    current: Arc<Snapshot>,
+    next_slot: u32,
+    started: Instant,
+    last_tick: Instant,
+}
+
+impl Control {
+    /// A control plane with no endpoint and no wire yet.
+    pub fn new(settings: Settings, pool: Mempool, workers: Vec<WorkerHandle>, uplink: Option<Uplink>) -> Control {
+        let mailboxes = workers.iter().map(|w| w.mailbox.clone()).collect();
+        let mut c = Control {
+            settings,
+            pool,
+            workers,
+            mailboxes,
+            uplink,
+            state: State::default(),
+            current: Arc::new(Snapshot::empty(port::max_ports() as usize)),
+            next_slot: 0,
+            started: Instant::now(),
+            last_tick: Instant::now(),
+        };
+        c.current = Arc::new(c.build(&c.state, 1));
+        c
+    }
+
+    /// The snapshot workers start with.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.clone()
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Announces the VTEP on the underlay (gratuitous ARP) so switches learn its MAC.
+    pub fn announce(&mut self) {
+        if let Some(u) = &self.uplink {
+            let mut buf = [0u8; 60];
+            let n = arp::build_gratuitous(&mut buf, u.mac, u.vtep);
+            self.inject(&buf[..n]);
+        }
+    }
+
+    /// Serves requests and housekeeping until `stop` is set.
+    pub fn run(&mut self, jobs: &Receiver<Job>, stop: &AtomicBool) -> Result<(), Fatal> {
+        while !stop.load(Ordering::SeqCst) {
+            match jobs.recv_timeout(TICK) {
+                Ok(job) => {
+                    let reply = self.handle(&job.request);
+                    job.reply(reply);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
+            }
+            if self.last_tick.elapsed() >= TICK {
+                self.tick()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every port (endpoints, then the uplink). Call after the
+    /// workers have stopped.
+    pub fn release_ports(&mut self) {
+        for (name, ep) in std::mem::take(&mut self.state.endpoints) {
+            if let Err(e) = port::remove(ep.port) {
+                crate::log(&format!("removing endpoint {name}: {e}"));
+            }
+        }
+        if let Some(u) = self.uplink.take() {
+            if let Err(e) = port::remove(u.port) {
+                crate::log(&format!("removing the uplink: {e}"));
+            }
+        }
+    }
+
+    fn handle(&mut self, request: &Request) -> Reply {
+        let result = match request {
+            Request::Status => Ok(Reply::ok(&self.status())),
+            Request::EndpointAdd { name, spec } => self.endpoint_add(name, spec).map(|e| Reply::ok(&e)),
+            Request::EndpointDel { name } => self.endpoint_del(name).map(|_| Reply::ok(&serde_json::json!({}))),
+            Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
+            Request::Connect { wire, endpoint, peer, encap } => {
+                self.connect(ConnectorId(*wire), endpoint, peer, *encap).map(|w| Reply::ok(&w))
+            }
+            Request::Disconnect { wire } => {
+                self.disconnect(ConnectorId(*wire)).map(|_| Reply::ok(&serde_json::json!({})))
+            }
+            Request::WireList => Ok(Reply::ok(&self.wire_list())),
+            Request::Stats => Ok(Reply::ok(&self.stats())),
+        };
+        result.unwrap_or_else(|r| Reply::err(r.code, r.message))
+    }
+
+    // ---- applying changes -------------------------------------------------
+
+    fn build(&self, st: &State, version: u64) -> Snapshot {
+        let mut s = Snapshot::empty(port::max_ports() as usize);
+        s.version = version;
+        if let Some(u) = &self.uplink {
+            s.ports[u.port.0 as usize] = PortPlan::Uplink;
+            s.active.push(u.port);
+            s.uplink = Some(UplinkPlan {
+                port: u.port,
+                underlay: UnderlayConfig {
+                    vtep_ip: u.vtep,
+                    mac: u.mac,
+                    vwire_port: u.vwire_port,
+                    vxlan_port: u.vxlan_port,
+                },
+                neighbours: st.neighbours.addresses(),
+            });
+        }
+        for ep in st.endpoints.values() {
+            s.ports[ep.port.0 as usize] = PortPlan::Endpoint(EndpointAction::NoWire);
+            s.active.push(ep.port);
+        }
+        for w in st.table.wires() {
+            let (Some(a), Some(ws)) = (st.endpoints.get(&w.endpoint), st.wires.get(&w.id)) else { continue };
+            match &w.peer {
+                Peer::Local(b) => {
+                    let Some(b) = st.endpoints.get(b) else { continue };
+                    s.ports[a.port.0 as usize] =
+                        PortPlan::Endpoint(EndpointAction::Loopback { peer: b.port, slot: ws.slot, dir: 0 });
+                    s.ports[b.port.0 as usize] =
+                        PortPlan::Endpoint(EndpointAction::Loopback { peer: a.port, slot: ws.slot, dir: 1 });
+                }
+                Peer::Remote { vtep, encap } => {
+                    let Some(u) = &self.uplink else { continue };
+                    let next_hop = self.next_hop(*vtep).unwrap_or(*vtep);
+                    let action = match st.neighbours.mac(next_hop) {
+                        Some(mac) => EndpointAction::Encap {
+                            template: EncapTemplate::new(
+                                *encap,
+                                w.id,
+                                u.mac,
+                                mac,
+                                u.vtep,
+                                *vtep,
+                                self.udp_port(*encap),
+                                u.mtu,
+                            ),
+                            uplink: u.port,
+                            slot: ws.slot,
+                        },
+                        None => EndpointAction::Unresolved { slot: ws.slot },
+                    };
+                    s.ports[a.port.0 as usize] = PortPlan::Endpoint(action);
+                    s.decap
+                        .insert(decap_key(*encap, w.id.0), DecapTarget { port: a.port, slot: ws.slot, peer_ip: *vtep });
+                }
+            }
+        }
+        s
+    }
+
+    /// Publishes `next` to the workers and commits it.
+    fn apply(&mut self, next: State) -> Result<(), Refusal> {
+        let snap = Arc::new(self.build(&next, self.current.version + 1));
+        snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT)
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        self.current = snap;
+        self.state = next;
+        Ok(())
+    }
+
+    fn udp_port(&self, encap: Encap) -> u16 {
+        match (&self.uplink, encap) {
+            (Some(u), Encap::Vwire) => u.vwire_port,
+            (Some(u), Encap::Vxlan) => u.vxlan_port,
+            (None, Encap::Vwire) => vw_wire::vwire::DEFAULT_PORT,
+            (None, Encap::Vxlan) => vw_wire::vxlan::PORT,
+        }
+    }
+
+    /// The underlay next hop towards `peer`: the peer itself on the uplink's
+    /// subnet, else the gateway.
+    fn next_hop(&self, peer: Ipv4Addr) -> Result<Ipv4Addr, Refusal> {
+        let Some(u) = &self.uplink else {
+            return Err(Refusal::new(ErrorCode::NoUplink, "this fabric has no uplink (start it with --uplink)"));
+        };
+        if u.in_subnet(peer) {
+            return Ok(peer);
+        }
+        u.gateway.ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "peer {peer} is outside the uplink subnet {}/{} and no --gateway is set",
+                    Ipv4Addr::from(u32::from(u.vtep) & (u32::MAX.checked_shl(32 - u.prefix as u32).unwrap_or(0))),
+                    u.prefix
+                ),
+            )
+        })
+    }
+
+    // ---- requests ---------------------------------------------------------
+
+    fn port_owner(&self, p: PortId) -> Option<String> {
+        if self.uplink.as_ref().is_some_and(|u| u.port == p) {
+            return Some("the uplink".into());
+        }
+        self.state.endpoints.iter().find(|(_, e)| e.port == p).map(|(n, _)| format!("endpoint {n}"))
+    }
+
+    fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec) -> Result<proto::EndpointInfo, Refusal> {
+        let mut next = self.state.clone();
+        next.table.add_endpoint(name)?;
+        let EndpointSpec::Dpdk { devargs } = spec;
+        if devargs.trim().is_empty() {
+            return Err(Refusal::new(ErrorCode::InvalidArgument, "device arguments are empty"));
+        }
+        for p in port::ports_matching(devargs).unwrap_or_default() {
+            if let Some(owner) = self.port_owner(p) {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    format!("device {devargs:?} is already in use as {owner}"),
+                ));
+            }
+        }
+        let ports = port::probe(devargs).map_err(device_error)?;
+        let undo = |ports: &[PortId]| {
+            for p in ports {
+                let _ = port::remove(*p);
+            }
+        };
+        if ports.len() != 1 {
+            undo(&ports);
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("device {devargs:?} has {} ports; an endpoint is exactly one port", ports.len()),
+            ));
+        }
+        let p = ports[0];
+        let queues = self.workers.len() as u16;
+        let setup = || -> Result<(PortInfo, MacAddr), vw_pmd::Error> {
+            port::configure_and_start(
+                p,
+                &PortConfig {
+                    rx_queues: queues,
+                    tx_queues: queues,
+                    rx_desc: self.settings.rx_desc,
+                    tx_desc: self.settings.tx_desc,
+                    pool: self.pool,
+                    mtu: None,
+                    promiscuous: true,
+                },
+            )?;
+            Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
+        };
+        let (info, mac) = match setup() {
+            Ok(x) => x,
+            Err(e) => {
+                undo(&ports);
+                return Err(device_error(e));
+            }
+        };
+        let tx_dropped_base = self.port_tx_dropped(p);
+        next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), port: p, info, mac, tx_dropped_base });
+        if let Err(e) = self.apply(next) {
+            undo(&ports);
+            return Err(e);
+        }
+        crate::log(&format!("endpoint {name} added: port {p} ({devargs})"));
+        Ok(self.endpoint_info(name, &self.state.endpoints[name]))
+    }
+
+    fn endpoint_del(&mut self, name: &str) -> Result<(), Refusal> {
+        let mut next = self.state.clone();
+        next.table.remove_endpoint(name)?;
+        let Some(ep) = next.endpoints.remove(name) else {
+            return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("endpoint {name} does not exist")));
+        };
+        self.apply(next)?;
+        // No worker polls or sends to the port any more.
+        if let Err(e) = port::remove(ep.port) {
+            crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
+        }
+        crate::log(&format!("endpoint {name} removed"));
+        Ok(())
+    }
+
+    fn connect(
+        &mut self,
+        id: ConnectorId,
+        endpoint: &str,
+        peer: &str,
+        encap: Option<EncapName>,
+    ) -> Result<proto::WireInfo, Refusal> {
+        let mut next = self.state.clone();
+        let peer = match peer.parse::<Ipv4Addr>() {
+            Ok(vtep) => {
+                let Some(u) = &self.uplink else {
+                    return Err(Refusal::new(
+                        ErrorCode::NoUplink,
+                        format!("wire {id} to {vtep} needs an uplink; this fabric was started without --uplink"),
+                    ));
+                };
+                if vtep == u.vtep {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("{vtep} is this fabric's own VTEP; connect two local endpoints for a loopback wire"),
+                    ));
+                }
+                let encap = match encap.unwrap_or_default() {
+                    EncapName::Vwire => Encap::Vwire,
+                    EncapName::Vxlan => Encap::Vxlan,
+                };
+                Peer::Remote { vtep, encap }
+            }
+            Err(_) => {
+                if encap.is_some() {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("--encap applies to wires to a remote VTEP; {peer} is a local endpoint name"),
+                    ));
+                }
+                Peer::Local(peer.to_owned())
+            }
+        };
+        next.table.connect(id, endpoint, peer.clone())?;
+        if let Peer::Remote { vtep, .. } = peer {
+            let hop = self.next_hop(vtep)?;
+            next.neighbours.want(hop, Instant::now());
+        }
+        let used: HashSet<u32> = next.wires.values().map(|w| w.slot).collect();
+        let max = self.settings.max_wires as u32;
+        let Some(slot) = (0..max).map(|i| (self.next_slot + i) % max).find(|s| !used.contains(s)) else {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("all {max} wire slots are in use; start the fabric with a larger --max-wires"),
+            ));
+        };
+        next.wires.insert(id, WireSlot { slot, base: self.wire_totals(slot) });
+        self.apply(next)?;
+        self.next_slot = (slot + 1) % max;
+        // Ask for the next hop's MAC now rather than at the next tick.
+        self.send_arp_requests();
+        let w = self.state.table.wire(id).cloned();
+        crate::log(&format!("wire {id} connected: {}", w.as_ref().map(describe_wire).unwrap_or_default()));
+        Ok(self.wire_info(id))
+    }
+
+    fn disconnect(&mut self, id: ConnectorId) -> Result<(), Refusal> {
+        let mut next = self.state.clone();
+        let w = next.table.disconnect(id)?;
+        next.wires.remove(&id);
+        if let Peer::Remote { vtep, .. } = w.peer {
+            if let Ok(hop) = self.next_hop(vtep) {
+                next.neighbours.release(hop);
+            }
+        }
+        self.apply(next)?;
+        crate::log(&format!("wire {id} disconnected"));
+        Ok(())
+    }
+
+    // ---- housekeeping -----------------------------------------------------
+
+    fn tick(&mut self) -> Result<(), Fatal> {
+        self.last_tick = Instant::now();
+        for w in &self.workers {
+            if !w.mailbox.is_alive() {
+                return Err(Fatal::WorkerDied { index: w.index, lcore: w.lcore });
+            }
+        }
+        let now = Instant::now();
+        let mut changed = false;
+        for mb in &self.mailboxes {
+            while let Some(ev) = mb.events.pop() {
+                changed |= self.state.neighbours.heard(ev.ip, ev.mac, now);
+            }
+        }
+        if changed {
+            let next = self.state.clone();
+            if let Err(e) = self.apply(next) {
+                crate::log(&format!("cannot publish a neighbour update: {}", e.message));
+            }
+        }
+        self.send_arp_requests();
+        Ok(())
+    }
+
+    fn send_arp_requests(&mut self) {
+        let Some(u) = self.uplink.clone() else { return };
+        for ip in self.state.neighbours.due(Instant::now()) {
+            let mut buf = [0u8; 60];
+            let n = arp::build_request(&mut buf, u.mac, u.vtep, ip);
+            self.inject(&buf[..n]);
+        }
+    }
+
+    /// Queues a frame for worker 0 to send on the uplink.
+    fn inject(&self, frame: &[u8]) {
+        let Some(w) = self.workers.first() else { return };
+        if let Some(m) = self.pool.alloc_frame(frame) {
+            // A full queue drops the frame (freed with the Mbuf); ARP retries.
+            let _ = w.mailbox.inject.push(m);
+        }
+    }
+
+    // ---- reports ----------------------------------------------------------
+
+    fn wire_totals(&self, slot: u32) -> WireTotals {
+        let mut t = WireTotals::default();
+        for w in &self.workers {
+            let x = w.stats.wire(slot);
+            for d in 0..2 {
+                t.frames[d] += x.frames[d];
+                t.bytes[d] += x.bytes[d];
+            }
+            t.dropped += x.dropped;
+        }
+        t
+    }
+
+    fn port_tx_dropped(&self, p: PortId) -> u64 {
+        self.workers.iter().map(|w| w.stats.port_tx_dropped[p.0 as usize].load(Ordering::Relaxed)).sum()
+    }
+
+    fn link_up(p: PortId) -> bool {
+        port::link(p).map(|l| l.up).unwrap_or(false)
+    }
+
+    fn endpoint_info(&self, name: &str, ep: &Endpoint) -> proto::EndpointInfo {
+        proto::EndpointInfo {
+            name: name.to_owned(),
+            spec: ep.spec.clone(),
+            port: ep.port.0,
+            device: ep.info.name.clone(),
+            driver: ep.info.driver.clone(),
+            mac: ep.mac.to_string(),
+            link_up: Self::link_up(ep.port),
+            mtu: port::mtu(ep.port).unwrap_or(0),
+            wire: self.state.table.wire_of(name).map(|w| w.id.0),
+        }
+    }
+
+    fn endpoint_list(&self) -> Vec<proto::EndpointInfo> {
+        self.state.endpoints.iter().map(|(n, e)| self.endpoint_info(n, e)).collect()
+    }
+
+    fn wire_info(&self, id: ConnectorId) -> proto::WireInfo {
+        let w = self.state.table.wire(id).expect("wire_info is called for existing wires");
+        let totals = self.state.wires.get(&id).map(|s| self.wire_totals(s.slot).since(&s.base)).unwrap_or_default();
+        // Link state is reported per endpoint (`endpoint list`), not here: a
+        // net_tap port reports "down" once its interface moves to another
+        // namespace, though it carries traffic.
+        let (peer, encap, state) = match &w.peer {
+            Peer::Local(b) => (b.clone(), None, "up"),
+            Peer::Remote { vtep, encap } => {
+                let resolved = self.next_hop(*vtep).ok().and_then(|h| self.state.neighbours.mac(h)).is_some();
+                let name = match encap {
+                    Encap::Vwire => EncapName::Vwire,
+                    Encap::Vxlan => EncapName::Vxlan,
+                };
+                (vtep.to_string(), Some(name), if resolved { "up" } else { "resolving" })
+            }
+        };
+        proto::WireInfo {
+            wire: id.0,
+            kind: w.kind().name().to_owned(),
+            endpoint: w.endpoint.clone(),
+            peer,
+            encap,
+            state: state.to_owned(),
+            forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
+            reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
+            dropped: totals.dropped,
+        }
+    }
+
+    fn wire_list(&self) -> Vec<proto::WireInfo> {
+        self.state.table.wires().map(|w| self.wire_info(w.id)).collect()
+    }
+
+    fn mempool(&self) -> proto::MempoolInfo {
+        proto::MempoolInfo { size: self.pool.size(), in_use: self.pool.in_use() }
+    }
+
+    fn status(&self) -> proto::Status {
+        proto::Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            socket: self.settings.socket.clone(),
+            workers: self.workers.iter().map(|w| proto::WorkerInfo { index: w.index, lcore: w.lcore }).collect(),
+            uplink: self.uplink.as_ref().map(|u| proto::UplinkStatus {
+                devargs: u.devargs.clone(),
+                port: u.port.0,
+                mac: u.mac.to_string(),
+                vtep: format!("{}/{}", u.vtep, u.prefix),
+                gateway: u.gateway.map(|g| g.to_string()),
+                mtu: u.mtu,
+                vwire_port: u.vwire_port,
+                vxlan_port: u.vxlan_port,
+                link_up: Self::link_up(u.port),
+            }),
+            neighbours: self
+                .state
+                .neighbours
+                .view()
+                .into_iter()
+                .map(|n| proto::NeighbourInfo {
+                    ip: n.ip.to_string(),
+                    mac: n.mac.map(|m| m.to_string()),
+                    state: n.state.name().to_owned(),
+                    requests: n.requests,
+                    wires: n.users,
+                })
+                .collect(),
+            endpoints: self.state.endpoints.len(),
+            wires: self.state.table.wires().count(),
+            mempool: self.mempool(),
+            idle_sleep_us: self.settings.idle_sleep_us,
+        }
+    }
+
+    fn port_counters(&self, name: &str, p: PortId, tx_dropped_base: u64) -> proto::PortCounters {
+        let s = port::stats(p).unwrap_or_default();
+        proto::PortCounters {
+            name: name.to_owned(),
+            port: p.0,
+            rx_packets: s.ipackets,
+            rx_bytes: s.ibytes,
+            tx_packets: s.opackets,
+            tx_bytes: s.obytes,
+            rx_missed: s.imissed,
+            rx_errors: s.ierrors,
+            rx_nombuf: s.rx_nombuf,
+            tx_errors: s.oerrors,
+            tx_dropped: self.port_tx_dropped(p).wrapping_sub(tx_dropped_base),
+        }
+    }
+
+    fn stats(&self) -> proto::Stats {
+        let mut ports = Vec::new();
+        if let Some(u) = &self.uplink {
+            ports.push(self.port_counters("uplink", u.port, 0));
+        }
+        for (n, e) in &self.state.endpoints {
+            ports.push(self.port_counters(n, e.port, e.tx_dropped_base));
+        }
+        let mut drops: BTreeMap<String, u64> = (0..DROP_REASONS).map(|i| (drop_name(i).to_owned(), 0)).collect();
+        let mut handled: BTreeMap<String, u64> = Handled::ALL.iter().map(|h| (h.name().to_owned(), 0)).collect();
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| {
+                let s = &w.stats;
+                let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                let mut wd = BTreeMap::new();
+                for i in 0..DROP_REASONS {
+                    let v = ld(&s.drops[i]);
+                    *drops.get_mut(drop_name(i)).expect("every reason is listed") += v;
+                    if v != 0 {
+                        wd.insert(drop_name(i).to_owned(), v);
+                    }
+                }
+                let mut wh = BTreeMap::new();
+                for h in Handled::ALL {
+                    let v = ld(&s.handled[h as usize]);
+                    *handled.get_mut(h.name()).expect("every kind is listed") += v;
+                    if v != 0 {
+                        wh.insert(h.name().to_owned(), v);
+                    }
+                }
+                proto::WorkerCounters {
+                    index: w.index,
+                    lcore: w.lcore,
+                    polls: ld(&s.polls),
+                    busy_polls: ld(&s.busy_polls),
+                    sleeps: ld(&s.sleeps),
+                    rx_frames: ld(&s.rx_frames),
+                    tx_frames: ld(&s.tx_frames),
+                    config_updates: ld(&s.config_updates),
+                    handled: wh,
+                    drops: wd,
+                }
+            })
+            .collect();
+        proto::Stats { ports, wires: self.wire_list(), workers, drops, handled, mempool: self.mempool() }
+    }
+}
+
+fn describe_wire(w: &vw_wire::table::Wire) -> String {
+    match &w.peer {
+        Peer::Local(b) => format!("loopback {} <-> {b}", w.endpoint),
+        Peer::Remote { vtep, encap } => format!("encap {} <-> {vtep} ({})", w.endpoint, encap.name()),
+    }
+}

@@ -1,0 +1,304 @@
+//! `vwfabric`: the VirtualWire fabric process, one per host.
+//!
+//! The EAL main lcore runs the control plane (`control.rs`) and the control
+//! socket; every other lcore runs a data-path worker (`worker.rs`). See
+//! `docs/architecture.md`.
+
+mod control;
+mod neighbour;
+mod snapshot;
+mod stats;
+mod worker;
+
+use clap::Parser;
+use control::{Control, Settings, Uplink, WorkerHandle};
+use snapshot::Mailbox;
+use stats::WorkerStats;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vw_ctl::server::{Server, ServerConfig};
+use vw_pmd::{port, Eal, Mempool, PortConfig};
+use vw_wire::MacAddr;
+
+/// Writes a control-plane message to stderr. Never called per packet.
+pub(crate) fn log(msg: &str) {
+    eprintln!("vwfabric: {msg}");
+}
+
+/// A VTEP address with its subnet prefix length.
+#[derive(Debug, Clone, Copy)]
+struct Vtep {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Vtep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Vtep, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.0.0.1/24"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 =
+            p.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| format!("prefix {p:?} is not 1-32"))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+            return Err(format!("{addr} cannot be a VTEP address"));
+        }
+        Ok(Vtep { addr, prefix })
+    }
+}
+
+const AFTER_HELP: &str = "EAL arguments go after `--`, as for any DPDK program. The main lcore runs the
+control plane; every other lcore runs a data-path worker (worker i polls queue i
+of every port). Each fabric on a machine needs its own --file-prefix.
+
+Examples:
+  # a host with a NIC uplink, workers on lcores 1-2
+  vwfabric --uplink 0000:03:00.0 --vtep 10.0.0.1/24 -- -l 0-2 --file-prefix vw
+  # a test host with a net_tap uplink, no hugepages, sharing cores with others
+  vwfabric --socket /run/vw-h1.sock --uplink net_tap0,iface=up1 --vtep 10.0.0.1/24 \\
+      --idle-sleep-us 50 -- -l 0-1 --no-huge -m 256 --file-prefix h1
+Then drive it with vwctl (vwctl --help).";
+
+/// The VirtualWire fabric: point-to-point layer-2 wires between endpoints,
+/// on this host (loopback) or across an IPv4 underlay (encap).
+#[derive(Parser, Debug)]
+#[command(name = "vwfabric", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Control socket path (vwctl --socket).
+    #[arg(long, default_value = vw_ctl::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Underlay device, as DPDK devargs: a PCI address or e.g. `net_tap0,iface=up0`.
+    #[arg(long, value_name = "DEVARGS", requires = "vtep")]
+    uplink: Option<String>,
+    /// This host's tunnel endpoint address on the underlay, with prefix length.
+    #[arg(long, value_name = "ADDR/PREFIX", requires = "uplink")]
+    vtep: Option<Vtep>,
+    /// Router for peer VTEPs outside the VTEP subnet.
+    #[arg(long, value_name = "ADDR", requires = "uplink")]
+    gateway: Option<Ipv4Addr>,
+    /// Underlay MTU (default: the uplink's current MTU). Set on the uplink.
+    #[arg(long, value_name = "BYTES")]
+    underlay_mtu: Option<u16>,
+    /// UDP destination port of the vwire format (both ends must agree).
+    #[arg(long, default_value_t = vw_wire::vwire::DEFAULT_PORT)]
+    vwire_port: u16,
+    /// UDP destination port of the vxlan format.
+    #[arg(long, default_value_t = vw_wire::vxlan::PORT)]
+    vxlan_port: u16,
+    /// When a worker finds nothing to do for a while, sleep this long
+    /// between polls (lets several fabrics share cores). 0: busy polling.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    idle_sleep_us: u64,
+    /// Mbufs in the packet pool (every RX descriptor of every port holds one).
+    #[arg(long, default_value_t = 16384)]
+    mbufs: u32,
+    /// Mbuf data room in bytes, headroom included.
+    #[arg(long, default_value_t = 2176)]
+    mbuf_size: u16,
+    /// RX descriptors per queue.
+    #[arg(long, default_value_t = 512)]
+    rx_desc: u16,
+    /// TX descriptors per queue.
+    #[arg(long, default_value_t = 512)]
+    tx_desc: u16,
+    /// Most wires at once (sizes the per-worker wire counters).
+    #[arg(long, default_value_t = 4096)]
+    max_wires: usize,
+    /// EAL arguments (after `--`).
+    #[arg(last = true, value_name = "EAL_ARGS")]
+    eal: Vec<String>,
+}
+
+/// Why the fabric could not run.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("EAL initialisation failed: {0}\n  hint: without hugepages add `--no-huge -m 512`; each fabric on a machine needs its own `--file-prefix`")]
+    Eal(vw_pmd::Error),
+    #[error("vwfabric needs at least two lcores: the main lcore runs the control plane and each other lcore a worker (e.g. `-- -l 0-1`)")]
+    NoWorkers,
+    #[error(
+        "creating the mbuf pool ({0} mbufs of {1} bytes): {2}\n  hint: lower --mbufs or give the EAL more memory (-m)"
+    )]
+    Pool(u32, u16, vw_pmd::Error),
+    #[error("uplink {0}: {1}")]
+    Uplink(String, vw_pmd::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("launching worker on lcore {0}: {1}")]
+    Launch(u32, vw_pmd::Error),
+    #[error("{0}")]
+    Socket(#[from] vw_ctl::server::ServerError),
+    #[error("{0}")]
+    Fatal(#[from] control::Fatal),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log(&format!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink>, StartError> {
+    let (Some(devargs), Some(vtep)) = (&args.uplink, args.vtep) else { return Ok(None) };
+    let err = |e| StartError::Uplink(devargs.clone(), e);
+    if let Some(gw) = args.gateway {
+        let mask = u32::MAX << (32 - vtep.prefix as u32);
+        if u32::from(gw) & mask != u32::from(vtep.addr) & mask {
+            return Err(StartError::Config(format!(
+                "gateway {gw} is not on the VTEP subnet {}/{}",
+                Ipv4Addr::from(u32::from(vtep.addr) & mask),
+                vtep.prefix
+            )));
+        }
+    }
+    let ports = port::probe(devargs).map_err(err)?;
+    if ports.len() != 1 {
+        return Err(StartError::Config(format!("uplink {devargs:?} has {} ports; name exactly one", ports.len())));
+    }
+    let p = ports[0];
+    port::configure_and_start(
+        p,
+        &PortConfig {
+            rx_queues: queues,
+            tx_queues: queues,
+            rx_desc: args.rx_desc,
+            tx_desc: args.tx_desc,
+            pool,
+            mtu: args.underlay_mtu,
+            promiscuous: false,
+        },
+    )
+    .map_err(err)?;
+    let mtu = port::mtu(p).map_err(err)?;
+    let mac = MacAddr(port::mac_addr(p).map_err(err)?);
+    Ok(Some(Uplink {
+        devargs: devargs.clone(),
+        port: p,
+        mac,
+        vtep: vtep.addr,
+        prefix: vtep.prefix,
+        gateway: args.gateway,
+        mtu,
+        vwire_port: args.vwire_port,
+        vxlan_port: args.vxlan_port,
+    }))
+}
+
+fn run(args: Args) -> Result<(), StartError> {
+    if args.vwire_port == args.vxlan_port {
+        return Err(StartError::Config("--vwire-port and --vxlan-port must differ".into()));
+    }
+    if args.max_wires == 0 {
+        return Err(StartError::Config("--max-wires must be at least 1".into()));
+    }
+    let mut eal_args = vec!["vwfabric".to_owned()];
+    eal_args.extend(args.eal.iter().cloned());
+    let eal = Eal::init(&eal_args).map_err(StartError::Eal)?;
+    if port::max_ports() as usize > stats::MAX_PORTS {
+        return Err(StartError::Config(format!(
+            "this DPDK supports {} ports; vwfabric at most {}",
+            port::max_ports(),
+            stats::MAX_PORTS
+        )));
+    }
+    let lcores = eal.worker_lcores().to_vec();
+    if lcores.is_empty() {
+        return Err(StartError::NoWorkers);
+    }
+    let pool = Mempool::create("vw_mbufs", args.mbufs, 256, args.mbuf_size, vw_pmd::eal::socket_id())
+        .map_err(|e| StartError::Pool(args.mbufs, args.mbuf_size, e))?;
+    let uplink = setup_uplink(&args, pool, lcores.len() as u16)?;
+
+    // `stop` is set by SIGINT/SIGTERM and ends the control loop; the workers
+    // have their own flag, set only once the control plane has stopped
+    // watching them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers_stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<WorkerHandle> = lcores
+        .iter()
+        .enumerate()
+        .map(|(index, &lcore)| WorkerHandle {
+            index,
+            lcore,
+            mailbox: Arc::new(Mailbox::new()),
+            stats: Arc::new(WorkerStats::new(args.max_wires)),
+        })
+        .collect();
+    let settings = Settings {
+        socket: args.socket.display().to_string(),
+        rx_desc: args.rx_desc,
+        tx_desc: args.tx_desc,
+        max_wires: args.max_wires,
+        idle_sleep_us: args.idle_sleep_us,
+    };
+    let mut control = Control::new(settings, pool, workers, uplink.clone());
+    let idle_sleep = (args.idle_sleep_us > 0).then(|| Duration::from_micros(args.idle_sleep_us));
+    for w in control.workers() {
+        let ctx = worker::WorkerContext {
+            index: w.index,
+            mailbox: w.mailbox.clone(),
+            stats: w.stats.clone(),
+            stop: workers_stop.clone(),
+            idle_sleep,
+            initial: control.current(),
+        };
+        eal.launch(w.lcore, move || worker::run(ctx)).map_err(|e| StartError::Launch(w.lcore, e))?;
+    }
+    let t = Instant::now();
+    while !control.workers().iter().all(|w| w.mailbox.is_alive()) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let result = serve(&args, &mut control, &stop);
+
+    workers_stop.store(true, Ordering::SeqCst);
+    for w in control.workers() {
+        let rc = eal.wait(w.lcore);
+        if rc != 0 {
+            log(&format!("worker {} on lcore {} exited with {rc}", w.index, w.lcore));
+        }
+    }
+    control.release_ports();
+    if let Err(e) = eal.cleanup() {
+        log(&format!("EAL cleanup: {e}"));
+    }
+    log("stopped");
+    result
+}
+
+fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(), StartError> {
+    let (jobs_tx, jobs_rx) = crossbeam::channel::unbounded();
+    let server = Server::start(ServerConfig::new(&args.socket), jobs_tx)?;
+    let s = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)) {
+        return Err(StartError::Config(format!("cannot install the SIGINT/SIGTERM handler: {e}")));
+    }
+    control.announce();
+    let lcores: Vec<String> = control.workers().iter().map(|w| w.lcore.to_string()).collect();
+    match &args.uplink {
+        Some(u) => log(&format!(
+            "ready: {} worker(s) on lcore(s) {}, uplink {u}, VTEP {}, control socket {}",
+            lcores.len(),
+            lcores.join(","),
+            args.vtep.map(|v| format!("{}/{}", v.addr, v.prefix)).unwrap_or_default(),
+            server.path().display()
+        )),
+        None => log(&format!(
+            "ready: {} worker(s) on lcore(s) {}, no uplink (loopback wires only), control socket {}",
+            lcores.len(),
+            lcores.join(","),
+            server.path().display()
+        )),
+    }
+    let r = control.run(&jobs_rx, stop);
+    drop(server);
+    r.map_err(StartError::from)
+}

@@ -1,0 +1,295 @@
+//! What the workers read: an immutable configuration snapshot, and the
+//! per-worker mailbox through which the control plane replaces it.
+//!
+//! Publication is RCU-like and lock-free: the control plane builds a new
+//! [`Snapshot`], puts an `Arc` of it into every worker's inbox and waits
+//! until each worker reports (at the top of its poll loop, a quiescent point
+//! with no packet in flight and every TX buffer flushed) that it runs the
+//! new version. The worker returns the old `Arc` through its `retired`
+//! queue so the memory is freed on the control thread, never on a worker.
+//! A worker's cost is one empty-queue check per poll iteration.
+
+use crossbeam::queue::ArrayQueue;
+use hashbrown::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vw_pmd::{Mbuf, PortId};
+use vw_wire::{EncapTemplate, MacAddr, UnderlayConfig};
+
+/// What a worker does with frames received on an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum EndpointAction {
+    /// The endpoint carries no wire: drop (`no_wire`).
+    NoWire,
+    /// Loopback wire: send the frames untouched on `peer`.
+    Loopback {
+        /// The other endpoint's port.
+        peer: PortId,
+        /// Wire counter slot.
+        slot: u32,
+        /// Direction index for the counters (0 forward, 1 reverse).
+        dir: u8,
+    },
+    /// Encap wire with a resolved next hop: prepend the template, send on the uplink.
+    Encap {
+        /// Outer headers.
+        template: EncapTemplate,
+        /// Uplink port.
+        uplink: PortId,
+        /// Wire counter slot.
+        slot: u32,
+    },
+    /// Encap wire whose next hop's MAC is not known yet: drop (`peer_unresolved`).
+    Unresolved {
+        /// Wire counter slot.
+        slot: u32,
+    },
+}
+
+/// Role of a port in the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub enum PortPlan {
+    /// Not a port of this fabric.
+    Unused,
+    /// The underlay uplink.
+    Uplink,
+    /// An endpoint.
+    Endpoint(EndpointAction),
+}
+
+/// Where a decapsulated frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecapTarget {
+    /// Endpoint port.
+    pub port: PortId,
+    /// Wire counter slot.
+    pub slot: u32,
+    /// The only VTEP allowed to send on this wire.
+    pub peer_ip: Ipv4Addr,
+}
+
+/// The uplink as the workers see it.
+#[derive(Debug, Clone)]
+pub struct UplinkPlan {
+    /// Port id.
+    pub port: PortId,
+    /// Addresses and UDP ports for classification.
+    pub underlay: UnderlayConfig,
+    /// Next hops the control plane resolves (ARP from them is passed up).
+    pub neighbours: Vec<Ipv4Addr>,
+}
+
+/// Key of the decap table: tunnel format and connector ID.
+#[inline(always)]
+pub fn decap_key(encap: vw_wire::Encap, connector: u32) -> u64 {
+    ((encap as u64) << 32) | connector as u64
+}
+
+/// One immutable configuration of the data path.
+pub struct Snapshot {
+    /// Monotonic version.
+    pub version: u64,
+    /// Per port id.
+    pub ports: Vec<PortPlan>,
+    /// Ports every worker polls (worker i polls RX queue i).
+    pub active: Vec<PortId>,
+    /// The uplink, if any.
+    pub uplink: Option<UplinkPlan>,
+    /// (format, connector) -> endpoint.
+    pub decap: HashMap<u64, DecapTarget>,
+}
+
+impl Snapshot {
+    /// An empty configuration (nothing polled) for `max_ports` port ids.
+    pub fn empty(max_ports: usize) -> Snapshot {
+        Snapshot {
+            version: 0,
+            ports: vec![PortPlan::Unused; max_ports],
+            active: Vec::new(),
+            uplink: None,
+            decap: HashMap::new(),
+        }
+    }
+}
+
+/// An ARP sighting a worker passes to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourEvent {
+    /// Sender protocol address.
+    pub ip: Ipv4Addr,
+    /// Sender hardware address.
+    pub mac: MacAddr,
+}
+
+/// The channel between the control plane and one worker.
+pub struct Mailbox {
+    inbox: ArrayQueue<Arc<Snapshot>>,
+    retired: ArrayQueue<Arc<Snapshot>>,
+    running: AtomicU64,
+    alive: AtomicBool,
+    /// Frames the control plane wants sent on the uplink (ARP requests).
+    pub inject: ArrayQueue<Mbuf>,
+    /// ARP sightings for the control plane.
+    pub events: ArrayQueue<NeighbourEvent>,
+}
+
+/// A worker did not take a new configuration in time.
+#[derive(Debug, thiserror::Error)]
+#[error("worker {0} did not take the new configuration within {1:?}; it may be stuck or dead")]
+pub struct PublishTimeout(pub usize, pub Duration);
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mailbox {
+    /// An empty mailbox; the worker marks itself alive when it starts.
+    pub fn new() -> Mailbox {
+        Mailbox {
+            inbox: ArrayQueue::new(1),
+            retired: ArrayQueue::new(4),
+            running: AtomicU64::new(0),
+            alive: AtomicBool::new(false),
+            inject: ArrayQueue::new(256),
+            events: ArrayQueue::new(1024),
+        }
+    }
+
+    /// Worker side: takes a new snapshot if one was published, returning
+    /// the old one through the retired queue.
+    #[inline(always)]
+    pub fn take_update(&self, current: &mut Arc<Snapshot>) -> bool {
+        if self.inbox.is_empty() {
+            return false;
+        }
+        let Some(next) = self.inbox.pop() else { return false };
+        let version = next.version;
+        let old = std::mem::replace(current, next);
+        // The control plane waits for every ack before publishing again, so
+        // the retired queue (capacity 4) always has room; if it ever had not,
+        // dropping here would only mean freeing on this worker.
+        let _ = self.retired.push(old);
+        self.running.store(version, Ordering::Release);
+        true
+    }
+
+    /// Worker side: mark running/stopped.
+    pub fn set_alive(&self, alive: bool, version: u64) {
+        self.running.store(version, Ordering::Release);
+        self.alive.store(alive, Ordering::Release);
+    }
+
+    /// Whether the worker is running its loop.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// The version the worker runs.
+    pub fn running(&self) -> u64 {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Control side: frees snapshots the worker has given back.
+    pub fn reclaim(&self) {
+        while self.retired.pop().is_some() {}
+    }
+}
+
+/// Control side: publishes `snap` to every mailbox and waits until every
+/// live worker runs it. Workers that are not alive (not started yet, or
+/// stopped) are skipped: they pick the newest snapshot when they start.
+pub fn publish(mailboxes: &[Arc<Mailbox>], snap: Arc<Snapshot>, timeout: Duration) -> Result<(), PublishTimeout> {
+    let version = snap.version;
+    let deadline = Instant::now() + timeout;
+    for (i, mb) in mailboxes.iter().enumerate() {
+        // Drop an update the worker never took (it cannot have: we wait for
+        // acks), then post the new one.
+        while mb.inbox.pop().is_some() {}
+        if mb.inbox.push(snap.clone()).is_err() {
+            return Err(PublishTimeout(i, timeout));
+        }
+    }
+    for (i, mb) in mailboxes.iter().enumerate() {
+        let mut spins = 0u32;
+        while mb.is_alive() && mb.running() < version {
+            if Instant::now() > deadline {
+                return Err(PublishTimeout(i, timeout));
+            }
+            spins += 1;
+            if spins < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        mb.reclaim();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(version: u64) -> Arc<Snapshot> {
+        let mut s = Snapshot::empty(4);
+        s.version = version;
+        Arc::new(s)
+    }
+
+    #[test]
+    fn workers_take_updates_and_old_snapshots_are_freed_on_the_control_side() {
+        let mbs: Vec<Arc<Mailbox>> = (0..2).map(|_| Arc::new(Mailbox::new())).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for mb in &mbs {
+            let (mb, stop) = (mb.clone(), stop.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut cur = snap(0);
+                mb.set_alive(true, 0);
+                let mut updates = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if mb.take_update(&mut cur) {
+                        updates += 1;
+                    }
+                    std::hint::spin_loop();
+                }
+                mb.set_alive(false, cur.version);
+                (updates, cur.version)
+            }));
+        }
+        while !mbs.iter().all(|m| m.is_alive()) {
+            std::thread::yield_now();
+        }
+        let mut weak = Vec::new();
+        for v in 1..=50 {
+            let s = snap(v);
+            weak.push(Arc::downgrade(&s));
+            publish(&mbs, s, Duration::from_secs(5)).unwrap();
+            for mb in &mbs {
+                assert_eq!(mb.running(), v);
+            }
+        }
+        // Every snapshot but the last is no longer referenced anywhere.
+        let live = weak.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(live, 1);
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            assert_eq!(h.join().unwrap(), (50, 50));
+        }
+    }
+
+    #[test]
+    fn a_stuck_worker_times_out_and_a_dead_one_is_skipped() {
+        let mb = Arc::new(Mailbox::new());
+        mb.set_alive(true, 0);
+        let e = publish(std::slice::from_ref(&mb), snap(1), Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.0, 0);
+        mb.set_alive(false, 0);
+        publish(std::slice::from_ref(&mb), snap(2), Duration::from_millis(50)).unwrap();
+    }
+}

@@ -1,0 +1,249 @@
+//! Counters written by the workers and read by the control plane.
+//!
+//! Each worker owns one [`WorkerStats`] and is its only writer, so a counter
+//! is bumped with a relaxed load and store (no locked instruction); readers
+//! sum over workers. Drop reasons are one flat list, like VPP's error
+//! counters: the underlay classifier's reasons first (in `UnderlayError`
+//! order), then the fabric's own.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use vw_wire::UnderlayError;
+
+/// Number of reasons the underlay classifier can give.
+pub const UNDERLAY_REASONS: usize = UnderlayError::ALL.len();
+
+/// Drops the fabric itself decides (after classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum FabricDrop {
+    /// A tunnel frame whose (format, connector ID) names no wire here.
+    UnknownConnector = 0,
+    /// A tunnel frame for a known wire from a VTEP that is not the wire's peer.
+    WrongPeer,
+    /// An ARP frame neither for our VTEP nor from a neighbour we resolve.
+    ArpIgnored,
+    /// A frame from an endpoint that carries no wire.
+    NoWire,
+    /// A frame too big for the underlay MTU once encapsulated.
+    EncapTooBig,
+    /// A frame without headroom for the outer headers.
+    NoHeadroom,
+    /// A frame for a remote peer whose MAC address is not resolved yet.
+    PeerUnresolved,
+    /// A frame the TX queue of its port refused (queue full, link down).
+    TxFull,
+}
+
+impl FabricDrop {
+    /// Every fabric drop reason, in counter order.
+    pub const ALL: [FabricDrop; 8] = [
+        FabricDrop::UnknownConnector,
+        FabricDrop::WrongPeer,
+        FabricDrop::ArpIgnored,
+        FabricDrop::NoWire,
+        FabricDrop::EncapTooBig,
+        FabricDrop::NoHeadroom,
+        FabricDrop::PeerUnresolved,
+        FabricDrop::TxFull,
+    ];
+
+    /// Counter name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FabricDrop::UnknownConnector => "unknown_connector",
+            FabricDrop::WrongPeer => "wrong_peer",
+            FabricDrop::ArpIgnored => "arp_ignored",
+            FabricDrop::NoWire => "no_wire",
+            FabricDrop::EncapTooBig => "encap_too_big",
+            FabricDrop::NoHeadroom => "no_headroom",
+            FabricDrop::PeerUnresolved => "peer_unresolved",
+            FabricDrop::TxFull => "tx_full",
+        }
+    }
+
+    /// Index in the flat drop counter array.
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        UNDERLAY_REASONS + self as usize
+    }
+}
+
+/// Index of an underlay reason in the flat drop counter array.
+#[inline(always)]
+pub fn underlay_index(e: UnderlayError) -> usize {
+    e as usize
+}
+
+/// Total number of drop reasons.
+pub const DROP_REASONS: usize = UNDERLAY_REASONS + FabricDrop::ALL.len();
+
+/// Name of drop counter `i`.
+pub fn drop_name(i: usize) -> &'static str {
+    if i < UNDERLAY_REASONS {
+        UnderlayError::ALL[i].name()
+    } else {
+        FabricDrop::ALL[i - UNDERLAY_REASONS].name()
+    }
+}
+
+/// Frames the VTEP consumed or answered itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Handled {
+    /// ARP requests for our VTEP address, answered.
+    ArpAnswered = 0,
+    /// ARP frames from neighbours we resolve, passed to the control plane.
+    ArpFromNeighbour,
+    /// ICMP echo requests to our VTEP address, answered.
+    IcmpEchoAnswered,
+    /// Frames the control plane sent on the uplink (ARP requests).
+    ControlFramesSent,
+}
+
+impl Handled {
+    /// Every kind, in counter order.
+    pub const ALL: [Handled; 4] =
+        [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered, Handled::ControlFramesSent];
+
+    /// Counter name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handled::ArpAnswered => "arp_answered",
+            Handled::ArpFromNeighbour => "arp_from_neighbour",
+            Handled::IcmpEchoAnswered => "icmp_echo_answered",
+            Handled::ControlFramesSent => "control_frames_sent",
+        }
+    }
+}
+
+/// Adds `n` to a counter that only the calling worker writes.
+#[inline(always)]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Counters of one wire in one worker; index 0 is the forward direction
+/// (frames entering at the wire's first endpoint), 1 the reverse.
+#[derive(Default)]
+pub struct WireCounters {
+    /// Frames delivered, per direction.
+    pub frames: [AtomicU64; 2],
+    /// Bytes delivered, per direction.
+    pub bytes: [AtomicU64; 2],
+    /// Frames dropped on this wire.
+    pub dropped: AtomicU64,
+}
+
+/// A plain copy of [`WireCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireTotals {
+    /// Frames per direction.
+    pub frames: [u64; 2],
+    /// Bytes per direction.
+    pub bytes: [u64; 2],
+    /// Drops.
+    pub dropped: u64,
+}
+
+impl WireTotals {
+    /// `self - base`, for counters of a slot that was reused.
+    pub fn since(&self, base: &WireTotals) -> WireTotals {
+        WireTotals {
+            frames: [self.frames[0].wrapping_sub(base.frames[0]), self.frames[1].wrapping_sub(base.frames[1])],
+            bytes: [self.bytes[0].wrapping_sub(base.bytes[0]), self.bytes[1].wrapping_sub(base.bytes[1])],
+            dropped: self.dropped.wrapping_sub(base.dropped),
+        }
+    }
+}
+
+/// Largest port id + 1 the counters cover (RTE_MAX_ETHPORTS is 32 in Debian's
+/// DPDK; this leaves room for builds with more).
+pub const MAX_PORTS: usize = 64;
+
+/// All counters of one worker.
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// Poll loop iterations.
+    pub polls: AtomicU64,
+    /// Iterations that received at least one frame.
+    pub busy_polls: AtomicU64,
+    /// Idle back-off sleeps.
+    pub sleeps: AtomicU64,
+    /// Frames received.
+    pub rx_frames: AtomicU64,
+    /// Frames accepted by TX queues.
+    pub tx_frames: AtomicU64,
+    /// Configuration snapshots taken.
+    pub config_updates: AtomicU64,
+    /// ARP sightings lost because the control plane's queue was full (the
+    /// frames themselves are still counted as handled).
+    pub arp_events_lost: AtomicU64,
+    /// Drops by reason (see [`drop_name`]).
+    pub drops: [AtomicU64; DROP_REASONS],
+    /// Frames handled by the VTEP, by [`Handled`] kind.
+    pub handled: [AtomicU64; Handled::ALL.len()],
+    /// Per port: frames the TX queue refused.
+    pub port_tx_dropped: [AtomicU64; MAX_PORTS],
+    /// Per wire slot.
+    pub wires: Box<[WireCounters]>,
+}
+
+impl WorkerStats {
+    /// Zeroed counters for `max_wires` wire slots.
+    pub fn new(max_wires: usize) -> WorkerStats {
+        WorkerStats {
+            polls: AtomicU64::new(0),
+            busy_polls: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+            rx_frames: AtomicU64::new(0),
+            tx_frames: AtomicU64::new(0),
+            config_updates: AtomicU64::new(0),
+            arp_events_lost: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            handled: std::array::from_fn(|_| AtomicU64::new(0)),
+            port_tx_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            wires: (0..max_wires).map(|_| WireCounters::default()).collect(),
+        }
+    }
+
+    /// The counters of wire slot `slot`.
+    pub fn wire(&self, slot: u32) -> WireTotals {
+        let Some(w) = self.wires.get(slot as usize) else { return WireTotals::default() };
+        WireTotals {
+            frames: [w.frames[0].load(Relaxed), w.frames[1].load(Relaxed)],
+            bytes: [w.bytes[0].load(Relaxed), w.bytes[1].load(Relaxed)],
+            dropped: w.dropped.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_names_are_unique_and_cover_every_reason() {
+        let names: Vec<&str> = (0..DROP_REASONS).map(drop_name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), DROP_REASONS, "duplicate drop names: {names:?}");
+        for (i, e) in UnderlayError::ALL.iter().enumerate() {
+            assert_eq!(underlay_index(*e), i, "UnderlayError::ALL must be in discriminant order");
+        }
+        assert_eq!(drop_name(FabricDrop::TxFull.index()), "tx_full");
+    }
+
+    #[test]
+    fn slot_counters_rebase() {
+        let s = WorkerStats::new(4);
+        bump(&s.wires[2].frames[1], 5);
+        let base = s.wire(2);
+        bump(&s.wires[2].frames[1], 3);
+        bump(&s.wires[2].dropped, 1);
+        let d = s.wire(2).since(&base);
+        assert_eq!(d.frames, [0, 3]);
+        assert_eq!(d.dropped, 1);
+        assert_eq!(s.wire(99), WireTotals::default());
+    }
+}

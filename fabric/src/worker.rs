@@ -1,0 +1,314 @@
+//! The data path: one run-to-completion poll loop per worker lcore.
+//!
+//! Worker `i` polls RX queue `i` of every active port and sends on TX queue
+//! `i`, so no queue is shared and nothing is locked. Per iteration it takes a
+//! new configuration snapshot if one was published (a quiescent point: no
+//! packet in hand, TX buffers flushed), sends frames the control plane
+//! queued, polls every port, then flushes its TX buffers (as DPDK's l2fwd
+//! does). Per burst it branches once on what the port is:
+//! * a loopback wire: the burst moves to the peer's TX buffer untouched;
+//! * an encap wire: each frame gets the wire's prebuilt outer headers in its
+//!   headroom (the UDP source port from the inner flow hash);
+//! * the uplink: each frame is classified (`vw_wire::underlay::classify`),
+//!   looked up by (format, connector ID), checked against the wire's peer
+//!   VTEP, stripped and sent to the endpoint; ARP and ICMP echo for the
+//!   VTEP are answered in place.
+//!
+//! No allocation, lock, syscall or log per packet: drops are freed in bulk
+//! and counted per worker by reason. The only syscall is the optional idle
+//! back-off sleep, taken when the worker has been idle for a while.
+
+use crate::snapshot::{
+    decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, PortPlan, Snapshot, UplinkPlan,
+};
+use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats, MAX_PORTS};
+use hashbrown::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use vw_pmd::{Burst, FreeBatch, Mbuf, PortId, TxBuffer};
+use vw_wire::underlay::{classify, Underlay, UnderlayError};
+use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4};
+
+/// Empty polls in a row before the idle back-off sleeps.
+const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
+
+/// Everything a worker needs, moved onto its lcore.
+pub struct WorkerContext {
+    /// Worker index (its queue number on every port).
+    pub index: usize,
+    /// Its mailbox.
+    pub mailbox: Arc<Mailbox>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+    /// Set by the control plane to stop every worker.
+    pub stop: Arc<AtomicBool>,
+    /// Sleep this long when idle (None: busy polling).
+    pub idle_sleep: Option<Duration>,
+    /// The configuration to start with.
+    pub initial: Arc<Snapshot>,
+}
+
+/// Per-worker I/O state: the RX burst, one TX buffer per port, drop batch.
+struct Io {
+    queue: u16,
+    rx: Burst,
+    tx: Vec<TxBuffer>,
+    dirty: u64,
+    free: FreeBatch,
+    stats: Arc<WorkerStats>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// Runs the poll loop until `stop` is set. Returns 0.
+pub fn run(ctx: WorkerContext) -> i32 {
+    let WorkerContext { index, mailbox, stats, stop, idle_sleep, initial } = ctx;
+    let queue = index as u16;
+    let mut io = Io {
+        queue,
+        rx: Burst::new(),
+        tx: (0..MAX_PORTS as u16).map(|p| TxBuffer::new(PortId(p), queue)).collect(),
+        dirty: 0,
+        free: FreeBatch::new(),
+        stats: stats.clone(),
+        mailbox: mailbox.clone(),
+    };
+    let mut snap = initial;
+    mailbox.set_alive(true, snap.version);
+    let mut idle_polls = 0u32;
+    while !stop.load(Relaxed) {
+        if mailbox.take_update(&mut snap) {
+            bump(&stats.config_updates, 1);
+        }
+        if let Some(up) = &snap.uplink {
+            while let Some(m) = mailbox.inject.pop() {
+                io.send(up.port, m);
+                bump(&stats.handled[Handled::ControlFramesSent as usize], 1);
+            }
+        }
+        let mut received = 0usize;
+        for &port in &snap.active {
+            received += match snap.ports[port.0 as usize] {
+                PortPlan::Endpoint(action) => io.poll_endpoint(port, action),
+                PortPlan::Uplink => match &snap.uplink {
+                    Some(up) => io.poll_uplink(up, &snap.decap),
+                    None => 0,
+                },
+                PortPlan::Unused => 0,
+            };
+        }
+        io.flush_all();
+        io.free.flush();
+        bump(&stats.polls, 1);
+        if received > 0 {
+            bump(&stats.busy_polls, 1);
+            bump(&stats.rx_frames, received as u64);
+            idle_polls = 0;
+        } else if let Some(d) = idle_sleep {
+            idle_polls += 1;
+            if idle_polls >= IDLE_POLLS_BEFORE_SLEEP {
+                std::thread::sleep(d);
+                bump(&stats.sleeps, 1);
+            }
+        }
+    }
+    for tx in io.tx.iter_mut() {
+        tx.discard();
+    }
+    let version = snap.version;
+    drop(snap);
+    mailbox.set_alive(false, version);
+    0
+}
+
+impl Io {
+    #[inline(always)]
+    fn send(&mut self, port: PortId, m: Mbuf) {
+        self.tx[port.0 as usize].push(m);
+        self.dirty |= 1u64 << port.0;
+    }
+
+    #[inline(always)]
+    fn drop_frame(&mut self, m: Mbuf, reason: usize) {
+        self.free.push(m);
+        bump(&self.stats.drops[reason], 1);
+    }
+
+    #[inline(always)]
+    fn count_wire(&self, slot: u32, dir: usize, frames: u64, bytes: u64, dropped: u64) {
+        if let Some(w) = self.stats.wires.get(slot as usize) {
+            if frames > 0 {
+                bump(&w.frames[dir], frames);
+                bump(&w.bytes[dir], bytes);
+            }
+            if dropped > 0 {
+                bump(&w.dropped, dropped);
+            }
+        }
+    }
+
+    /// Polls an endpoint's RX queue and applies its wire's action.
+    #[inline(always)]
+    fn poll_endpoint(&mut self, port: PortId, action: EndpointAction) -> usize {
+        let n = self.rx.rx(port, self.queue);
+        if n == 0 {
+            return 0;
+        }
+        match action {
+            EndpointAction::Loopback { peer, slot, dir } => {
+                let bytes = self.rx.bytes();
+                self.tx[peer.0 as usize].push_burst(&mut self.rx);
+                self.dirty |= 1u64 << peer.0;
+                self.count_wire(slot, dir as usize, n as u64, bytes, 0);
+            }
+            EndpointAction::Encap { template, uplink, slot } => {
+                let (max, hlen) = (template.max_inner_len(), template.len());
+                let (mut frames, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+                self.rx.prefetch_head();
+                while let Some(mut m) = self.rx.pop() {
+                    let len = m.pkt_len() as usize;
+                    if len > max {
+                        self.drop_frame(m, FabricDrop::EncapTooBig.index());
+                        dropped += 1;
+                        continue;
+                    }
+                    let hash = match m.rss_hash() {
+                        Some(h) => h,
+                        None => flow_hash(m.data()),
+                    };
+                    match m.prepend(hlen) {
+                        Some(hdr) => template.write(hdr, len, source_port(hash)),
+                        None => {
+                            self.drop_frame(m, FabricDrop::NoHeadroom.index());
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                    frames += 1;
+                    bytes += len as u64;
+                    self.tx[uplink.0 as usize].push(m);
+                }
+                self.dirty |= 1u64 << uplink.0;
+                self.count_wire(slot, 0, frames, bytes, dropped);
+            }
+            EndpointAction::Unresolved { slot } => {
+                bump(&self.stats.drops[FabricDrop::PeerUnresolved.index()], n as u64);
+                self.count_wire(slot, 0, 0, 0, n as u64);
+                self.rx.clear();
+            }
+            EndpointAction::NoWire => {
+                bump(&self.stats.drops[FabricDrop::NoWire.index()], n as u64);
+                self.rx.clear();
+            }
+        }
+        n
+    }
+
+    /// Polls the uplink: decapsulates tunnel frames, answers ARP and ICMP
+    /// echo for the VTEP, drops and counts everything else.
+    #[inline(always)]
+    fn poll_uplink(&mut self, up: &UplinkPlan, decap: &HashMap<u64, DecapTarget>) -> usize {
+        let n = self.rx.rx(up.port, self.queue);
+        if n == 0 {
+            return 0;
+        }
+        // Consecutive frames of one wire are counted together.
+        let (mut cur_slot, mut frames, mut bytes) = (u32::MAX, 0u64, 0u64);
+        self.rx.prefetch_head();
+        while let Some(mut m) = self.rx.pop() {
+            match classify(m.data(), m.pkt_len() as usize, &up.underlay) {
+                Ok(Underlay::Tunnel(d)) => {
+                    let target = match decap.get(&decap_key(d.encap, d.connector.0)) {
+                        Some(t) if t.peer_ip == d.src_ip => *t,
+                        Some(_) => {
+                            self.drop_frame(m, FabricDrop::WrongPeer.index());
+                            continue;
+                        }
+                        None => {
+                            self.drop_frame(m, FabricDrop::UnknownConnector.index());
+                            continue;
+                        }
+                    };
+                    // classify guarantees the outer headers are in the first
+                    // segment and the trailer within the packet.
+                    if !m.adj(d.outer_len) || !m.trim(d.trailer_len) {
+                        self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+                        continue;
+                    }
+                    if target.slot != cur_slot {
+                        if frames > 0 {
+                            self.count_wire(cur_slot, 1, frames, bytes, 0);
+                        }
+                        (cur_slot, frames, bytes) = (target.slot, 0, 0);
+                    }
+                    frames += 1;
+                    bytes += d.inner_len as u64;
+                    self.send(target.port, m);
+                }
+                Ok(Underlay::Arp) => self.arp(m, up),
+                Ok(Underlay::IcmpEcho) => {
+                    if icmpv4::echo_reply_in_place(m.data_mut(), up.underlay.mac) {
+                        bump(&self.stats.handled[Handled::IcmpEchoAnswered as usize], 1);
+                        self.send(up.port, m);
+                    } else {
+                        self.drop_frame(m, underlay_index(UnderlayError::IcmpOther));
+                    }
+                }
+                Err(e) => self.drop_frame(m, underlay_index(e)),
+            }
+        }
+        if frames > 0 {
+            self.count_wire(cur_slot, 1, frames, bytes, 0);
+        }
+        n
+    }
+
+    /// ARP on the uplink: answer requests for the VTEP, pass sightings of the
+    /// neighbours we resolve to the control plane, ignore the rest.
+    #[cold]
+    fn arp(&mut self, mut m: Mbuf, up: &UplinkPlan) {
+        let Some(info) = arp::parse(m.data()) else {
+            self.drop_frame(m, underlay_index(UnderlayError::ArpMalformed));
+            return;
+        };
+        let from_neighbour = up.neighbours.contains(&info.sender_ip);
+        if from_neighbour
+            && self.mailbox.events.push(NeighbourEvent { ip: info.sender_ip, mac: info.sender_mac }).is_err()
+        {
+            bump(&self.stats.arp_events_lost, 1);
+        }
+        if info.operation == arp::operation::REQUEST
+            && info.target_ip == up.underlay.vtep_ip
+            && arp::reply_in_place(m.data_mut(), up.underlay.mac, up.underlay.vtep_ip)
+        {
+            bump(&self.stats.handled[Handled::ArpAnswered as usize], 1);
+            self.send(up.port, m);
+        } else if from_neighbour {
+            bump(&self.stats.handled[Handled::ArpFromNeighbour as usize], 1);
+            self.free.push(m);
+        } else {
+            self.drop_frame(m, FabricDrop::ArpIgnored.index());
+        }
+    }
+
+    /// Flushes every TX buffer that received frames this iteration.
+    #[inline(always)]
+    fn flush_all(&mut self) {
+        let mut d = self.dirty;
+        self.dirty = 0;
+        while d != 0 {
+            let p = d.trailing_zeros() as usize;
+            d &= d - 1;
+            let tx = &mut self.tx[p];
+            tx.flush();
+            let (sent, dropped) = (tx.sent, tx.dropped);
+            tx.sent = 0;
+            tx.dropped = 0;
+            bump(&self.stats.tx_frames, sent);
+            if dropped > 0 {
+                bump(&self.stats.port_tx_dropped[p], dropped);
+                bump(&self.stats.drops[FabricDrop::TxFull.index()], dropped);
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Owning mbuf handles and fixed-size bursts.
+//!
+//! [`Mbuf`] owns one packet (its first segment and any chained segments) and
+//! frees it on drop. Handing it to a [`TxBuffer`] moves ownership; the TX
+//! path frees what the queue does not take and counts it. [`Burst`] is a
+//! fixed array filled by `rte_eth_rx_burst`, drained as `Mbuf`s. Nothing
+//! here allocates.
+
+use crate::port::PortId;
+use std::ptr::NonNull;
+
+/// Packets per RX burst (DPDK's customary 32).
+pub const BURST_SIZE: usize = 32;
+/// Capacity of a TX buffer before it flushes by itself.
+pub const TX_BUFFER_SIZE: usize = 64;
+/// How many packets ahead of the current one `Burst::drain` prefetches.
+const PREFETCH_AHEAD: usize = 3;
+
+type RawMbuf = *mut dpdk_sys::rte_mbuf;
+
+/// An owned packet buffer. Freed (with its whole segment chain) on drop.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
+
+// SAFETY: an mbuf is owned by exactly one Mbuf handle at a time, and DPDK
+// allows an mbuf to be freed or transmitted from any thread.
+unsafe impl Send for Mbuf {}
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mbuf").field("pkt_len", &self.pkt_len()).field("segs", &self.nb_segs()).finish()
+    }
+}
+
+impl Mbuf {
+    #[inline(always)]
+    pub(crate) fn from_nonnull(p: NonNull<dpdk_sys::rte_mbuf>) -> Mbuf {
+        Mbuf(p)
+    }
+
+    #[inline(always)]
+    fn into_raw(self) -> RawMbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> &dpdk_sys::rte_mbuf {
+        // SAFETY: the handle owns a valid mbuf for its whole life.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline(always)]
+    fn raw_mut(&mut self) -> &mut dpdk_sys::rte_mbuf {
+        // SAFETY: the handle owns the mbuf exclusively; &mut self prevents aliasing.
+        unsafe { self.0.as_mut() }
+    }
+
+    /// Total packet length over all segments.
+    #[inline(always)]
+    pub fn pkt_len(&self) -> u32 {
+        self.raw().pkt_len
+    }
+
+    /// Bytes of packet data in the first segment.
+    #[inline(always)]
+    pub fn data_len(&self) -> u16 {
+        self.raw().data_len
+    }
+
+    /// Number of segments in the chain.
+    #[inline(always)]
+    pub fn nb_segs(&self) -> u16 {
+        self.raw().nb_segs
+    }
+
+    /// Free bytes in front of the packet data (room for `prepend`).
+    #[inline(always)]
+    pub fn headroom(&self) -> u16 {
+        self.raw().data_off
+    }
+
+    /// Free bytes after the packet data in the first segment.
+    #[inline(always)]
+    fn tailroom(&self) -> usize {
+        let m = self.raw();
+        m.buf_len as usize - m.data_off as usize - m.data_len as usize
+    }
+
+    /// The first segment's packet data.
+    #[inline(always)]
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: buf_addr points to buf_len bytes; DPDK and this module keep
+        // data_off + data_len <= buf_len. The slice borrows self, which owns
+        // the buffer exclusively.
+        unsafe { std::slice::from_raw_parts((m.buf_addr as *const u8).add(m.data_off as usize), m.data_len as usize) }
+    }
+
+    /// The first segment's packet data, writable.
+    #[inline(always)]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.raw_mut();
+        // SAFETY: as in `data`; &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(m.data_off as usize), m.data_len as usize) }
+    }
+
+    /// Grows the packet by `n` bytes at the front (into the headroom) and
+    /// returns those bytes, or `None` if the headroom is too small.
+    #[inline(always)]
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        let m = self.raw_mut();
+        if n > m.data_off as usize {
+            return None;
+        }
+        m.data_off -= n as u16;
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        Some(&mut self.data_mut()[..n])
+    }
+
+    /// Removes `n` bytes from the front of the packet. Returns false (and
+    /// changes nothing) if the first segment holds fewer than `n` bytes.
+    #[inline(always)]
+    pub fn adj(&mut self, n: usize) -> bool {
+        let m = self.raw_mut();
+        if n > m.data_len as usize {
+            return false;
+        }
+        m.data_off += n as u16;
+        m.data_len -= n as u16;
+        m.pkt_len -= n as u32;
+        true
+    }
+
+    /// Removes `n` bytes from the end of the packet. Returns false (and
+    /// changes nothing) if the last segment holds fewer than `n` bytes.
+    #[inline]
+    pub fn trim(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if self.nb_segs() == 1 {
+            let m = self.raw_mut();
+            if n > m.data_len as usize {
+                return false;
+            }
+            m.data_len -= n as u16;
+            m.pkt_len -= n as u32;
+            return true;
+        }
+        if n > u16::MAX as usize {
+            return false;
+        }
+        // SAFETY: we own the chain; rte_pktmbuf_trim only adjusts lengths of
+        // the last segment and fails without change if it is too short.
+        unsafe { dpdk_sys::rte_pktmbuf_trim(self.0.as_ptr(), n as u16) == 0 }
+    }
+
+    /// Grows a single-segment packet by `n` bytes at the end and returns them.
+    pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        if self.nb_segs() != 1 || n > self.tailroom() {
+            return None;
+        }
+        let m = self.raw_mut();
+        let old = m.data_len as usize;
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        Some(&mut self.data_mut()[old..old + n])
+    }
+
+    /// The RSS hash the receiving device computed, if it set one.
+    #[inline(always)]
+    pub fn rss_hash(&self) -> Option<u32> {
+        let m = self.raw();
+        if m.ol_flags & dpdk_sys::RTE_MBUF_F_RX_RSS_HASH as u64 != 0 {
+            // SAFETY: the RSS_HASH flag says the `rss` member of the union is valid.
+            Some(unsafe { m.__bindgen_anon_2.hash.rss })
+        } else {
+            None
+        }
+    }
+
+    /// Copies the whole packet (all segments) into `out`, returning the
+    /// number of bytes written. Used by the control plane, never per packet.
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let mut written = 0;
+        let mut seg: *const dpdk_sys::rte_mbuf = self.0.as_ptr();
+        while !seg.is_null() && written < out.len() {
+            // SAFETY: seg walks the chain owned by this handle; each segment's
+            // data_off + data_len stays within its buffer.
+            let (ptr, len, next) = unsafe {
+                let s = &*seg;
+                ((s.buf_addr as *const u8).add(s.data_off as usize), s.data_len as usize, s.next)
+            };
+            let n = len.min(out.len() - written);
+            // SAFETY: ptr is valid for len >= n bytes (see above).
+            out[written..written + n].copy_from_slice(unsafe { std::slice::from_raw_parts(ptr, n) });
+            written += n;
+            seg = next;
+        }
+        written
+    }
+
+    /// Hints the CPU to load the first cache line of packet data.
+    #[inline(always)]
+    pub fn prefetch(&self) {
+        prefetch_data(self.0.as_ptr());
+    }
+}
+
+#[inline(always)]
+fn prefetch_data(m: RawMbuf) {
+    // SAFETY: m is a valid mbuf owned by the caller; reading buf_addr and
+    // data_off is a plain load, and a prefetch never faults.
+    unsafe {
+        let p = ((*m).buf_addr as *const u8).add((*m).data_off as usize);
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: the handle owns the mbuf chain; after this nothing refers to it.
+        unsafe { dpdk_sys::rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+/// Frees `n` raw mbufs in one call.
+#[inline]
+fn free_bulk(pkts: &mut [RawMbuf]) {
+    if !pkts.is_empty() {
+        // SAFETY: every pointer in `pkts` is an mbuf chain owned by the caller,
+        // which forgets them after this call.
+        unsafe { dpdk_sys::rte_pktmbuf_free_bulk(pkts.as_mut_ptr(), pkts.len() as u32) }
+    }
+}
+
+/// Up to [`BURST_SIZE`] received packets, owned. Unconsumed packets are
+/// freed when the burst is dropped or refilled.
+pub struct Burst {
+    pkts: [RawMbuf; BURST_SIZE],
+    len: usize,
+    next: usize,
+}
+
+// SAFETY: the burst owns its mbufs exclusively (see Mbuf).
+unsafe impl Send for Burst {}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Burst {
+    /// An empty burst.
+    pub const fn new() -> Burst {
+        Burst { pkts: [std::ptr::null_mut(); BURST_SIZE], len: 0, next: 0 }
+    }
+
+    /// Receives up to [`BURST_SIZE`] packets from `queue` of `port`,
+    /// replacing the previous contents (any left are freed first).
+    #[inline(always)]
+    pub fn rx(&mut self, port: PortId, queue: u16) -> usize {
+        self.clear();
+        // SAFETY: pkts has room for BURST_SIZE pointers; the port/queue pair
+        // is configured and started (the caller polls only such queues), and
+        // only this worker polls this RX queue.
+        let n = unsafe { dpdk_sys::rte_eth_rx_burst(port.0, queue, self.pkts.as_mut_ptr(), BURST_SIZE as u16) };
+        self.len = n as usize;
+        self.next = 0;
+        self.len
+    }
+
+    /// Packets not yet taken.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len - self.next
+    }
+
+    /// True when no packet is left.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == self.next
+    }
+
+    /// Sum of `pkt_len` over the packets not yet taken.
+    #[inline(always)]
+    pub fn bytes(&self) -> u64 {
+        self.pkts[self.next..self.len]
+            .iter()
+            // SAFETY: pointers in [next, len) are valid owned mbufs.
+            .map(|&p| unsafe { (*p).pkt_len } as u64)
+            .sum()
+    }
+
+    /// Takes the next packet, prefetching the data of one a few places ahead.
+    #[inline(always)]
+    pub fn pop(&mut self) -> Option<Mbuf> {
+        if self.next == self.len {
+            return None;
+        }
+        let ahead = self.next + PREFETCH_AHEAD;
+        if ahead < self.len {
+            prefetch_data(self.pkts[ahead]);
+        }
+        let p = self.pkts[self.next];
+        self.next += 1;
+        // SAFETY: rx_burst only returns non-null mbufs.
+        Some(Mbuf(unsafe { NonNull::new_unchecked(p) }))
+    }
+
+    /// Prefetches the data of the first packets before a `pop` loop.
+    #[inline(always)]
+    pub fn prefetch_head(&self) {
+        for &p in &self.pkts[self.next..self.len.min(self.next + PREFETCH_AHEAD)] {
+            prefetch_data(p);
+        }
+    }
+
+    /// Frees every packet not yet taken.
+    #[inline]
+    pub fn clear(&mut self) {
+        free_bulk(&mut self.pkts[self.next..self.len]);
+        self.len = 0;
+        self.next = 0;
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Packets waiting to be sent on one TX queue of one port. Flushes itself
+/// when full; the owner flushes it once per poll iteration. Packets the
+/// queue refuses are freed and counted in `dropped`.
+pub struct TxBuffer {
+    port: PortId,
+    queue: u16,
+    len: usize,
+    pkts: [RawMbuf; TX_BUFFER_SIZE],
+    /// Packets the device accepted since the counters were last taken.
+    pub sent: u64,
+    /// Packets the device refused (queue full) and that were freed.
+    pub dropped: u64,
+}
+
+// SAFETY: the buffer owns its mbufs exclusively (see Mbuf).
+unsafe impl Send for TxBuffer {}
+
+impl TxBuffer {
+    /// An empty buffer for `queue` of `port`.
+    pub fn new(port: PortId, queue: u16) -> TxBuffer {
+        TxBuffer { port, queue, len: 0, pkts: [std::ptr::null_mut(); TX_BUFFER_SIZE], sent: 0, dropped: 0 }
+    }
+
+    /// The port this buffer sends on.
+    pub fn port(&self) -> PortId {
+        self.port
+    }
+
+    /// Packets waiting.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is waiting.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues one packet, flushing first if the buffer is full.
+    #[inline(always)]
+    pub fn push(&mut self, m: Mbuf) {
+        if self.len == TX_BUFFER_SIZE {
+            self.flush();
+        }
+        self.pkts[self.len] = m.into_raw();
+        self.len += 1;
+    }
+
+    /// Moves every remaining packet of `burst` into this buffer.
+    #[inline(always)]
+    pub fn push_burst(&mut self, burst: &mut Burst) {
+        let n = burst.len();
+        if self.len + n > TX_BUFFER_SIZE {
+            self.flush();
+        }
+        self.pkts[self.len..self.len + n].copy_from_slice(&burst.pkts[burst.next..burst.len]);
+        self.len += n;
+        burst.len = 0;
+        burst.next = 0;
+    }
+
+    /// Sends what is queued; frees and counts what the device refuses.
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: pkts[..len] are owned mbufs; the port/queue pair is started
+        // and this TX queue is used by this buffer's owner only. The device
+        // takes ownership of the first `sent` packets.
+        let sent =
+            unsafe { dpdk_sys::rte_eth_tx_burst(self.port.0, self.queue, self.pkts.as_mut_ptr(), self.len as u16) }
+                as usize;
+        if sent < self.len {
+            free_bulk(&mut self.pkts[sent..self.len]);
+            self.dropped += (self.len - sent) as u64;
+        }
+        self.sent += sent as u64;
+        self.len = 0;
+    }
+
+    /// Frees queued packets without sending them (port going away).
+    pub fn discard(&mut self) {
+        free_bulk(&mut self.pkts[..self.len]);
+        self.dropped += self.len as u64;
+        self.len = 0;
+    }
+}
+
+impl Drop for TxBuffer {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+/// Packets to be freed together (drops on the data path), freed in bulk.
+pub struct FreeBatch {
+    len: usize,
+    pkts: [RawMbuf; BURST_SIZE],
+}
+
+// SAFETY: the batch owns its mbufs exclusively (see Mbuf).
+unsafe impl Send for FreeBatch {}
+
+impl Default for FreeBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FreeBatch {
+    /// An empty batch.
+    pub const fn new() -> FreeBatch {
+        FreeBatch { len: 0, pkts: [std::ptr::null_mut(); BURST_SIZE] }
+    }
+
+    /// Adds a packet to free; frees the batch when it is full.
+    #[inline(always)]
+    pub fn push(&mut self, m: Mbuf) {
+        if self.len == BURST_SIZE {
+            self.flush();
+        }
+        self.pkts[self.len] = m.into_raw();
+        self.len += 1;
+    }
+
+    /// Frees every packet in the batch.
+    #[inline]
+    pub fn flush(&mut self) {
+        free_bulk(&mut self.pkts[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Drop for FreeBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}

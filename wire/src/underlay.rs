@@ -1,0 +1,781 @@
+//! Classification of frames received on the uplink (the underlay port).
+//!
+//! [`classify`] decides, once per received frame, whether it is a tunnel packet for one of our
+//! wires (vwire or VXLAN, RFC 7348 §5), an ARP packet or an ICMP echo request for our VTEP
+//! address, and otherwise which [`UnderlayError`] counter to bump. It only reads the
+//! contiguous first segment, allocates nothing and never panics. Looking the connector up in
+//! the wire table and checking the source VTEP are left to the caller. UDP checksums are not
+//! verified: RFC 7348 §5 says senders SHOULD send zero and a decapsulating end point MAY verify
+//! a non-zero one; doing so would cost a pass over the whole packet, which may span segments.
+
+use std::net::Ipv4Addr;
+
+use crate::encap::{Encap, EncapTemplate};
+use crate::ethernet::{self, ethertype, MacAddr};
+use crate::table::ConnectorId;
+use crate::{arp, icmpv4, ipv4, udp, vwire, vxlan};
+
+/// What the uplink answers to and terminates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnderlayConfig {
+    /// Our VTEP address: tunnel packets, ARP and pings are for it.
+    pub vtep_ip: Ipv4Addr,
+    /// The uplink's MAC address.
+    pub mac: MacAddr,
+    /// UDP destination port of vwire tunnels.
+    pub vwire_port: u16,
+    /// UDP destination port of VXLAN tunnels.
+    pub vxlan_port: u16,
+}
+
+/// An accepted uplink frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// A tunnel packet: strip `outer_len`, trim `trailer_len`, deliver the inner frame.
+    Tunnel(Decap),
+    /// An ARP packet (at least 14 + 28 bytes); check it with [`arp::parse`].
+    Arp,
+    /// A valid ICMP echo request to our VTEP; answer it with [`icmpv4::echo_reply_in_place`].
+    IcmpEcho,
+}
+
+/// How to decapsulate a tunnel packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decap {
+    /// Which encapsulation it arrived in.
+    pub encap: Encap,
+    /// The connector ID (vwire) or VNI (VXLAN).
+    pub connector: ConnectorId,
+    /// Outer IPv4 source: the sending VTEP.
+    pub src_ip: Ipv4Addr,
+    /// Bytes to strip: Ethernet + IPv4 + UDP + tunnel header.
+    pub outer_len: usize,
+    /// Length of the inner Ethernet frame.
+    pub inner_len: usize,
+    /// Bytes after the IPv4 packet (Ethernet padding) to trim.
+    pub trailer_len: usize,
+}
+
+/// Why [`classify`] dropped an uplink frame; each variant is a user-visible counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum UnderlayError {
+    /// Shorter than an Ethernet header.
+    Runt = 0,
+    /// Ethernet destination neither our MAC, nor broadcast, nor multicast.
+    NotOurMac = 1,
+    /// ARP EtherType but shorter than 14 + 28 bytes.
+    ArpMalformed = 2,
+    /// EtherType neither ARP nor IPv4 (IPv6, VLAN-tagged, LLDP, ...).
+    NotIpv4 = 3,
+    /// Not enough bytes for an IPv4 header.
+    Ipv4Truncated = 4,
+    /// IP version is not 4.
+    Ipv4Version = 5,
+    /// IHL below 5.
+    Ipv4HeaderLength = 6,
+    /// IHL above 5 (options).
+    Ipv4Options = 7,
+    /// Total length below 20 or beyond the frame.
+    Ipv4TotalLength = 8,
+    /// Bad IPv4 header checksum.
+    Ipv4Checksum = 9,
+    /// A fragment (MF set or non-zero offset).
+    Ipv4Fragment = 10,
+    /// IPv4 destination is not our VTEP address.
+    NotOurAddress = 11,
+    /// ICMP other than a valid echo request.
+    IcmpOther = 12,
+    /// IP protocol neither ICMP nor UDP.
+    IpProtocol = 13,
+    /// Not enough bytes for a UDP header.
+    UdpTruncated = 14,
+    /// UDP length disagrees with the IPv4 total length.
+    UdpLength = 15,
+    /// UDP destination port is neither the vwire nor the VXLAN port.
+    UdpPort = 16,
+    /// UDP payload shorter than the tunnel header.
+    TunnelTruncated = 17,
+    /// VXLAN header without the I flag.
+    VxlanFlags = 18,
+    /// Inner frame shorter than an Ethernet header.
+    InnerRunt = 19,
+}
+
+impl UnderlayError {
+    /// Number of variants.
+    pub const COUNT: usize = 20;
+
+    /// Every variant, in discriminant order (`ALL[e as usize] == e`).
+    pub const ALL: [UnderlayError; UnderlayError::COUNT] = [
+        UnderlayError::Runt,
+        UnderlayError::NotOurMac,
+        UnderlayError::ArpMalformed,
+        UnderlayError::NotIpv4,
+        UnderlayError::Ipv4Truncated,
+        UnderlayError::Ipv4Version,
+        UnderlayError::Ipv4HeaderLength,
+        UnderlayError::Ipv4Options,
+        UnderlayError::Ipv4TotalLength,
+        UnderlayError::Ipv4Checksum,
+        UnderlayError::Ipv4Fragment,
+        UnderlayError::NotOurAddress,
+        UnderlayError::IcmpOther,
+        UnderlayError::IpProtocol,
+        UnderlayError::UdpTruncated,
+        UnderlayError::UdpLength,
+        UnderlayError::UdpPort,
+        UnderlayError::TunnelTruncated,
+        UnderlayError::VxlanFlags,
+        UnderlayError::InnerRunt,
+    ];
+
+    /// Index for counter arrays: the discriminant, `0..COUNT`.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake_case counter name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            UnderlayError::Runt => "runt",
+            UnderlayError::NotOurMac => "not_our_mac",
+            UnderlayError::ArpMalformed => "arp_malformed",
+            UnderlayError::NotIpv4 => "not_ipv4",
+            UnderlayError::Ipv4Truncated => "ipv4_truncated",
+            UnderlayError::Ipv4Version => "ipv4_version",
+            UnderlayError::Ipv4HeaderLength => "ipv4_header_length",
+            UnderlayError::Ipv4Options => "ipv4_options",
+            UnderlayError::Ipv4TotalLength => "ipv4_total_length",
+            UnderlayError::Ipv4Checksum => "ipv4_checksum",
+            UnderlayError::Ipv4Fragment => "ipv4_fragment",
+            UnderlayError::NotOurAddress => "not_our_address",
+            UnderlayError::IcmpOther => "icmp_other",
+            UnderlayError::IpProtocol => "ip_protocol",
+            UnderlayError::UdpTruncated => "udp_truncated",
+            UnderlayError::UdpLength => "udp_length",
+            UnderlayError::UdpPort => "udp_port",
+            UnderlayError::TunnelTruncated => "tunnel_truncated",
+            UnderlayError::VxlanFlags => "vxlan_flags",
+            UnderlayError::InnerRunt => "inner_runt",
+        }
+    }
+
+    /// One-line human description.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            UnderlayError::Runt => "frame shorter than an Ethernet header (14 bytes)",
+            UnderlayError::NotOurMac => "Ethernet destination is not our MAC, broadcast or multicast",
+            UnderlayError::ArpMalformed => "ARP frame shorter than 42 bytes",
+            UnderlayError::NotIpv4 => "EtherType is neither IPv4 nor ARP (IPv6, VLAN-tagged, LLDP, ...)",
+            UnderlayError::Ipv4Truncated => "frame too short for an IPv4 header",
+            UnderlayError::Ipv4Version => "IP version is not 4",
+            UnderlayError::Ipv4HeaderLength => "IPv4 header length (IHL) below 5 words",
+            UnderlayError::Ipv4Options => "IPv4 header carries options (IHL above 5)",
+            UnderlayError::Ipv4TotalLength => "IPv4 total length below 20 or beyond the end of the frame",
+            UnderlayError::Ipv4Checksum => "bad IPv4 header checksum",
+            UnderlayError::Ipv4Fragment => "IPv4 fragment (fragmented tunnel packets are not reassembled)",
+            UnderlayError::NotOurAddress => "IPv4 destination is not our VTEP address",
+            UnderlayError::IcmpOther => "ICMP message other than a valid echo request",
+            UnderlayError::IpProtocol => "IP protocol is neither UDP nor ICMP",
+            UnderlayError::UdpTruncated => "packet too short for a UDP header",
+            UnderlayError::UdpLength => "UDP length disagrees with the IPv4 total length",
+            UnderlayError::UdpPort => "UDP destination port is neither the vwire nor the VXLAN port",
+            UnderlayError::TunnelTruncated => "UDP payload shorter than the tunnel header",
+            UnderlayError::VxlanFlags => "VXLAN header without the I (valid VNI) flag",
+            UnderlayError::InnerRunt => "inner frame shorter than an Ethernet header",
+        }
+    }
+}
+
+impl core::fmt::Display for UnderlayError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+impl std::error::Error for UnderlayError {}
+
+const _: () = {
+    let mut i = 0;
+    while i < UnderlayError::COUNT {
+        assert!(UnderlayError::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+// Offsets inside the frame.
+const IP: usize = ethernet::HEADER_LEN;
+const UDP: usize = IP + ipv4::HEADER_LEN;
+const TUNNEL: usize = UDP + udp::HEADER_LEN;
+const VWIRE_END: usize = TUNNEL + vwire::HEADER_LEN;
+const VXLAN_END: usize = TUNNEL + vxlan::HEADER_LEN;
+
+const _: () = assert!(UDP == 34 && TUNNEL == 42 && VWIRE_END == 46 && VXLAN_END == 50);
+const _: () = assert!(VWIRE_END == Encap::Vwire.overhead() && VXLAN_END == Encap::Vxlan.overhead());
+
+#[inline(always)]
+fn be16(a: u8, b: u8) -> u16 {
+    u16::from_be_bytes([a, b])
+}
+
+/// True if the 20-byte IPv4 header at `IP` in `h` sums to 0xffff (RFC 1071).
+#[inline(always)]
+fn ipv4_header_checksum_ok(h: &[u8; UDP]) -> bool {
+    let mut sum = 0u32;
+    let mut i = IP;
+    while i < UDP {
+        sum += u32::from(be16(h[i], h[i + 1]));
+        i += 2;
+    }
+    crate::checksum::fold(sum) == 0xffff
+}
+
+/// Classifies a frame received on the uplink.
+///
+/// `data` is the contiguous first part of the frame (the first mbuf segment), `pkt_len` its
+/// total length (`>= data.len()`). Headers must lie in `data`; lengths are checked against
+/// `pkt_len`. For a tunnel packet, the inner Ethernet header must also lie in `data`, so
+/// `outer_len + 14 <= data.len()`, and `outer_len + inner_len + trailer_len == pkt_len`.
+/// Checks run in the order of the [`UnderlayError`] variants; the first failing one is returned.
+#[inline]
+pub fn classify(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underlay, UnderlayError> {
+    use UnderlayError as E;
+
+    // 1-2. Ethernet (IEEE 802.3): for us, broadcast or multicast (I/G bit).
+    let Some(eth) = data.first_chunk::<IP>() else {
+        return Err(E::Runt);
+    };
+    if pkt_len < IP {
+        return Err(E::Runt);
+    }
+    let dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    if dst != cfg.mac.0 && dst[0] & 0x01 == 0 {
+        return Err(E::NotOurMac);
+    }
+
+    // 3-4. EtherType.
+    let et = be16(eth[12], eth[13]);
+    if et == ethertype::ARP {
+        return if data.len() < IP + arp::HEADER_LEN { Err(E::ArpMalformed) } else { Ok(Underlay::Arp) };
+    }
+    if et != ethertype::IPV4 {
+        return Err(E::NotIpv4);
+    }
+
+    // 5. IPv4 header (RFC 791 §3.1).
+    let Some(h) = data.first_chunk::<UDP>() else {
+        return Err(E::Ipv4Truncated);
+    };
+    let ver_ihl = h[IP];
+    if ver_ihl >> 4 != 4 {
+        return Err(E::Ipv4Version);
+    }
+    if ver_ihl & 0x0f < 5 {
+        return Err(E::Ipv4HeaderLength);
+    }
+    if ver_ihl & 0x0f > 5 {
+        return Err(E::Ipv4Options);
+    }
+    let total_len = usize::from(be16(h[IP + 2], h[IP + 3]));
+    if total_len < ipv4::HEADER_LEN || IP + total_len > pkt_len {
+        return Err(E::Ipv4TotalLength);
+    }
+    if !ipv4_header_checksum_ok(h) {
+        return Err(E::Ipv4Checksum);
+    }
+    // Flags + fragment offset: MF (0x2000) or any offset bit (0x1fff); DF is fine.
+    if be16(h[IP + 6], h[IP + 7]) & 0x3fff != 0 {
+        return Err(E::Ipv4Fragment);
+    }
+    if [h[IP + 16], h[IP + 17], h[IP + 18], h[IP + 19]] != cfg.vtep_ip.octets() {
+        return Err(E::NotOurAddress);
+    }
+    let src_ip = Ipv4Addr::new(h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]);
+    let protocol = h[IP + 9];
+
+    // 6. ICMP (RFC 792): only well-formed echo requests are answered.
+    if protocol == ipv4::protocol::ICMP {
+        let icmp_len = total_len - ipv4::HEADER_LEN;
+        return match data.get(UDP..UDP + icmp_len) {
+            Some(icmp @ [icmpv4::message::ECHO_REQUEST, 0, ..])
+                if icmp_len >= icmpv4::HEADER_LEN && crate::checksum::fold(crate::checksum::sum(icmp)) == 0xffff =>
+            {
+                Ok(Underlay::IcmpEcho)
+            }
+            _ => Err(E::IcmpOther),
+        };
+    }
+
+    // 7-8. UDP (RFC 768).
+    if protocol != ipv4::protocol::UDP {
+        return Err(E::IpProtocol);
+    }
+    let Some(h) = data.first_chunk::<TUNNEL>() else {
+        return Err(E::UdpTruncated);
+    };
+    if total_len < ipv4::HEADER_LEN + udp::HEADER_LEN {
+        return Err(E::UdpTruncated);
+    }
+    let udp_len = usize::from(be16(h[UDP + 4], h[UDP + 5]));
+    if udp_len != total_len - ipv4::HEADER_LEN {
+        return Err(E::UdpLength);
+    }
+
+    // 9-10. Tunnel header.
+    let dst_port = be16(h[UDP + 2], h[UDP + 3]);
+    let udp_payload = udp_len - udp::HEADER_LEN;
+    let (encap, connector) = if dst_port == cfg.vwire_port {
+        match data.first_chunk::<VWIRE_END>() {
+            Some(h) if udp_payload >= vwire::HEADER_LEN => {
+                (Encap::Vwire, u32::from_be_bytes([h[TUNNEL], h[TUNNEL + 1], h[TUNNEL + 2], h[TUNNEL + 3]]))
+            }
+            _ => return Err(E::TunnelTruncated),
+        }
+    } else if dst_port == cfg.vxlan_port {
+        match data.first_chunk::<VXLAN_END>() {
+            Some(h) if udp_payload >= vxlan::HEADER_LEN => {
+                // RFC 7348 §5: only the I flag matters, reserved bits are ignored.
+                if h[TUNNEL] & vxlan::FLAG_I == 0 {
+                    return Err(E::VxlanFlags);
+                }
+                (Encap::Vxlan, u32::from_be_bytes([0, h[TUNNEL + 4], h[TUNNEL + 5], h[TUNNEL + 6]]))
+            }
+            _ => return Err(E::TunnelTruncated),
+        }
+    } else {
+        return Err(E::UdpPort);
+    };
+
+    // 11. The inner Ethernet header must be there, in the first segment.
+    let outer_len = encap.overhead();
+    let inner_len = udp_payload - encap.header_len();
+    if inner_len < ethernet::HEADER_LEN || data.len() < outer_len + ethernet::HEADER_LEN {
+        return Err(E::InnerRunt);
+    }
+
+    // 12. Whatever follows the IPv4 packet is Ethernet padding.
+    Ok(Underlay::Tunnel(Decap {
+        encap,
+        connector: ConnectorId(connector),
+        src_ip,
+        outer_len,
+        inner_len,
+        trailer_len: pkt_len - IP - total_len,
+    }))
+}
+
+/// Builds a whole tunnel frame: `template`'s outer headers written for `inner`, then `inner`.
+/// For tests and tools; allocates.
+pub fn build_tunnel_frame(template: &EncapTemplate, inner: &[u8], src_port: u16) -> Vec<u8> {
+    let mut frame = vec![0u8; template.len() + inner.len()];
+    let (hdr, body) = frame.split_at_mut(template.len());
+    template.write(hdr, inner.len(), src_port);
+    body.copy_from_slice(inner);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum;
+
+    const OUR_MAC: MacAddr = MacAddr::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x02);
+    const PEER_MAC: MacAddr = MacAddr::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x01);
+    const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+    const CFG: UnderlayConfig =
+        UnderlayConfig { vtep_ip: OUR_IP, mac: OUR_MAC, vwire_port: vwire::DEFAULT_PORT, vxlan_port: vxlan::PORT };
+
+    // A VXLAN packet exactly as Linux's vxlan driver sent it (`id 4242 dstport 4789`, captured
+    // on the receiving veth), carrying an ICMP echo request 10.200.0.1 -> 10.200.0.2.
+    static LINUX_VXLAN: [u8; 108] = [
+        0x52, 0x54, 0x00, 0x12, 0x34, 0x02, 0x52, 0x54, 0x00, 0x12, 0x34, 0x01, 0x08, 0x00, 0x45, 0x00, //
+        0x00, 0x5e, 0x30, 0xf4, 0x00, 0x00, 0x40, 0x11, 0x00, 0x47, 0xc0, 0xa8, 0x64, 0x01, 0xc0, 0xa8, //
+        0x64, 0x02, 0x88, 0x20, 0x12, 0xb5, 0x00, 0x4a, 0x49, 0xb0, 0x08, 0x00, 0x00, 0x00, 0x00, 0x10, //
+        0x92, 0x00, 0x02, 0x00, 0x00, 0x00, 0xaa, 0x02, 0x02, 0x00, 0x00, 0x00, 0xaa, 0x01, 0x08, 0x00, //
+        0x45, 0x00, 0x00, 0x2c, 0x3d, 0x88, 0x40, 0x00, 0x40, 0x01, 0xe7, 0xb6, 0x0a, 0xc8, 0x00, 0x01, //
+        0x0a, 0xc8, 0x00, 0x02, 0x08, 0x00, 0x24, 0x03, 0x1e, 0x18, 0x00, 0x01, 0x4c, 0xbd, 0x05, 0x6b, //
+        0x00, 0x00, 0x00, 0x00, 0x61, 0xbb, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    // ICMP echo request from Linux `ping -s 16 192.168.100.2` (58 bytes, as captured).
+    static LINUX_PING: [u8; 58] = [
+        0x52, 0x54, 0x00, 0x12, 0x34, 0x02, 0x52, 0x54, 0x00, 0x12, 0x34, 0x01, 0x08, 0x00, 0x45, 0x00, //
+        0x00, 0x2c, 0x79, 0xc2, 0x40, 0x00, 0x40, 0x01, 0x77, 0xba, 0xc0, 0xa8, 0x64, 0x01, 0xc0, 0xa8, //
+        0x64, 0x02, 0x08, 0x00, 0xf2, 0x0d, 0x1e, 0x17, 0x00, 0x01, 0x4c, 0xbd, 0x05, 0x6b, 0x00, 0x00, //
+        0x00, 0x00, 0x93, 0xb1, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    // Broadcast ARP request from Linux: who-has 192.168.100.2 tell 192.168.100.1.
+    static LINUX_ARP: [u8; 42] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x01, 0x08, 0x06, 0x00, 0x01, //
+        0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x52, 0x54, 0x00, 0x12, 0x34, 0x01, 0xc0, 0xa8, 0x64, 0x01, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0xa8, 0x64, 0x02,
+    ];
+
+    fn template(encap: Encap, id: u32) -> EncapTemplate {
+        EncapTemplate::new(encap, ConnectorId(id), PEER_MAC, OUR_MAC, PEER_IP, OUR_IP, encap.default_port(), 1500)
+    }
+
+    fn inner(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    fn tunnel(encap: Encap) -> Vec<u8> {
+        build_tunnel_frame(&template(encap, 7), &inner(64), 50000)
+    }
+
+    fn run(frame: &[u8]) -> Result<Underlay, UnderlayError> {
+        classify(frame, frame.len(), &CFG)
+    }
+
+    /// Recomputes the outer IPv4 header checksum after a test edited the header.
+    fn fix_ip(frame: &mut [u8]) {
+        ipv4::Packet::new_unchecked(&mut frame[IP..UDP]).fill_checksum();
+    }
+
+    /// Sets the IPv4 total length and UDP length to match a frame of `len` bytes.
+    fn fix_lengths(frame: &mut Vec<u8>, len: usize) {
+        frame.resize(len, 0);
+        let total = (len - IP) as u16;
+        frame[IP + 2..IP + 4].copy_from_slice(&total.to_be_bytes());
+        frame[UDP + 4..UDP + 6].copy_from_slice(&(total - 20).to_be_bytes());
+        fix_ip(frame);
+    }
+
+    #[test]
+    fn linux_vxlan_frame() {
+        let d = match run(&LINUX_VXLAN) {
+            Ok(Underlay::Tunnel(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            d,
+            Decap {
+                encap: Encap::Vxlan,
+                connector: ConnectorId(4242),
+                src_ip: PEER_IP,
+                outer_len: 50,
+                inner_len: 58,
+                trailer_len: 0
+            }
+        );
+        let inner = ethernet::Frame::new_checked(&LINUX_VXLAN[d.outer_len..]).unwrap();
+        assert_eq!(inner.dst(), MacAddr::new(0x02, 0, 0, 0, 0xaa, 0x02));
+        assert_eq!(inner.ethertype(), ethertype::IPV4);
+        assert_eq!(inner.payload().len() + ethernet::HEADER_LEN, d.inner_len);
+    }
+
+    #[test]
+    fn happy_paths_both_formats() {
+        for encap in Encap::ALL {
+            let frame = build_tunnel_frame(&template(encap, 0x00ab_cdef), &inner(100), 51000);
+            let expected = Decap {
+                encap,
+                connector: ConnectorId(0x00ab_cdef),
+                src_ip: PEER_IP,
+                outer_len: encap.overhead(),
+                inner_len: 100,
+                trailer_len: 0,
+            };
+            assert_eq!(run(&frame), Ok(Underlay::Tunnel(expected)));
+            assert_eq!(&frame[expected.outer_len..], &inner(100)[..]);
+        }
+        // vwire carries the full 32 bits.
+        let frame = build_tunnel_frame(&template(Encap::Vwire, u32::MAX), &inner(14), 1);
+        assert!(matches!(run(&frame), Ok(Underlay::Tunnel(Decap { connector: ConnectorId(u32::MAX), .. }))));
+    }
+
+    #[test]
+    fn padded_frames() {
+        // The smallest vwire packet (46 + 14-byte inner frame) is exactly the 60-byte minimum.
+        let frame = build_tunnel_frame(&template(Encap::Vwire, 9), &inner(14), 50001);
+        assert_eq!(frame.len(), 60);
+        assert!(matches!(run(&frame), Ok(Underlay::Tunnel(Decap { inner_len: 14, trailer_len: 0, .. }))));
+        // A 60-byte minimum frame whose small tunnel packet (inner 10 bytes) was padded by the
+        // sender: the padding is not inner data.
+        let mut frame = build_tunnel_frame(&template(Encap::Vwire, 9), &inner(10), 50001);
+        frame.resize(60, 0);
+        assert_eq!(run(&frame), Err(UnderlayError::InnerRunt));
+        // Padding (or a trailer the NIC left) after valid packets of both formats.
+        for encap in Encap::ALL {
+            for (inner_len, padded_to) in [(14, 60), (14, 64), (20, 128), (100, 200)] {
+                let mut frame = build_tunnel_frame(&template(encap, 9), &inner(inner_len), 50001);
+                let ip_end = frame.len();
+                frame.resize(ip_end.max(padded_to), 0);
+                let d = match run(&frame) {
+                    Ok(Underlay::Tunnel(d)) => d,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!((d.outer_len, d.inner_len), (encap.overhead(), inner_len));
+                assert_eq!(d.trailer_len, frame.len() - ip_end);
+                assert_eq!(d.outer_len + d.inner_len + d.trailer_len, frame.len());
+            }
+        }
+        // A 60-byte minimum ARP / ICMP frame is fine too (see arp_and_icmp).
+    }
+
+    #[test]
+    fn split_first_segment() {
+        let frame = tunnel(Encap::Vxlan);
+        // Headers and inner Ethernet header in the first segment: fine.
+        assert!(matches!(classify(&frame[..64], frame.len(), &CFG), Ok(Underlay::Tunnel(_))));
+        // Inner Ethernet header split across segments.
+        assert_eq!(classify(&frame[..63], frame.len(), &CFG), Err(UnderlayError::InnerRunt));
+        assert_eq!(classify(&frame[..49], frame.len(), &CFG), Err(UnderlayError::TunnelTruncated));
+        assert_eq!(classify(&frame[..41], frame.len(), &CFG), Err(UnderlayError::UdpTruncated));
+        assert_eq!(classify(&frame[..33], frame.len(), &CFG), Err(UnderlayError::Ipv4Truncated));
+    }
+
+    #[test]
+    fn arp_and_icmp() {
+        assert_eq!(run(&LINUX_ARP), Ok(Underlay::Arp));
+        assert_eq!(run(&LINUX_PING), Ok(Underlay::IcmpEcho));
+        let mut padded = [0u8; 60];
+        padded[..58].copy_from_slice(&LINUX_PING);
+        assert_eq!(run(&padded), Ok(Underlay::IcmpEcho));
+        let mut padded = [0u8; 60];
+        padded[..42].copy_from_slice(&LINUX_ARP);
+        assert_eq!(run(&padded), Ok(Underlay::Arp));
+        // Unicast to us, multicast: accepted at L2.
+        let mut unicast = LINUX_ARP;
+        unicast[..6].copy_from_slice(&OUR_MAC.0);
+        assert_eq!(run(&unicast), Ok(Underlay::Arp));
+    }
+
+    /// A frame, its first-segment length and its total length.
+    type Case = (Vec<u8>, usize, usize);
+
+    fn whole(frame: Vec<u8>) -> Case {
+        let len = frame.len();
+        (frame, len, len)
+    }
+
+    /// A valid vwire tunnel frame edited by `edit`.
+    fn edited(encap: Encap, edit: impl FnOnce(&mut Vec<u8>)) -> Case {
+        let mut f = tunnel(encap);
+        edit(&mut f);
+        whole(f)
+    }
+
+    /// Frames that must produce exactly `err`.
+    fn cases(err: UnderlayError) -> Vec<Case> {
+        use UnderlayError as E;
+        let vw = Encap::Vwire;
+        match err {
+            E::Runt => vec![
+                whole(LINUX_ARP[..13].to_vec()),
+                whole(Vec::new()),
+                (tunnel(vw), 13, 64 + 46),
+                (tunnel(vw), 20, 13), // inconsistent pkt_len from a caller: still no panic
+            ],
+            E::NotOurMac => vec![edited(vw, |f| f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]))],
+            E::ArpMalformed => vec![whole(LINUX_ARP[..41].to_vec()), (LINUX_ARP.to_vec(), 41, 60)],
+            E::NotIpv4 => [ethertype::IPV6, ethertype::VLAN, ethertype::QINQ, ethertype::LLDP]
+                .into_iter()
+                .map(|et| edited(vw, |f| f[12..14].copy_from_slice(&et.to_be_bytes())))
+                .collect(),
+            E::Ipv4Truncated => vec![whole(tunnel(vw)[..33].to_vec()), (tunnel(vw), 33, 64 + 46)],
+            E::Ipv4Version => vec![edited(vw, |f| {
+                f[IP] = 0x65;
+                fix_ip(f);
+            })],
+            E::Ipv4HeaderLength => vec![edited(vw, |f| f[IP] = 0x44), edited(vw, |f| f[IP] = 0x40)],
+            E::Ipv4Options => vec![edited(vw, |f| f[IP] = 0x46), edited(vw, |f| f[IP] = 0x4f)],
+            E::Ipv4TotalLength => {
+                let f = tunnel(vw);
+                let short = f.len() - 1;
+                vec![
+                    (f.clone(), short, short),
+                    edited(vw, |f| {
+                        f[IP + 2..IP + 4].copy_from_slice(&19u16.to_be_bytes());
+                        fix_ip(f);
+                    }),
+                ]
+            }
+            E::Ipv4Checksum => vec![edited(vw, |f| f[IP + 10] ^= 0x01), edited(vw, |f| f[IP + 8] = 63)],
+            E::Ipv4Fragment => [0x2000u16, 0x0001, 0x4001, 0x3fff]
+                .into_iter()
+                .map(|flags| {
+                    edited(vw, |f| {
+                        f[IP + 6..IP + 8].copy_from_slice(&flags.to_be_bytes());
+                        fix_ip(f);
+                    })
+                })
+                .collect(),
+            E::NotOurAddress => [Ipv4Addr::new(192, 168, 100, 3), Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1)]
+                .into_iter()
+                .map(|dst| {
+                    edited(vw, |f| {
+                        f[IP + 16..IP + 20].copy_from_slice(&dst.octets());
+                        fix_ip(f);
+                    })
+                })
+                .collect(),
+            E::IcmpOther => {
+                let ping = |edit: fn(&mut Vec<u8>)| {
+                    let mut f = LINUX_PING.to_vec();
+                    edit(&mut f);
+                    whole(f)
+                };
+                vec![
+                    ping(|f| f[UDP] = icmpv4::message::ECHO_REPLY), // checksum no longer matters
+                    ping(|f| f[UDP + 1] = 1),                       // code 1
+                    ping(|f| f[UDP + 10] ^= 0x40),                  // bad ICMP checksum
+                    ping(|f| {
+                        // 7 bytes of ICMP
+                        f[IP + 2..IP + 4].copy_from_slice(&27u16.to_be_bytes());
+                        fix_ip(f);
+                    }),
+                    (LINUX_PING.to_vec(), 50, LINUX_PING.len()), // ICMP message beyond the first segment
+                ]
+            }
+            E::IpProtocol => [ipv4::protocol::TCP, ipv4::protocol::SCTP, 47]
+                .into_iter()
+                .map(|proto| {
+                    edited(vw, |f| {
+                        f[IP + 9] = proto;
+                        fix_ip(f);
+                    })
+                })
+                .collect(),
+            E::UdpTruncated => vec![
+                edited(vw, |f| {
+                    f[IP + 2..IP + 4].copy_from_slice(&27u16.to_be_bytes());
+                    fix_ip(f);
+                }),
+                (tunnel(vw), 41, 64 + 46),
+            ],
+            E::UdpLength => vec![edited(vw, |f| f[UDP + 5] ^= 0x01), edited(vw, |f| f[UDP + 4] = 0xff)],
+            E::UdpPort => vec![
+                edited(vw, |f| f[UDP + 2..UDP + 4].copy_from_slice(&53u16.to_be_bytes())),
+                // The source port does not count.
+                edited(vw, |f| f[UDP..UDP + 4].copy_from_slice(&[0x12, 0xbb, 0x12, 0xb6])),
+            ],
+            E::TunnelTruncated => vec![
+                edited(vw, |f| fix_lengths(f, 45)),
+                edited(Encap::Vxlan, |f| fix_lengths(f, 49)),
+                (tunnel(vw), 45, 64 + 46),
+                (tunnel(Encap::Vxlan), 49, 64 + 50),
+            ],
+            E::VxlanFlags => vec![edited(Encap::Vxlan, |f| f[TUNNEL] = 0xf7), edited(Encap::Vxlan, |f| f[TUNNEL] = 0)],
+            E::InnerRunt => vec![
+                edited(vw, |f| fix_lengths(f, 46 + 13)),
+                edited(Encap::Vxlan, |f| fix_lengths(f, 50 + 13)),
+                edited(vw, |f| fix_lengths(f, 46)),
+                (tunnel(vw), 46 + 13, 64 + 46), // inner Ethernet header split across segments
+            ],
+        }
+    }
+
+    fn check_variant(err: UnderlayError) {
+        let cases = cases(err);
+        assert!(!cases.is_empty());
+        for (i, (frame, data_len, pkt_len)) in cases.iter().enumerate() {
+            let got = classify(&frame[..*data_len], *pkt_len, &CFG);
+            assert_eq!(got, Err(err), "{} case {i}", err.name());
+        }
+    }
+
+    macro_rules! variant_tests {
+        ($($test:ident => $variant:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $test() {
+                    check_variant(UnderlayError::$variant);
+                }
+            )*
+
+            #[test]
+            fn every_variant_has_a_test() {
+                let tested = [$(UnderlayError::$variant),*];
+                assert_eq!(tested.len(), UnderlayError::COUNT);
+                for e in UnderlayError::ALL {
+                    assert!(tested.contains(&e), "no test for {}", e.name());
+                }
+            }
+        };
+    }
+
+    variant_tests! {
+        error_runt => Runt,
+        error_not_our_mac => NotOurMac,
+        error_arp_malformed => ArpMalformed,
+        error_not_ipv4 => NotIpv4,
+        error_ipv4_truncated => Ipv4Truncated,
+        error_ipv4_version => Ipv4Version,
+        error_ipv4_header_length => Ipv4HeaderLength,
+        error_ipv4_options => Ipv4Options,
+        error_ipv4_total_length => Ipv4TotalLength,
+        error_ipv4_checksum => Ipv4Checksum,
+        error_ipv4_fragment => Ipv4Fragment,
+        error_not_our_address => NotOurAddress,
+        error_icmp_other => IcmpOther,
+        error_ip_protocol => IpProtocol,
+        error_udp_truncated => UdpTruncated,
+        error_udp_length => UdpLength,
+        error_udp_port => UdpPort,
+        error_tunnel_truncated => TunnelTruncated,
+        error_vxlan_flags => VxlanFlags,
+        error_inner_runt => InnerRunt,
+    }
+
+    #[test]
+    fn reserved_vxlan_bits_ignored() {
+        let mut f = tunnel(Encap::Vxlan);
+        f[TUNNEL] = 0xff;
+        f[TUNNEL + 1..TUNNEL + 4].fill(0xff);
+        f[TUNNEL + 7] = 0xff;
+        assert!(matches!(run(&f), Ok(Underlay::Tunnel(Decap { connector: ConnectorId(7), .. }))));
+    }
+
+    #[test]
+    fn broadcast_and_multicast_macs_pass_l2() {
+        for mac in [MacAddr::BROADCAST, MacAddr::new(0x01, 0x00, 0x5e, 0, 0, 1)] {
+            let mut f = tunnel(Encap::Vwire);
+            f[..6].copy_from_slice(&mac.0);
+            assert!(matches!(run(&f), Ok(Underlay::Tunnel(_))));
+        }
+    }
+
+    #[test]
+    fn error_names() {
+        let names: Vec<&str> = UnderlayError::ALL.iter().map(|e| e.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "runt",
+                "not_our_mac",
+                "arp_malformed",
+                "not_ipv4",
+                "ipv4_truncated",
+                "ipv4_version",
+                "ipv4_header_length",
+                "ipv4_options",
+                "ipv4_total_length",
+                "ipv4_checksum",
+                "ipv4_fragment",
+                "not_our_address",
+                "icmp_other",
+                "ip_protocol",
+                "udp_truncated",
+                "udp_length",
+                "udp_port",
+                "tunnel_truncated",
+                "vxlan_flags",
+                "inner_runt",
+            ]
+        );
+        for (i, e) in UnderlayError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i);
+            assert!(!e.describe().is_empty());
+            assert_eq!(e.to_string(), e.describe());
+        }
+    }
+
+    #[test]
+    fn built_frame_checksum_verifies() {
+        let f = tunnel(Encap::Vxlan);
+        assert_eq!(checksum::checksum(&f[IP..UDP]), 0);
+    }
+}
