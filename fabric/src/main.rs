@@ -115,7 +115,7 @@ struct Args {
 /// Why the fabric could not run.
 #[derive(Debug, thiserror::Error)]
 enum StartError {
-    #[error("EAL initialisation failed: {0}\n  hint: without hugepages add `--no-huge -m 512`; each fabric on a machine needs its own `--file-prefix`")]
+    #[error("EAL initialisation failed: {0}\n  hint: is another DPDK process using the same --file-prefix? Each fabric on a machine needs its own.\n  Without hugepages add `--no-huge -m 512`.")]
     Eal(vw_pmd::Error),
     #[error("vwfabric needs at least two lcores: the main lcore runs the control plane and each other lcore a worker (e.g. `-- -l 0-1`)")]
     NoWorkers,

@@ -28,7 +28,8 @@ pub enum FabricDrop {
     EncapTooBig,
     /// A frame without headroom for the outer headers.
     NoHeadroom,
-    /// A frame for a remote peer whose MAC address is not resolved yet.
+    /// A frame for a remote peer whose next hop was not resolved within 1 s
+    /// (frames wait in a 32-frame hold queue per worker meanwhile).
     PeerUnresolved,
     /// A frame the TX queue of its port refused (queue full, link down).
     TxFull,

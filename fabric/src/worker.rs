@@ -8,7 +8,8 @@
 //! does). Per burst it branches once on what the port is:
 //! * a loopback wire: the burst moves to the peer's TX buffer untouched;
 //! * an encap wire: each frame gets the wire's prebuilt outer headers in its
-//!   headroom (the UDP source port from the inner flow hash);
+//!   headroom (the UDP source port from the inner flow hash); while the next
+//!   hop's MAC is being resolved, frames wait in a small hold queue;
 //! * the uplink: each frame is classified (`vw_wire::underlay::classify`),
 //!   looked up by (format, connector ID), checked against the wire's peer
 //!   VTEP, stripped and sent to the endpoint; ARP and ICMP echo for the
@@ -28,10 +29,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use vw_pmd::{Burst, FreeBatch, Mbuf, PortId, TxBuffer};
 use vw_wire::underlay::{classify, Underlay, UnderlayError};
-use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4};
+use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, EncapTemplate};
 
 /// Empty polls in a row before the idle back-off sleeps.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
+/// Frames a worker holds for encap wires whose next hop is being resolved.
+const HOLD_CAPACITY: usize = 32;
+/// How long a held frame waits for resolution before it is dropped.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A frame waiting for its wire's next hop to be resolved.
+struct Held {
+    port: PortId,
+    slot: u32,
+    since: u64,
+    m: Mbuf,
+}
 
 /// Everything a worker needs, moved onto its lcore.
 pub struct WorkerContext {
@@ -58,6 +71,12 @@ struct Io {
     free: FreeBatch,
     stats: Arc<WorkerStats>,
     mailbox: Arc<Mailbox>,
+    /// Frames for unresolved next hops, oldest first (like the kernel's
+    /// neighbour queue): sent when a snapshot brings the resolved template,
+    /// dropped as `peer_unresolved` after `HOLD_TIMEOUT` or when full.
+    held: [Option<Held>; HOLD_CAPACITY],
+    held_len: usize,
+    hold_ticks: u64,
 }
 
 /// Runs the poll loop until `stop` is set. Returns 0.
@@ -72,6 +91,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
         free: FreeBatch::new(),
         stats: stats.clone(),
         mailbox: mailbox.clone(),
+        held: std::array::from_fn(|_| None),
+        held_len: 0,
+        hold_ticks: (vw_pmd::time::tsc_hz() as f64 * HOLD_TIMEOUT.as_secs_f64()) as u64,
     };
     let mut snap = initial;
     mailbox.set_alive(true, snap.version);
@@ -79,6 +101,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
     while !stop.load(Relaxed) {
         if mailbox.take_update(&mut snap) {
             bump(&stats.config_updates, 1);
+        }
+        if io.held_len > 0 {
+            io.release_held(&snap);
         }
         if let Some(up) = &snap.uplink {
             while let Some(m) = mailbox.inject.pop() {
@@ -111,6 +136,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
                 bump(&stats.sleeps, 1);
             }
         }
+    }
+    for h in io.held.iter_mut() {
+        *h = None;
     }
     for tx in io.tx.iter_mut() {
         tx.discard();
@@ -162,39 +190,24 @@ impl Io {
                 self.count_wire(slot, dir as usize, n as u64, bytes, 0);
             }
             EndpointAction::Encap { template, uplink, slot } => {
-                let (max, hlen) = (template.max_inner_len(), template.len());
                 let (mut frames, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
                 self.rx.prefetch_head();
-                while let Some(mut m) = self.rx.pop() {
-                    let len = m.pkt_len() as usize;
-                    if len > max {
-                        self.drop_frame(m, FabricDrop::EncapTooBig.index());
-                        dropped += 1;
-                        continue;
-                    }
-                    let hash = match m.rss_hash() {
-                        Some(h) => h,
-                        None => flow_hash(m.data()),
-                    };
-                    match m.prepend(hlen) {
-                        Some(hdr) => template.write(hdr, len, source_port(hash)),
-                        None => {
-                            self.drop_frame(m, FabricDrop::NoHeadroom.index());
-                            dropped += 1;
-                            continue;
+                while let Some(m) = self.rx.pop() {
+                    match self.encap(m, &template, uplink) {
+                        Some(len) => {
+                            frames += 1;
+                            bytes += len;
                         }
+                        None => dropped += 1,
                     }
-                    frames += 1;
-                    bytes += len as u64;
-                    self.tx[uplink.0 as usize].push(m);
                 }
-                self.dirty |= 1u64 << uplink.0;
                 self.count_wire(slot, 0, frames, bytes, dropped);
             }
             EndpointAction::Unresolved { slot } => {
-                bump(&self.stats.drops[FabricDrop::PeerUnresolved.index()], n as u64);
-                self.count_wire(slot, 0, 0, 0, n as u64);
-                self.rx.clear();
+                let now = vw_pmd::time::tsc();
+                while let Some(m) = self.rx.pop() {
+                    self.hold(port, slot, now, m);
+                }
             }
             EndpointAction::NoWire => {
                 bump(&self.stats.drops[FabricDrop::NoWire.index()], n as u64);
@@ -202,6 +215,75 @@ impl Io {
             }
         }
         n
+    }
+
+    /// Encapsulates one frame and queues it on the uplink. Returns the inner
+    /// length, or None if the frame was dropped (and counted).
+    #[inline(always)]
+    fn encap(&mut self, mut m: Mbuf, template: &EncapTemplate, uplink: PortId) -> Option<u64> {
+        let len = m.pkt_len() as usize;
+        if len > template.max_inner_len() {
+            self.drop_frame(m, FabricDrop::EncapTooBig.index());
+            return None;
+        }
+        let hash = match m.rss_hash() {
+            Some(h) => h,
+            None => flow_hash(m.data()),
+        };
+        match m.prepend(template.len()) {
+            Some(hdr) => template.write(hdr, len, source_port(hash)),
+            None => {
+                self.drop_frame(m, FabricDrop::NoHeadroom.index());
+                return None;
+            }
+        }
+        self.send(uplink, m);
+        Some(len as u64)
+    }
+
+    /// Holds a frame for a wire whose next hop is being resolved, or drops
+    /// it if the hold queue is full.
+    #[cold]
+    fn hold(&mut self, port: PortId, slot: u32, now: u64, m: Mbuf) {
+        if self.held_len == HOLD_CAPACITY {
+            self.drop_frame(m, FabricDrop::PeerUnresolved.index());
+            self.count_wire(slot, 0, 0, 0, 1);
+            return;
+        }
+        self.held[self.held_len] = Some(Held { port, slot, since: now, m });
+        self.held_len += 1;
+    }
+
+    /// Sends held frames whose wire is now resolved (in arrival order), keeps
+    /// those still waiting, drops those too old or whose wire is gone.
+    #[cold]
+    fn release_held(&mut self, snap: &Snapshot) {
+        let now = vw_pmd::time::tsc();
+        let mut kept = 0;
+        for i in 0..self.held_len {
+            let Some(h) = self.held[i].take() else { continue };
+            match snap.ports[h.port.0 as usize] {
+                PortPlan::Endpoint(EndpointAction::Encap { template, uplink, slot }) if slot == h.slot => {
+                    let len = h.m.pkt_len() as u64;
+                    match self.encap(h.m, &template, uplink) {
+                        Some(_) => self.count_wire(slot, 0, 1, len, 0),
+                        None => self.count_wire(slot, 0, 0, 0, 1),
+                    }
+                }
+                PortPlan::Endpoint(EndpointAction::Unresolved { slot })
+                    if slot == h.slot && now.wrapping_sub(h.since) < self.hold_ticks =>
+                {
+                    self.held[kept] = Some(h);
+                    kept += 1;
+                }
+                PortPlan::Endpoint(EndpointAction::Unresolved { slot }) if slot == h.slot => {
+                    self.drop_frame(h.m, FabricDrop::PeerUnresolved.index());
+                    self.count_wire(slot, 0, 0, 0, 1);
+                }
+                _ => self.drop_frame(h.m, FabricDrop::NoWire.index()),
+            }
+        }
+        self.held_len = kept;
     }
 
     /// Polls the uplink: decapsulates tunnel frames, answers ARP and ICMP

@@ -41,6 +41,14 @@ impl Error {
     pub fn from_rte_errno(op: impl Into<String>) -> Self {
         // SAFETY: vw_rte_errno only reads the calling thread's rte_errno.
         let errno = unsafe { dpdk_sys::vw_rte_errno() };
+        if errno == 0 {
+            // Some failure paths (e.g. EAL config lock) do not set rte_errno.
+            return Error::Dpdk {
+                op: op.into(),
+                errno: 0,
+                text: "no error code given; see DPDK's messages above".into(),
+            };
+        }
         Self::from_errno(op, errno)
     }
 
