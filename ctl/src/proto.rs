@@ -376,6 +376,9 @@ pub struct Stats {
     pub drops: BTreeMap<String, u64>,
     /// Handled frames by kind, summed over workers.
     pub handled: BTreeMap<String, u64>,
+    /// Frames the control plane sent on the uplink (ARP requests, the
+    /// gratuitous ARP at start); not received frames.
+    pub control_frames_sent: u64,
     /// Mbuf pool usage.
     pub mempool: MempoolInfo,
 }

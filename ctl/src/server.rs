@@ -63,6 +63,9 @@ pub enum ServerError {
         "another process is already serving {0} (a connection to it succeeded); stop it or choose another --socket"
     )]
     InUse(PathBuf),
+    /// Something other than a socket is at the path.
+    #[error("{0} exists and is not a socket; remove it or choose another --socket")]
+    NotASocket(PathBuf),
     /// The socket could not be created.
     #[error("cannot create the control socket {path}: {source}")]
     Io {
@@ -104,7 +107,11 @@ impl Server {
     /// Binds the socket and starts serving; valid requests go to `jobs`.
     pub fn start(cfg: ServerConfig, jobs: Sender<Job>) -> Result<Server, ServerError> {
         let path = cfg.path.clone();
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotASocket(path));
+            }
             match UnixStream::connect(&path) {
                 Ok(_) => return Err(ServerError::InUse(path)),
                 // Nobody listens: a stale socket from a process that died.
@@ -117,6 +124,8 @@ impl Server {
             }
         }
         let listener = UnixListener::bind(&path).map_err(io_err(&path))?;
+        // Polled, so shutting down never depends on the socket file.
+        listener.set_nonblocking(true).map_err(io_err(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode)).map_err(io_err(&path))?;
         if let Some(gid) = cfg.group {
             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err(&path))?;
@@ -139,8 +148,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = UnixStream::connect(&self.path);
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
@@ -150,11 +157,17 @@ impl Drop for Server {
 
 fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(mut stream) = conn else { continue };
+    while !stop.load(Ordering::SeqCst) {
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        // Accepted sockets inherit non-blocking mode on some systems.
+        let _ = stream.set_nonblocking(false);
         if active.load(Ordering::SeqCst) >= cfg.max_clients {
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
             let r = Reply::err(
@@ -395,6 +408,16 @@ mod tests {
         drop(c);
         drop(server);
         fabric.join().unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_left_alone() {
+        let path = temp_socket("regular");
+        std::fs::write(&path, b"precious").unwrap();
+        let (tx, _rx) = unbounded();
+        assert!(matches!(Server::start(ServerConfig::new(&path), tx), Err(ServerError::NotASocket(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

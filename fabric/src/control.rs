@@ -140,8 +140,13 @@ fn device_error(e: vw_pmd::Error) -> Refusal {
 }
 
 /// A failure that stops the fabric.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Fatal {
+    /// A worker did not take a new configuration in time. Workers may now
+    /// run different snapshots, so nothing may be removed and the fabric
+    /// stops rather than pretend the change did not happen.
+    #[error("{0}")]
+    WorkerStuck(String),
     /// A worker stopped running its loop.
     #[error("worker {index} on lcore {lcore} stopped unexpectedly (see the panic message above)")]
     WorkerDied {
@@ -161,6 +166,11 @@ pub struct Control {
     uplink: Option<Uplink>,
     state: State,
     current: Arc<Snapshot>,
+    /// Version of the next snapshot; increases on every build, published or not.
+    next_version: u64,
+    /// A neighbour change waits to be published (a publish failed).
+    republish: bool,
+    fatal: Option<Fatal>,
     next_slot: u32,
     started: Instant,
     last_tick: Instant,
@@ -178,6 +188,9 @@ impl Control {
             uplink,
             state: State::default(),
             current: Arc::new(Snapshot::empty(port::max_ports() as usize)),
+            next_version: 2,
+            republish: false,
+            fatal: None,
             next_slot: 0,
             started: Instant::now(),
             last_tick: Instant::now(),
@@ -208,6 +221,9 @@ impl Control {
     /// Serves requests and housekeeping until `stop` is set.
     pub fn run(&mut self, jobs: &Receiver<Job>, stop: &AtomicBool) -> Result<(), Fatal> {
         while !stop.load(Ordering::SeqCst) {
+            if let Some(f) = self.fatal.clone() {
+                return Err(f);
+            }
             match jobs.recv_timeout(TICK) {
                 Ok(job) => {
                     let reply = self.handle(&job.request);
@@ -223,9 +239,13 @@ impl Control {
         Ok(())
     }
 
-    /// Releases every port (endpoints, then the uplink). Call after the
-    /// workers have stopped.
+    /// Releases every port (endpoints, then the uplink) and frees queued
+    /// frames. Call after the workers have stopped, before EAL cleanup.
     pub fn release_ports(&mut self) {
+        for mb in &self.mailboxes {
+            while mb.inject.pop().is_some() {}
+            mb.reclaim();
+        }
         for (name, ep) in std::mem::take(&mut self.state.endpoints) {
             if let Err(e) = port::remove(ep.port) {
                 crate::log(&format!("removing endpoint {name}: {e}"));
@@ -318,11 +338,18 @@ impl Control {
         s
     }
 
-    /// Publishes `next` to the workers and commits it.
+    /// Publishes `next` to the workers and commits it. A worker that does
+    /// not switch in time is fatal (see [`Fatal::WorkerStuck`]).
     fn apply(&mut self, next: State) -> Result<(), Refusal> {
-        let snap = Arc::new(self.build(&next, self.current.version + 1));
-        snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT)
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        let version = self.next_version;
+        self.next_version += 1;
+        let snap = Arc::new(self.build(&next, version));
+        if let Err(e) = snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT) {
+            let msg = format!("{e}; stopping the fabric");
+            crate::log(&msg);
+            self.fatal = Some(Fatal::WorkerStuck(msg.clone()));
+            return Err(Refusal::new(ErrorCode::Unavailable, msg));
+        }
         self.current = snap;
         self.state = next;
         Ok(())
@@ -382,10 +409,15 @@ impl Control {
                 ));
             }
         }
-        let ports = port::probe(devargs).map_err(device_error)?;
+        let probed = port::probe(devargs).map_err(device_error)?;
+        let ports = probed.ports.clone();
+        // Undo only what this request created, and never once a publish
+        // failed (a worker may still poll the port; the fabric is stopping).
         let undo = |ports: &[PortId]| {
-            for p in ports {
-                let _ = port::remove(*p);
+            if probed.created {
+                for p in ports {
+                    let _ = port::remove(*p);
+                }
             }
         };
         if ports.len() != 1 {
@@ -422,7 +454,9 @@ impl Control {
         let tx_dropped_base = self.port_tx_dropped(p);
         next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), port: p, info, mac, tx_dropped_base });
         if let Err(e) = self.apply(next) {
-            undo(&ports);
+            if self.fatal.is_none() {
+                undo(&ports);
+            }
             return Err(e);
         }
         crate::log(&format!("endpoint {name} added: port {p} ({devargs})"));
@@ -527,19 +561,27 @@ impl Control {
             if !w.mailbox.is_alive() {
                 return Err(Fatal::WorkerDied { index: w.index, lcore: w.lcore });
             }
+            w.mailbox.reclaim();
         }
         let now = Instant::now();
-        let mut changed = false;
-        for mb in &self.mailboxes {
-            while let Some(ev) = mb.events.pop() {
-                changed |= self.state.neighbours.heard(ev.ip, ev.mac, now);
+        if self.republish || self.mailboxes.iter().any(|mb| !mb.events.is_empty()) {
+            let mut next = self.state.clone();
+            let mut changed = self.republish;
+            for mb in &self.mailboxes {
+                while let Some(ev) = mb.events.pop() {
+                    changed |= next.neighbours.heard(ev.ip, ev.mac, now);
+                }
+            }
+            if changed {
+                // Until a neighbour change is published, keep retrying it.
+                self.republish = self.apply(next).is_err();
+            } else {
+                // Only timestamps moved: nothing for the workers.
+                self.state = next;
             }
         }
-        if changed {
-            let next = self.state.clone();
-            if let Err(e) = self.apply(next) {
-                crate::log(&format!("cannot publish a neighbour update: {}", e.message));
-            }
+        if let Some(f) = self.fatal.clone() {
+            return Err(f);
         }
         self.send_arp_requests();
         Ok(())
@@ -743,7 +785,17 @@ impl Control {
                 }
             })
             .collect();
-        proto::Stats { ports, wires: self.wire_list(), workers, drops, handled, mempool: self.mempool() }
+        let control_frames_sent =
+            self.workers.iter().map(|w| w.stats.control_frames_sent.load(Ordering::Relaxed)).sum();
+        proto::Stats {
+            ports,
+            wires: self.wire_list(),
+            workers,
+            drops,
+            handled,
+            control_frames_sent,
+            mempool: self.mempool(),
+        }
     }
 }
 

@@ -137,7 +137,14 @@ enum StartError {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    // Installed first, so a signal during start-up leads to a clean stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)) {
+        log(&format!("error: cannot install the SIGINT/SIGTERM handler: {e}"));
+        return ExitCode::FAILURE;
+    }
+    match run(args, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(&format!("error: {e}"));
@@ -159,7 +166,7 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             )));
         }
     }
-    let ports = port::probe(devargs).map_err(err)?;
+    let ports = port::probe(devargs).map_err(err)?.ports;
     if ports.len() != 1 {
         return Err(StartError::Config(format!("uplink {devargs:?} has {} ports; name exactly one", ports.len())));
     }
@@ -192,7 +199,7 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
     }))
 }
 
-fn run(args: Args) -> Result<(), StartError> {
+fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     if args.vwire_port == args.vxlan_port {
         return Err(StartError::Config("--vwire-port and --vxlan-port must differ".into()));
     }
@@ -220,7 +227,6 @@ fn run(args: Args) -> Result<(), StartError> {
     // `stop` is set by SIGINT/SIGTERM and ends the control loop; the workers
     // have their own flag, set only once the control plane has stopped
     // watching them.
-    let stop = Arc::new(AtomicBool::new(false));
     let workers_stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<WorkerHandle> = lcores
         .iter()
@@ -241,6 +247,8 @@ fn run(args: Args) -> Result<(), StartError> {
     };
     let mut control = Control::new(settings, pool, workers, uplink.clone());
     let idle_sleep = (args.idle_sleep_us > 0).then(|| Duration::from_micros(args.idle_sleep_us));
+    let mut launched = Vec::new();
+    let mut result = Ok(());
     for w in control.workers() {
         let ctx = worker::WorkerContext {
             index: w.index,
@@ -250,23 +258,45 @@ fn run(args: Args) -> Result<(), StartError> {
             idle_sleep,
             initial: control.current(),
         };
-        eal.launch(w.lcore, move || worker::run(ctx)).map_err(|e| StartError::Launch(w.lcore, e))?;
+        match eal.launch(w.lcore, move || worker::run(ctx)) {
+            Ok(()) => launched.push(w.lcore),
+            Err(e) => {
+                result = Err(StartError::Launch(w.lcore, e));
+                break;
+            }
+        }
     }
+    if result.is_ok() {
+        let t = Instant::now();
+        while !control.workers().iter().all(|w| w.mailbox.is_alive()) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        result = serve(&args, &mut control, &stop);
+    }
+
+    // Stop the workers; a worker that does not stop within 2 s is stuck and
+    // cannot be waited for: exit without touching DPDK state it may use.
+    workers_stop.store(true, Ordering::SeqCst);
     let t = Instant::now();
-    while !control.workers().iter().all(|w| w.mailbox.is_alive()) && t.elapsed() < Duration::from_secs(5) {
+    while control.workers().iter().any(|w| w.mailbox.is_alive()) {
+        if t.elapsed() > Duration::from_secs(2) {
+            if let Err(e) = &result {
+                log(&format!("error: {e}"));
+            }
+            log("a worker did not stop; exiting without cleanup");
+            std::process::exit(2);
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
-
-    let result = serve(&args, &mut control, &stop);
-
-    workers_stop.store(true, Ordering::SeqCst);
-    for w in control.workers() {
-        let rc = eal.wait(w.lcore);
+    for lcore in launched {
+        let rc = eal.wait(lcore);
         if rc != 0 {
-            log(&format!("worker {} on lcore {} exited with {rc}", w.index, w.lcore));
+            log(&format!("worker on lcore {lcore} exited with {rc}"));
         }
     }
     control.release_ports();
+    // Mailboxes (and any mbuf in them) must be freed before the EAL unmaps memory.
+    drop(control);
     if let Err(e) = eal.cleanup() {
         log(&format!("EAL cleanup: {e}"));
     }
@@ -277,10 +307,6 @@ fn run(args: Args) -> Result<(), StartError> {
 fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(), StartError> {
     let (jobs_tx, jobs_rx) = crossbeam::channel::unbounded();
     let server = Server::start(ServerConfig::new(&args.socket), jobs_tx)?;
-    let s = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)) {
-        return Err(StartError::Config(format!("cannot install the SIGINT/SIGTERM handler: {e}")));
-    }
     control.announce();
     let lcores: Vec<String> = control.workers().iter().map(|w| w.lcore.to_string()).collect();
     match &args.uplink {

@@ -135,6 +135,15 @@ pub struct Mailbox {
     pub events: ArrayQueue<NeighbourEvent>,
 }
 
+/// Marks a worker dead when dropped (see [`Mailbox::alive_guard`]).
+pub struct AliveGuard<'a>(&'a Mailbox);
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
 /// A worker did not take a new configuration in time.
 #[derive(Debug, thiserror::Error)]
 #[error("worker {0} did not take the new configuration within {1:?}; it may be stuck or dead")]
@@ -183,6 +192,13 @@ impl Mailbox {
         self.alive.store(alive, Ordering::Release);
     }
 
+    /// Worker side: marks the worker running until the returned guard is
+    /// dropped, which also happens when the worker panics and unwinds.
+    pub fn alive_guard(&self, version: u64) -> AliveGuard<'_> {
+        self.set_alive(true, version);
+        AliveGuard(self)
+    }
+
     /// Whether the worker is running its loop.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
@@ -202,33 +218,43 @@ impl Mailbox {
 /// Control side: publishes `snap` to every mailbox and waits until every
 /// live worker runs it. Workers that are not alive (not started yet, or
 /// stopped) are skipped: they pick the newest snapshot when they start.
+///
+/// Versions must increase with every call, successful or not. On a timeout
+/// some workers may run the new snapshot and others the old one: the caller
+/// must treat that as fatal (see `Control::apply`), never as "nothing
+/// changed".
 pub fn publish(mailboxes: &[Arc<Mailbox>], snap: Arc<Snapshot>, timeout: Duration) -> Result<(), PublishTimeout> {
     let version = snap.version;
     let deadline = Instant::now() + timeout;
-    for (i, mb) in mailboxes.iter().enumerate() {
-        // Drop an update the worker never took (it cannot have: we wait for
-        // acks), then post the new one.
-        while mb.inbox.pop().is_some() {}
-        if mb.inbox.push(snap.clone()).is_err() {
-            return Err(PublishTimeout(i, timeout));
-        }
-    }
-    for (i, mb) in mailboxes.iter().enumerate() {
-        let mut spins = 0u32;
-        while mb.is_alive() && mb.running() < version {
-            if Instant::now() > deadline {
+    let result = (|| {
+        for (i, mb) in mailboxes.iter().enumerate() {
+            // Drop an update the worker never took (it cannot have: we wait
+            // for acks), then post the new one.
+            while mb.inbox.pop().is_some() {}
+            if mb.inbox.push(snap.clone()).is_err() {
                 return Err(PublishTimeout(i, timeout));
             }
-            spins += 1;
-            if spins < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(20));
+        }
+        for (i, mb) in mailboxes.iter().enumerate() {
+            let mut spins = 0u32;
+            while mb.is_alive() && mb.running() < version {
+                if Instant::now() > deadline {
+                    return Err(PublishTimeout(i, timeout));
+                }
+                spins += 1;
+                if spins < 100 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
             }
         }
+        Ok(())
+    })();
+    for mb in mailboxes {
         mb.reclaim();
     }
-    Ok(())
+    result
 }
 
 #[cfg(test)]
@@ -291,5 +317,19 @@ mod tests {
         assert_eq!(e.0, 0);
         mb.set_alive(false, 0);
         publish(std::slice::from_ref(&mb), snap(2), Duration::from_millis(50)).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_worker_is_marked_dead() {
+        let mb = Arc::new(Mailbox::new());
+        let mb2 = mb.clone();
+        let r = std::thread::spawn(move || {
+            let _alive = mb2.alive_guard(0);
+            assert!(mb2.is_alive());
+            panic!("worker bug");
+        })
+        .join();
+        assert!(r.is_err());
+        assert!(!mb.is_alive());
     }
 }

@@ -97,14 +97,11 @@ pub enum Handled {
     ArpFromNeighbour,
     /// ICMP echo requests to our VTEP address, answered.
     IcmpEchoAnswered,
-    /// Frames the control plane sent on the uplink (ARP requests).
-    ControlFramesSent,
 }
 
 impl Handled {
     /// Every kind, in counter order.
-    pub const ALL: [Handled; 4] =
-        [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered, Handled::ControlFramesSent];
+    pub const ALL: [Handled; 3] = [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered];
 
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -112,7 +109,6 @@ impl Handled {
             Handled::ArpAnswered => "arp_answered",
             Handled::ArpFromNeighbour => "arp_from_neighbour",
             Handled::IcmpEchoAnswered => "icmp_echo_answered",
-            Handled::ControlFramesSent => "control_frames_sent",
         }
     }
 }
@@ -176,6 +172,9 @@ pub struct WorkerStats {
     pub tx_frames: AtomicU64,
     /// Configuration snapshots taken.
     pub config_updates: AtomicU64,
+    /// Frames the control plane had this worker send on the uplink (ARP
+    /// requests, the gratuitous ARP at start); not received frames.
+    pub control_frames_sent: AtomicU64,
     /// ARP sightings lost because the control plane's queue was full (the
     /// frames themselves are still counted as handled).
     pub arp_events_lost: AtomicU64,
@@ -199,6 +198,7 @@ impl WorkerStats {
             rx_frames: AtomicU64::new(0),
             tx_frames: AtomicU64::new(0),
             config_updates: AtomicU64::new(0),
+            control_frames_sent: AtomicU64::new(0),
             arp_events_lost: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             handled: std::array::from_fn(|_| AtomicU64::new(0)),

@@ -34,7 +34,9 @@ use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, EncapTemplate};
 /// Empty polls in a row before the idle back-off sleeps.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
 /// Frames a worker holds for encap wires whose next hop is being resolved.
-const HOLD_CAPACITY: usize = 32;
+const HOLD_CAPACITY: usize = 64;
+/// Most frames held for one wire, so one dead peer cannot starve the others.
+const HOLD_PER_WIRE: usize = 16;
 /// How long a held frame waits for resolution before it is dropped.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -76,6 +78,8 @@ struct Io {
     /// dropped as `peer_unresolved` after `HOLD_TIMEOUT` or when full.
     held: [Option<Held>; HOLD_CAPACITY],
     held_len: usize,
+    /// TSC at which the oldest held frame expires (u64::MAX when none).
+    held_expiry: u64,
     hold_ticks: u64,
 }
 
@@ -93,22 +97,28 @@ pub fn run(ctx: WorkerContext) -> i32 {
         mailbox: mailbox.clone(),
         held: std::array::from_fn(|_| None),
         held_len: 0,
+        held_expiry: u64::MAX,
         hold_ticks: (vw_pmd::time::tsc_hz() as f64 * HOLD_TIMEOUT.as_secs_f64()) as u64,
     };
     let mut snap = initial;
-    mailbox.set_alive(true, snap.version);
+    // Marks the worker dead when the loop ends, by return or by panic.
+    let _alive = mailbox.alive_guard(snap.version);
     let mut idle_polls = 0u32;
     while !stop.load(Relaxed) {
-        if mailbox.take_update(&mut snap) {
+        let updated = mailbox.take_update(&mut snap);
+        if updated {
             bump(&stats.config_updates, 1);
         }
-        if io.held_len > 0 {
+        if io.held_len > 0 && (updated || vw_pmd::time::tsc() >= io.held_expiry) {
             io.release_held(&snap);
         }
-        if let Some(up) = &snap.uplink {
-            while let Some(m) = mailbox.inject.pop() {
-                io.send(up.port, m);
-                bump(&stats.handled[Handled::ControlFramesSent as usize], 1);
+        // Only worker 0 is given frames to inject.
+        if index == 0 && !mailbox.inject.is_empty() {
+            if let Some(up) = &snap.uplink {
+                while let Some(m) = mailbox.inject.pop() {
+                    io.send(up.port, m);
+                    bump(&stats.control_frames_sent, 1);
+                }
             }
         }
         let mut received = 0usize;
@@ -137,15 +147,14 @@ pub fn run(ctx: WorkerContext) -> i32 {
             }
         }
     }
+    // Free everything this worker still holds while the EAL is up.
     for h in io.held.iter_mut() {
         *h = None;
     }
     for tx in io.tx.iter_mut() {
         tx.discard();
     }
-    let version = snap.version;
-    drop(snap);
-    mailbox.set_alive(false, version);
+    while mailbox.inject.pop().is_some() {}
     0
 }
 
@@ -245,13 +254,15 @@ impl Io {
     /// it if the hold queue is full.
     #[cold]
     fn hold(&mut self, port: PortId, slot: u32, now: u64, m: Mbuf) {
-        if self.held_len == HOLD_CAPACITY {
+        let for_wire = self.held[..self.held_len].iter().flatten().filter(|h| h.slot == slot).count();
+        if self.held_len == HOLD_CAPACITY || for_wire >= HOLD_PER_WIRE {
             self.drop_frame(m, FabricDrop::PeerUnresolved.index());
             self.count_wire(slot, 0, 0, 0, 1);
             return;
         }
         self.held[self.held_len] = Some(Held { port, slot, since: now, m });
         self.held_len += 1;
+        self.held_expiry = self.held_expiry.min(now.saturating_add(self.hold_ticks));
     }
 
     /// Sends held frames whose wire is now resolved (in arrival order), keeps
@@ -260,6 +271,7 @@ impl Io {
     fn release_held(&mut self, snap: &Snapshot) {
         let now = vw_pmd::time::tsc();
         let mut kept = 0;
+        self.held_expiry = u64::MAX;
         for i in 0..self.held_len {
             let Some(h) = self.held[i].take() else { continue };
             match snap.ports[h.port.0 as usize] {
@@ -273,6 +285,7 @@ impl Io {
                 PortPlan::Endpoint(EndpointAction::Unresolved { slot })
                     if slot == h.slot && now.wrapping_sub(h.since) < self.hold_ticks =>
                 {
+                    self.held_expiry = self.held_expiry.min(h.since.saturating_add(self.hold_ticks));
                     self.held[kept] = Some(h);
                     kept += 1;
                 }
@@ -294,14 +307,25 @@ impl Io {
         if n == 0 {
             return 0;
         }
-        // Consecutive frames of one wire are counted together.
+        // Consecutive frames of one wire are counted together, and looked
+        // up once.
         let (mut cur_slot, mut frames, mut bytes) = (u32::MAX, 0u64, 0u64);
+        let mut last: Option<(u64, Option<DecapTarget>)> = None;
         self.rx.prefetch_head();
         while let Some(mut m) = self.rx.pop() {
             match classify(m.data(), m.pkt_len() as usize, &up.underlay) {
                 Ok(Underlay::Tunnel(d)) => {
-                    let target = match decap.get(&decap_key(d.encap, d.connector.0)) {
-                        Some(t) if t.peer_ip == d.src_ip => *t,
+                    let key = decap_key(d.encap, d.connector.0);
+                    let found = match last {
+                        Some((k, t)) if k == key => t,
+                        _ => {
+                            let t = decap.get(&key).copied();
+                            last = Some((key, t));
+                            t
+                        }
+                    };
+                    let target = match found {
+                        Some(t) if t.peer_ip == d.src_ip => t,
                         Some(_) => {
                             self.drop_frame(m, FabricDrop::WrongPeer.index());
                             continue;

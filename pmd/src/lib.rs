@@ -23,4 +23,4 @@ pub use eal::{Eal, LcoreId};
 pub use error::{Error, Result};
 pub use mbuf::{Burst, FreeBatch, Mbuf, TxBuffer, BURST_SIZE};
 pub use mempool::Mempool;
-pub use port::{LinkStatus, PortConfig, PortId, PortInfo, PortStats};
+pub use port::{LinkStatus, PortConfig, PortId, PortInfo, PortStats, Probed};

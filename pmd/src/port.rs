@@ -122,10 +122,19 @@ pub fn mbuf_headroom() -> u16 {
     unsafe { dpdk_sys::vw_pktmbuf_headroom() as u16 }
 }
 
-/// Probes (hot-plugs) the device described by `devargs` and returns the
-/// ethdev ports it created. A device that is already present (a PCI NIC
-/// probed at EAL start, say) is not an error: its ports are returned.
-pub fn probe(devargs: &str) -> Result<Vec<PortId>> {
+/// The ports of a probed device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// Its ethdev ports.
+    pub ports: Vec<PortId>,
+    /// False if the device was already present before the probe (a PCI NIC
+    /// probed at EAL start, say): whoever undoes the probe must not remove it.
+    pub created: bool,
+}
+
+/// Probes (hot-plugs) the device described by `devargs` and returns its
+/// ethdev ports. A device that is already present is not an error.
+pub fn probe(devargs: &str) -> Result<Probed> {
     let c = cstring(devargs, "device arguments")?;
     // SAFETY: c is a valid C string for the duration of the call.
     let rc = unsafe { dpdk_sys::rte_dev_probe(c.as_ptr()) };
@@ -136,7 +145,7 @@ pub fn probe(devargs: &str) -> Result<Vec<PortId>> {
     if ports.is_empty() {
         return Err(Error::NoPort(devargs.to_owned()));
     }
-    Ok(ports)
+    Ok(Probed { ports, created: rc >= 0 })
 }
 
 /// Ports whose device matches `devargs` (by DPDK's device iterator, else by
@@ -240,7 +249,8 @@ pub fn configure_and_start(port: PortId, cfg: &PortConfig) -> Result<()> {
     check(|| format!("rte_eth_dev_adjust_nb_rx_tx_desc(port {port})"), rc)?;
     // SAFETY: a plain query.
     let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(port.0) };
-    let socket = if socket < 0 { 0 } else { socket as u32 };
+    // An unknown NUMA node (-1) is SOCKET_ID_ANY for the queue setup calls.
+    let socket = if socket < 0 { dpdk_sys::SOCKET_ID_ANY as u32 } else { socket as u32 };
     for q in 0..cfg.rx_queues {
         // SAFETY: the port is configured with rx_queues queues; NULL rxconf
         // selects the device defaults; the pool outlives the port.

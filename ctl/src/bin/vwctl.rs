@@ -363,5 +363,6 @@ fn print_stats(s: &Stats) {
         table(&["DROP-REASON", "FRAMES"], &drops);
     }
     println!();
+    println!("control frames sent: {}", s.control_frames_sent);
     println!("mbufs in use: {} of {}", s.mempool.in_use, s.mempool.size);
 }
