@@ -31,13 +31,29 @@ impl fmt::Display for EncapName {
 
 /// How an endpoint's device is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EndpointSpec {
     /// Any DPDK device given by devargs (`net_tap0,iface=vm1`, a PCI address).
     Dpdk {
         /// Device arguments as for `--vdev`/`-a`.
         devargs: String,
     },
+    /// A vhost-user port: a VM's virtio-net NIC.
+    VhostUser {
+        /// Socket path (absolute).
+        path: String,
+        /// The fabric connects to a socket the VM side listens on (and
+        /// reconnects when it goes away), instead of listening itself.
+        #[serde(default)]
+        client: bool,
+        /// Queue pairs offered to the VM.
+        #[serde(default = "one_queue")]
+        queues: u16,
+    },
+}
+
+fn one_queue() -> u16 {
+    1
 }
 
 /// A control request.
@@ -275,6 +291,13 @@ pub struct EndpointInfo {
     pub link_up: bool,
     /// MTU.
     pub mtu: u16,
+    /// RX queues (each polled by one worker).
+    pub rx_queues: u16,
+    /// TX queues usable now (for vhost-user: the queues the VM enabled).
+    pub tx_queues: u16,
+    /// Link state changes seen since the endpoint was added (vhost-user:
+    /// the VM connecting and disconnecting).
+    pub link_changes: u64,
     /// The wire it carries.
     pub wire: Option<u32>,
 }
@@ -410,6 +433,17 @@ mod tests {
             }
         );
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
+        let vh: Request = serde_json::from_str(
+            r#"{"cmd":"endpoint_add","name":"vm2","spec":{"type":"vhost_user","path":"/run/vm2.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            vh,
+            Request::EndpointAdd {
+                name: "vm2".into(),
+                spec: EndpointSpec::VhostUser { path: "/run/vm2.sock".into(), client: false, queues: 1 }
+            }
+        );
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //! every worker is alive.
 
 use crate::neighbour::Neighbours;
-use crate::snapshot::{self, decap_key, DecapTarget, EndpointAction, Mailbox, PortPlan, Snapshot, UplinkPlan};
+use crate::persist::{self, Saved, SavedEndpoint, SavedWire};
+use crate::snapshot::{
+    self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortPlan, Role, Snapshot,
+    UplinkPlan,
+};
 use crate::stats::{drop_name, Handled, WireTotals, WorkerStats, DROP_REASONS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +29,11 @@ use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr, UnderlayConfig};
 
 /// How long a worker may take to switch to a new snapshot.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Control-plane housekeeping period (ARP, worker health).
+/// Control-plane housekeeping period (ARP, worker health, vhost links).
 const TICK: Duration = Duration::from_millis(10);
+/// Wire counter slot meaning "do not count" (the decap half of a forced-encap
+/// loopback wire: its encap half already counted the frame).
+const NO_SLOT: u32 = u32::MAX;
 
 /// The uplink's settings.
 #[derive(Debug, Clone)]
@@ -82,15 +90,44 @@ pub struct Settings {
     pub max_wires: usize,
     /// Idle back-off (for `status`).
     pub idle_sleep_us: u64,
+    /// State file, if configuration is persisted.
+    pub state_file: Option<PathBuf>,
+    /// Neighbours configured by the operator (never probed).
+    pub static_neighbours: Vec<(Ipv4Addr, MacAddr)>,
+    /// Benchmark aid: send the forward direction of loopback wires through
+    /// encap, the uplink (which must return what it sends) and decap.
+    pub force_encap: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Endpoint {
     spec: EndpointSpec,
     port: PortId,
     info: PortInfo,
     mac: MacAddr,
+    /// RX and TX queues configured on the device.
+    queues: u16,
+    /// A vhost-user port: its link and usable TX queues follow the VM.
+    vhost: bool,
+    /// Handoff rings when the port may have fewer TX queues than workers.
+    handoff: Option<Handoff>,
     tx_dropped_base: u64,
+}
+
+/// What the control plane tracks of a vhost-user port's VM.
+#[derive(Debug, Clone, Copy, Default)]
+struct VmLink {
+    up: bool,
+    changes: u64,
+    /// Bit q: TX queue q (the VM's RX vring) enabled by the VM.
+    tx_enabled: u64,
+}
+
+impl VmLink {
+    /// TX queues usable: the enabled ones counted from queue 0 (at least one).
+    fn txq(&self, queues: u16) -> u16 {
+        ((!self.tx_enabled).trailing_zeros() as u16).clamp(1, queues.max(1))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +209,10 @@ pub struct Control {
     republish: bool,
     fatal: Option<Fatal>,
     next_slot: u32,
+    /// vhost-user ports: link and queue state, by port.
+    vm_links: HashMap<PortId, VmLink>,
+    /// Counter for unique vhost device names.
+    next_vhost: u32,
     started: Instant,
     last_tick: Instant,
 }
@@ -180,18 +221,25 @@ impl Control {
     /// A control plane with no endpoint and no wire yet.
     pub fn new(settings: Settings, pool: Mempool, workers: Vec<WorkerHandle>, uplink: Option<Uplink>) -> Control {
         let mailboxes = workers.iter().map(|w| w.mailbox.clone()).collect();
+        let mut state = State::default();
+        for (ip, mac) in &settings.static_neighbours {
+            state.neighbours.add_permanent(*ip, *mac, Instant::now());
+        }
+        let nworkers = workers.len();
         let mut c = Control {
             settings,
             pool,
             workers,
             mailboxes,
             uplink,
-            state: State::default(),
-            current: Arc::new(Snapshot::empty(port::max_ports() as usize)),
+            state,
+            current: Arc::new(Snapshot::empty(port::max_ports() as usize, nworkers)),
             next_version: 2,
             republish: false,
             fatal: None,
             next_slot: 0,
+            vm_links: HashMap::new(),
+            next_vhost: 0,
             started: Instant::now(),
             last_tick: Instant::now(),
         };
@@ -279,11 +327,36 @@ impl Control {
     // ---- applying changes -------------------------------------------------
 
     fn build(&self, st: &State, version: u64) -> Snapshot {
-        let mut s = Snapshot::empty(port::max_ports() as usize);
+        let nworkers = self.workers.len();
+        let mut s = Snapshot::empty(port::max_ports() as usize, nworkers);
         s.version = version;
+        let all = nworkers as u16;
+        let poll = |s: &mut Snapshot, p: PortId, rxq: u16| {
+            for q in 0..rxq {
+                s.polls[rx_worker(p, q, nworkers)].push((p, q));
+            }
+        };
+        for ep in st.endpoints.values() {
+            let (txq, up) = match (ep.vhost, self.vm_links.get(&ep.port)) {
+                (true, Some(l)) => (l.txq(ep.queues), l.up),
+                (true, None) => (1, false),
+                (false, _) => (ep.queues.min(all), true),
+            };
+            s.ports[ep.port.0 as usize] =
+                PortPlan { role: Role::Endpoint(EndpointAction::NoWire), txq, up, handoff: ep.handoff.clone() };
+            poll(&mut s, ep.port, ep.queues);
+            if ep.handoff.is_some() {
+                for k in txq as usize..nworkers {
+                    s.drains[k % txq as usize].push((ep.port, k));
+                }
+            }
+        }
+        // The uplink is polled after the endpoints, so a frame that goes out
+        // and comes straight back (a forced-encap loop) is decapsulated in
+        // the same iteration.
         if let Some(u) = &self.uplink {
-            s.ports[u.port.0 as usize] = PortPlan::Uplink;
-            s.active.push(u.port);
+            s.ports[u.port.0 as usize] = PortPlan { role: Role::Uplink, txq: all, up: true, handoff: None };
+            poll(&mut s, u.port, all);
             s.uplink = Some(UplinkPlan {
                 port: u.port,
                 underlay: UnderlayConfig {
@@ -295,19 +368,34 @@ impl Control {
                 neighbours: st.neighbours.addresses(),
             });
         }
-        for ep in st.endpoints.values() {
-            s.ports[ep.port.0 as usize] = PortPlan::Endpoint(EndpointAction::NoWire);
-            s.active.push(ep.port);
-        }
+        let set = |s: &mut Snapshot, p: PortId, a: EndpointAction| s.ports[p.0 as usize].role = Role::Endpoint(a);
         for w in st.table.wires() {
             let (Some(a), Some(ws)) = (st.endpoints.get(&w.endpoint), st.wires.get(&w.id)) else { continue };
             match &w.peer {
                 Peer::Local(b) => {
                     let Some(b) = st.endpoints.get(b) else { continue };
-                    s.ports[a.port.0 as usize] =
-                        PortPlan::Endpoint(EndpointAction::Loopback { peer: b.port, slot: ws.slot, dir: 0 });
-                    s.ports[b.port.0 as usize] =
-                        PortPlan::Endpoint(EndpointAction::Loopback { peer: a.port, slot: ws.slot, dir: 1 });
+                    match (&self.uplink, self.settings.force_encap) {
+                        (Some(u), true) => {
+                            // Benchmark aid: a -> encap -> uplink -> decap -> b.
+                            let template = EncapTemplate::new(
+                                Encap::Vwire,
+                                w.id,
+                                u.mac,
+                                u.mac,
+                                u.vtep,
+                                u.vtep,
+                                u.vwire_port,
+                                u.mtu,
+                            );
+                            set(&mut s, a.port, EndpointAction::Encap { template, uplink: u.port, slot: ws.slot });
+                            s.decap.insert(
+                                decap_key(Encap::Vwire, w.id.0),
+                                DecapTarget { port: b.port, slot: NO_SLOT, peer_ip: u.vtep },
+                            );
+                        }
+                        _ => set(&mut s, a.port, EndpointAction::Loopback { peer: b.port, slot: ws.slot, dir: 0 }),
+                    }
+                    set(&mut s, b.port, EndpointAction::Loopback { peer: a.port, slot: ws.slot, dir: 1 });
                 }
                 Peer::Remote { vtep, encap } => {
                     let Some(u) = &self.uplink else { continue };
@@ -329,7 +417,7 @@ impl Control {
                         },
                         None => EndpointAction::Unresolved { slot: ws.slot },
                     };
-                    s.ports[a.port.0 as usize] = PortPlan::Endpoint(action);
+                    set(&mut s, a.port, action);
                     s.decap
                         .insert(decap_key(*encap, w.id.0), DecapTarget { port: a.port, slot: ws.slot, peer_ip: *vtep });
                 }
@@ -341,6 +429,15 @@ impl Control {
     /// Publishes `next` to the workers and commits it. A worker that does
     /// not switch in time is fatal (see [`Fatal::WorkerStuck`]).
     fn apply(&mut self, next: State) -> Result<(), Refusal> {
+        self.apply_with(next, false)
+    }
+
+    /// Like `apply`; with `save`, the state file is written first (and a
+    /// failure to write it refuses the change).
+    fn apply_with(&mut self, next: State, save: bool) -> Result<(), Refusal> {
+        if save {
+            self.save(&next)?;
+        }
         let version = self.next_version;
         self.next_version += 1;
         let snap = Arc::new(self.build(&next, version));
@@ -394,14 +491,75 @@ impl Control {
         self.state.endpoints.iter().find(|(_, e)| e.port == p).map(|(n, _)| format!("endpoint {n}"))
     }
 
+    /// The DPDK devargs for an endpoint spec, validated.
+    fn devargs_for(&mut self, spec: &EndpointSpec) -> Result<(String, u16, bool), Refusal> {
+        let nworkers = self.workers.len() as u16;
+        match spec {
+            EndpointSpec::Dpdk { devargs } => {
+                if devargs.trim().is_empty() {
+                    return Err(Refusal::new(ErrorCode::InvalidArgument, "device arguments are empty"));
+                }
+                Ok((devargs.clone(), nworkers, false))
+            }
+            EndpointSpec::VhostUser { path, client, queues } => {
+                let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
+                if !path.starts_with('/') || path.contains(',') || path.len() > 100 {
+                    return invalid(format!(
+                        "vhost-user socket path {path:?} must be absolute, without commas, at most 100 bytes"
+                    ));
+                }
+                if !(1..=16).contains(queues) {
+                    return invalid(format!("--queues {queues}: a vhost-user endpoint has 1 to 16 queue pairs"));
+                }
+                if self
+                    .state
+                    .endpoints
+                    .values()
+                    .any(|e| matches!(&e.spec, EndpointSpec::VhostUser { path: p, .. } if p == path))
+                {
+                    return invalid(format!("vhost-user socket {path} is already used by another endpoint"));
+                }
+                if !client {
+                    let p = std::path::Path::new(path);
+                    if let Ok(meta) = std::fs::symlink_metadata(p) {
+                        use std::os::unix::fs::FileTypeExt;
+                        if !meta.file_type().is_socket() {
+                            return invalid(format!("{path} exists and is not a socket"));
+                        }
+                        if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                            return invalid(format!("{path} is in use: another process listens on it"));
+                        }
+                        // A stale socket from a process that died.
+                        let _ = std::fs::remove_file(p);
+                    }
+                    if let Some(dir) = p.parent() {
+                        if !dir.is_dir() {
+                            return invalid(format!("directory {} does not exist", dir.display()));
+                        }
+                    }
+                }
+                self.next_vhost += 1;
+                let devargs =
+                    format!("net_vhost{},iface={path},queues={queues},client={}", self.next_vhost, u8::from(*client));
+                Ok((devargs, *queues, true))
+            }
+        }
+    }
+
     fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec) -> Result<proto::EndpointInfo, Refusal> {
+        self.endpoint_add_with(name, spec, true)
+    }
+
+    fn endpoint_add_with(
+        &mut self,
+        name: &str,
+        spec: &EndpointSpec,
+        save: bool,
+    ) -> Result<proto::EndpointInfo, Refusal> {
         let mut next = self.state.clone();
         next.table.add_endpoint(name)?;
-        let EndpointSpec::Dpdk { devargs } = spec;
-        if devargs.trim().is_empty() {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "device arguments are empty"));
-        }
-        for p in port::ports_matching(devargs).unwrap_or_default() {
+        let (devargs, queues, vhost) = self.devargs_for(spec)?;
+        for p in port::ports_matching(&devargs).unwrap_or_default() {
             if let Some(owner) = self.port_owner(p) {
                 return Err(Refusal::new(
                     ErrorCode::InvalidArgument,
@@ -409,7 +567,7 @@ impl Control {
                 ));
             }
         }
-        let probed = port::probe(devargs).map_err(device_error)?;
+        let probed = port::probe(&devargs).map_err(device_error)?;
         let ports = probed.ports.clone();
         // Undo only what this request created, and never once a publish
         // failed (a worker may still poll the port; the fabric is stopping).
@@ -428,7 +586,6 @@ impl Control {
             ));
         }
         let p = ports[0];
-        let queues = self.workers.len() as u16;
         let setup = || -> Result<(PortInfo, MacAddr), vw_pmd::Error> {
             port::configure_and_start(
                 p,
@@ -452,9 +609,17 @@ impl Control {
             }
         };
         let tx_dropped_base = self.port_tx_dropped(p);
-        next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), port: p, info, mac, tx_dropped_base });
-        if let Err(e) = self.apply(next) {
+        let handoff = (vhost || queues < self.workers.len() as u16).then(|| new_handoff(self.workers.len()));
+        if vhost {
+            self.vm_links.insert(p, VmLink::default());
+        }
+        next.endpoints.insert(
+            name.to_owned(),
+            Endpoint { spec: spec.clone(), port: p, info, mac, queues, vhost, handoff, tx_dropped_base },
+        );
+        if let Err(e) = self.apply_with(next, save) {
             if self.fatal.is_none() {
+                self.vm_links.remove(&p);
                 undo(&ports);
             }
             return Err(e);
@@ -469,8 +634,10 @@ impl Control {
         let Some(ep) = next.endpoints.remove(name) else {
             return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("endpoint {name} does not exist")));
         };
-        self.apply(next)?;
-        // No worker polls or sends to the port any more.
+        self.apply_with(next, true)?;
+        self.vm_links.remove(&ep.port);
+        // No worker polls or sends to the port any more. Frames still in
+        // its handoff rings are freed with them.
         if let Err(e) = port::remove(ep.port) {
             crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
         }
@@ -484,6 +651,17 @@ impl Control {
         endpoint: &str,
         peer: &str,
         encap: Option<EncapName>,
+    ) -> Result<proto::WireInfo, Refusal> {
+        self.connect_with(id, endpoint, peer, encap, true)
+    }
+
+    fn connect_with(
+        &mut self,
+        id: ConnectorId,
+        endpoint: &str,
+        peer: &str,
+        encap: Option<EncapName>,
+        save: bool,
     ) -> Result<proto::WireInfo, Refusal> {
         let mut next = self.state.clone();
         let peer = match peer.parse::<Ipv4Addr>() {
@@ -530,7 +708,7 @@ impl Control {
             ));
         };
         next.wires.insert(id, WireSlot { slot, base: self.wire_totals(slot) });
-        self.apply(next)?;
+        self.apply_with(next, save)?;
         self.next_slot = (slot + 1) % max;
         // Ask for the next hop's MAC now rather than at the next tick.
         self.send_arp_requests();
@@ -548,9 +726,65 @@ impl Control {
                 next.neighbours.release(hop);
             }
         }
-        self.apply(next)?;
+        self.apply_with(next, true)?;
         crate::log(&format!("wire {id} disconnected"));
         Ok(())
+    }
+
+    // ---- persistence --------------------------------------------------------
+
+    fn saved(st: &State) -> Saved {
+        Saved {
+            version: persist::VERSION,
+            endpoints: st
+                .endpoints
+                .iter()
+                .map(|(n, e)| SavedEndpoint { name: n.clone(), spec: e.spec.clone() })
+                .collect(),
+            wires: st
+                .table
+                .wires()
+                .map(|w| match &w.peer {
+                    Peer::Local(b) => {
+                        SavedWire { wire: w.id.0, endpoint: w.endpoint.clone(), peer: b.clone(), encap: None }
+                    }
+                    Peer::Remote { vtep, encap } => SavedWire {
+                        wire: w.id.0,
+                        endpoint: w.endpoint.clone(),
+                        peer: vtep.to_string(),
+                        encap: Some(match encap {
+                            Encap::Vwire => EncapName::Vwire,
+                            Encap::Vxlan => EncapName::Vxlan,
+                        }),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn save(&self, st: &State) -> Result<(), Refusal> {
+        let Some(path) = &self.settings.state_file else { return Ok(()) };
+        persist::save(path, &Self::saved(st)).map_err(|e| {
+            Refusal::new(
+                ErrorCode::Unavailable,
+                format!("cannot save the state file {}: {e}; the change was not made", path.display()),
+            )
+        })
+    }
+
+    /// Recreates the endpoints and wires of the state file (at start).
+    pub fn restore(&mut self) -> Result<usize, String> {
+        let Some(path) = self.settings.state_file.clone() else { return Ok(0) };
+        let Some(saved) = persist::load(&path)? else { return Ok(0) };
+        for e in &saved.endpoints {
+            self.endpoint_add_with(&e.name, &e.spec, false)
+                .map_err(|r| format!("restoring endpoint {} from {}: {}", e.name, path.display(), r.message))?;
+        }
+        for w in &saved.wires {
+            self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, false)
+                .map_err(|r| format!("restoring wire {} from {}: {}", w.wire, path.display(), r.message))?;
+        }
+        Ok(saved.endpoints.len() + saved.wires.len())
     }
 
     // ---- housekeeping -----------------------------------------------------
@@ -583,8 +817,37 @@ impl Control {
         if let Some(f) = self.fatal.clone() {
             return Err(f);
         }
+        self.watch_vms();
         self.send_arp_requests();
         Ok(())
+    }
+
+    /// Follows vhost-user VMs: link up/down and the TX queues they enable.
+    /// A change is published so workers stop queueing to a VM that is gone
+    /// and spread TX over the queues it uses.
+    fn watch_vms(&mut self) {
+        let mut changed = false;
+        for (port, l) in self.vm_links.iter_mut() {
+            let before = *l;
+            while let Some(ev) = port::vhost_queue_event(*port) {
+                if !ev.rx && ev.queue < 64 {
+                    let bit = 1u64 << ev.queue;
+                    l.tx_enabled = if ev.enable { l.tx_enabled | bit } else { l.tx_enabled & !bit };
+                }
+            }
+            let up = port::link(*port).map(|s| s.up).unwrap_or(false);
+            if up != l.up {
+                l.up = up;
+                l.changes += 1;
+            }
+            changed |= l.up != before.up || l.tx_enabled != before.tx_enabled;
+        }
+        if changed {
+            let next = self.state.clone();
+            if self.apply(next).is_err() {
+                self.republish = true;
+            }
+        }
     }
 
     fn send_arp_requests(&mut self) {
@@ -638,6 +901,9 @@ impl Control {
             mac: ep.mac.to_string(),
             link_up: Self::link_up(ep.port),
             mtu: port::mtu(ep.port).unwrap_or(0),
+            rx_queues: ep.queues,
+            tx_queues: self.current.ports.get(ep.port.0 as usize).map_or(0, |p| p.txq),
+            link_changes: self.vm_links.get(&ep.port).map_or(0, |l| l.changes),
             wire: self.state.table.wire_of(name).map(|w| w.id.0),
         }
     }

@@ -6,6 +6,7 @@
 
 mod control;
 mod neighbour;
+mod persist;
 mod snapshot;
 mod stats;
 mod worker;
@@ -47,6 +48,21 @@ impl std::str::FromStr for Vtep {
             return Err(format!("{addr} cannot be a VTEP address"));
         }
         Ok(Vtep { addr, prefix })
+    }
+}
+
+/// `--neighbour IP=MAC`.
+#[derive(Debug, Clone, Copy)]
+struct StaticNeighbour(Ipv4Addr, MacAddr);
+
+impl std::str::FromStr for StaticNeighbour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StaticNeighbour, String> {
+        let (ip, mac) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected IP=MAC"))?;
+        Ok(StaticNeighbour(
+            ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?,
+            mac.parse().map_err(|_| format!("{mac:?} is not a MAC address"))?,
+        ))
     }
 }
 
@@ -107,6 +123,20 @@ struct Args {
     /// Most wires at once (sizes the per-worker wire counters).
     #[arg(long, default_value_t = 4096)]
     max_wires: usize,
+    /// Save endpoints and wires to this file on every change and restore
+    /// them at start (written atomically: write, fsync, rename).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// A static underlay neighbour (never probed), e.g. a gateway that does
+    /// not answer ARP. Repeatable.
+    #[arg(long, value_name = "IP=MAC")]
+    neighbour: Vec<StaticNeighbour>,
+    /// Benchmarking aid: the forward direction of every loopback wire (first
+    /// endpoint to second) is encapsulated onto the uplink and decapsulated
+    /// when it comes back. Needs an uplink that returns what it sends (e.g.
+    /// `net_ring0`). The reverse direction stays loopback.
+    #[arg(long)]
+    force_encap: bool,
     /// EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal: Vec<String>,
@@ -179,12 +209,24 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             rx_desc: args.rx_desc,
             tx_desc: args.tx_desc,
             pool,
-            mtu: args.underlay_mtu,
+            mtu: None,
             promiscuous: false,
         },
     )
     .map_err(err)?;
-    let mtu = port::mtu(p).map_err(err)?;
+    let mtu = match args.underlay_mtu {
+        None => port::mtu(p).map_err(err)?,
+        Some(m) => match port::set_mtu(p, m) {
+            Ok(()) => m,
+            // Virtual devices (net_ring, net_null) have no MTU to set; the
+            // underlay MTU is then a property of the network, taken as given.
+            Err(e) if e.errno() == Some(libc_enotsup()) => {
+                log(&format!("uplink {devargs} cannot change its MTU; using --underlay-mtu {m} as given"));
+                m
+            }
+            Err(e) => return Err(err(e)),
+        },
+    };
     let mac = MacAddr(port::mac_addr(p).map_err(err)?);
     Ok(Some(Uplink {
         devargs: devargs.clone(),
@@ -197,6 +239,11 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
         vwire_port: args.vwire_port,
         vxlan_port: args.vxlan_port,
     }))
+}
+
+/// ENOTSUP on Linux.
+const fn libc_enotsup() -> i32 {
+    95
 }
 
 fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
@@ -244,7 +291,13 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         tx_desc: args.tx_desc,
         max_wires: args.max_wires,
         idle_sleep_us: args.idle_sleep_us,
+        state_file: args.state.clone(),
+        static_neighbours: args.neighbour.iter().map(|n| (n.0, n.1)).collect(),
+        force_encap: args.force_encap,
     };
+    if args.force_encap && uplink.is_none() {
+        return Err(StartError::Config("--force-encap needs an --uplink (one that returns what it sends)".into()));
+    }
     let mut control = Control::new(settings, pool, workers, uplink.clone());
     let idle_sleep = (args.idle_sleep_us > 0).then(|| Duration::from_micros(args.idle_sleep_us));
     let mut launched = Vec::new();
@@ -306,8 +359,15 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
 
 fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(), StartError> {
     let (jobs_tx, jobs_rx) = crossbeam::channel::unbounded();
+    // Claim the socket first: a second fabric on the same path stops here,
+    // before it touches a device. Requests wait until the restore is done.
     let server = Server::start(ServerConfig::new(&args.socket), jobs_tx)?;
     control.announce();
+    match control.restore() {
+        Ok(0) => {}
+        Ok(n) => log(&format!("restored {n} endpoints and wires from {}", args.state.as_ref().unwrap().display())),
+        Err(e) => return Err(StartError::Config(e)),
+    }
     let lcores: Vec<String> = control.workers().iter().map(|w| w.lcore.to_string()).collect();
     match &args.uplink {
         Some(u) => log(&format!(

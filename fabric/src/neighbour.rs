@@ -30,6 +30,8 @@ pub enum State {
     Reachable,
     /// MAC known but not confirmed by the last probes.
     Stale,
+    /// Configured by the operator (`--neighbour`); never probed.
+    Permanent,
 }
 
 impl State {
@@ -39,12 +41,14 @@ impl State {
             State::Incomplete => "incomplete",
             State::Reachable => "reachable",
             State::Stale => "stale",
+            State::Permanent => "permanent",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
+    permanent: bool,
     mac: Option<MacAddr>,
     users: usize,
     requests: u64,
@@ -80,15 +84,41 @@ impl Neighbours {
     pub fn want(&mut self, ip: Ipv4Addr, now: Instant) {
         self.entries
             .entry(ip)
-            .or_insert(Entry { mac: None, users: 0, requests: 0, unanswered: 0, last_heard: None, next_probe: now })
+            .or_insert(Entry {
+                permanent: false,
+                mac: None,
+                users: 0,
+                requests: 0,
+                unanswered: 0,
+                last_heard: None,
+                next_probe: now,
+            })
             .users += 1;
+    }
+
+    /// Adds an entry the operator configured: always resolved, never probed,
+    /// never forgotten.
+    pub fn add_permanent(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant) {
+        let users = self.entries.get(&ip).map_or(0, |e| e.users);
+        self.entries.insert(
+            ip,
+            Entry {
+                permanent: true,
+                mac: Some(mac),
+                users,
+                requests: 0,
+                unanswered: 0,
+                last_heard: None,
+                next_probe: now,
+            },
+        );
     }
 
     /// One wire less uses `ip`; forgets it when none does.
     pub fn release(&mut self, ip: Ipv4Addr) {
         if let Some(e) = self.entries.get_mut(&ip) {
             e.users = e.users.saturating_sub(1);
-            if e.users == 0 {
+            if e.users == 0 && !e.permanent {
                 self.entries.remove(&ip);
             }
         }
@@ -103,6 +133,9 @@ impl Neighbours {
     /// the MAC is new or changed (the data path needs a new snapshot).
     pub fn heard(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant) -> bool {
         let Some(e) = self.entries.get_mut(&ip) else { return false };
+        if e.permanent {
+            return false;
+        }
         let changed = e.mac != Some(mac);
         e.mac = Some(mac);
         e.unanswered = 0;
@@ -117,6 +150,9 @@ impl Neighbours {
     }
 
     fn state_of(e: &Entry) -> State {
+        if e.permanent {
+            return State::Permanent;
+        }
         match e.mac {
             None => State::Incomplete,
             Some(_) if e.unanswered > REFRESH_PROBES => State::Stale,
@@ -128,7 +164,7 @@ impl Neighbours {
     pub fn due(&mut self, now: Instant) -> Vec<Ipv4Addr> {
         let mut out = Vec::new();
         for (ip, e) in self.entries.iter_mut() {
-            if now < e.next_probe {
+            if e.permanent || now < e.next_probe {
                 continue;
             }
             out.push(*ip);
@@ -203,6 +239,19 @@ mod tests {
         assert_eq!(n.due(t + Duration::from_secs(4)), vec![IP]);
         assert!(n.heard(IP, MacAddr([2, 0, 0, 0, 0, 9]), t), "a new MAC is a change");
         assert_eq!(n.view()[0].state, State::Reachable);
+    }
+
+    #[test]
+    fn permanent_entries_are_never_probed_overridden_or_forgotten() {
+        let t0 = Instant::now();
+        let mut n = Neighbours::default();
+        n.add_permanent(IP, MAC, t0);
+        n.want(IP, t0);
+        assert!(n.due(t0 + Duration::from_secs(100)).is_empty());
+        assert!(!n.heard(IP, MacAddr([2, 0, 0, 0, 0, 9]), t0));
+        assert_eq!(n.mac(IP), Some(MAC));
+        n.release(IP);
+        assert_eq!(n.view()[0].state, State::Permanent);
     }
 
     #[test]

@@ -50,13 +50,39 @@ pub enum EndpointAction {
 
 /// Role of a port in the snapshot.
 #[derive(Debug, Clone, Copy)]
-pub enum PortPlan {
+pub enum Role {
     /// Not a port of this fabric.
     Unused,
     /// The underlay uplink.
     Uplink,
     /// An endpoint.
     Endpoint(EndpointAction),
+}
+
+/// Frames that workers without a TX queue of their own on a port pass to
+/// the worker that owns one: entry `k` is written only by worker `k` and
+/// drained only by worker `k % txq` (single producer, single consumer).
+pub type Handoff = Arc<[ArrayQueue<Mbuf>]>;
+
+/// A port as the workers see it.
+#[derive(Debug, Clone)]
+pub struct PortPlan {
+    /// What the port is.
+    pub role: Role,
+    /// TX queues usable now. Worker `w` sends on queue `w` if `w < txq`,
+    /// else through `handoff` (a vhost-user port has as many queues as the
+    /// VM enabled, which may be fewer than the workers).
+    pub txq: u16,
+    /// False while a port that follows its peer's link (vhost-user) is known
+    /// to be down: frames its queue refuses count as `endpoint_down`.
+    pub up: bool,
+    /// See [`Handoff`]; present on ports that may have fewer TX queues than workers.
+    pub handoff: Option<Handoff>,
+}
+
+impl PortPlan {
+    /// A port that is not part of the fabric.
+    pub const UNUSED: PortPlan = PortPlan { role: Role::Unused, txq: 0, up: false, handoff: None };
 }
 
 /// Where a decapsulated frame goes.
@@ -93,8 +119,10 @@ pub struct Snapshot {
     pub version: u64,
     /// Per port id.
     pub ports: Vec<PortPlan>,
-    /// Ports every worker polls (worker i polls RX queue i).
-    pub active: Vec<PortId>,
+    /// Per worker: the (port, RX queue) pairs it polls.
+    pub polls: Vec<Vec<(PortId, u16)>>,
+    /// Per worker: the (port, handoff entry) pairs it drains into its TX queue.
+    pub drains: Vec<Vec<(PortId, usize)>>,
     /// The uplink, if any.
     pub uplink: Option<UplinkPlan>,
     /// (format, connector) -> endpoint.
@@ -102,16 +130,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// An empty configuration (nothing polled) for `max_ports` port ids.
-    pub fn empty(max_ports: usize) -> Snapshot {
+    /// An empty configuration (nothing polled) for `max_ports` port ids and
+    /// `workers` workers.
+    pub fn empty(max_ports: usize, workers: usize) -> Snapshot {
         Snapshot {
             version: 0,
-            ports: vec![PortPlan::Unused; max_ports],
-            active: Vec::new(),
+            ports: vec![PortPlan::UNUSED; max_ports],
+            polls: vec![Vec::new(); workers],
+            drains: vec![Vec::new(); workers],
             uplink: None,
             decap: HashMap::new(),
         }
     }
+}
+
+/// The worker that polls RX queue `queue` of `port` (spread so that
+/// single-queue ports do not all land on worker 0).
+pub fn rx_worker(port: PortId, queue: u16, workers: usize) -> usize {
+    (queue as usize + port.0 as usize) % workers
+}
+
+/// Creates the handoff queues for a port (one per worker).
+pub fn new_handoff(workers: usize) -> Handoff {
+    (0..workers).map(|_| ArrayQueue::new(1024)).collect::<Vec<_>>().into()
 }
 
 /// An ARP sighting a worker passes to the control plane.
@@ -262,7 +303,7 @@ mod tests {
     use super::*;
 
     fn snap(version: u64) -> Arc<Snapshot> {
-        let mut s = Snapshot::empty(4);
+        let mut s = Snapshot::empty(4, 1);
         s.version = version;
         Arc::new(s)
     }
@@ -317,6 +358,16 @@ mod tests {
         assert_eq!(e.0, 0);
         mb.set_alive(false, 0);
         publish(std::slice::from_ref(&mb), snap(2), Duration::from_millis(50)).unwrap();
+    }
+
+    #[test]
+    fn rx_queues_are_spread_over_workers() {
+        // A 4-queue port on 2 workers: two queues each.
+        let w: Vec<usize> = (0..4).map(|q| rx_worker(PortId(3), q, 2)).collect();
+        assert_eq!(w, vec![1, 0, 1, 0]);
+        // Single-queue ports 0..4 on 2 workers alternate.
+        let w: Vec<usize> = (0..4).map(|p| rx_worker(PortId(p), 0, 2)).collect();
+        assert_eq!(w, vec![0, 1, 0, 1]);
     }
 
     #[test]

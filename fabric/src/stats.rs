@@ -31,13 +31,15 @@ pub enum FabricDrop {
     /// A frame for a remote peer whose next hop was not resolved within 1 s
     /// (frames wait in a 32-frame hold queue per worker meanwhile).
     PeerUnresolved,
-    /// A frame the TX queue of its port refused (queue full, link down).
+    /// A frame the TX queue of its port refused (queue full).
     TxFull,
+    /// A frame a vhost-user endpoint refused because its VM is not connected.
+    EndpointDown,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 8] = [
+    pub const ALL: [FabricDrop; 9] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -46,6 +48,7 @@ impl FabricDrop {
         FabricDrop::NoHeadroom,
         FabricDrop::PeerUnresolved,
         FabricDrop::TxFull,
+        FabricDrop::EndpointDown,
     ];
 
     /// Counter name.
@@ -59,6 +62,7 @@ impl FabricDrop {
             FabricDrop::NoHeadroom => "no_headroom",
             FabricDrop::PeerUnresolved => "peer_unresolved",
             FabricDrop::TxFull => "tx_full",
+            FabricDrop::EndpointDown => "endpoint_down",
         }
     }
 

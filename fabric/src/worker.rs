@@ -1,11 +1,15 @@
 //! The data path: one run-to-completion poll loop per worker lcore.
 //!
-//! Worker `i` polls RX queue `i` of every active port and sends on TX queue
-//! `i`, so no queue is shared and nothing is locked. Per iteration it takes a
-//! new configuration snapshot if one was published (a quiescent point: no
-//! packet in hand, TX buffers flushed), sends frames the control plane
-//! queued, polls every port, then flushes its TX buffers (as DPDK's l2fwd
-//! does). Per burst it branches once on what the port is:
+//! Worker `w` polls the RX queues the snapshot gives it and sends on TX queue
+//! `w` of every port, so no queue is shared and nothing is locked. A port
+//! with fewer usable TX queues than workers (a vhost-user port whose VM
+//! enabled fewer queues) is fed by the workers without a queue through
+//! single-producer handoff rings, drained by the queue's owner. Per
+//! iteration a worker takes a new configuration snapshot if one was
+//! published (a quiescent point: no packet in hand, TX buffers flushed),
+//! sends frames the control plane queued, drains handoff rings, polls its
+//! queues, then flushes its TX buffers (as DPDK's l2fwd does). Per burst it
+//! branches once on what the port is:
 //! * a loopback wire: the burst moves to the peer's TX buffer untouched;
 //! * an encap wire: each frame gets the wire's prebuilt outer headers in its
 //!   headroom (the UDP source port from the inner flow hash); while the next
@@ -19,11 +23,8 @@
 //! and counted per worker by reason. The only syscall is the optional idle
 //! back-off sleep, taken when the worker has been idle for a while.
 
-use crate::snapshot::{
-    decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, PortPlan, Snapshot, UplinkPlan,
-};
+use crate::snapshot::{decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, Role, Snapshot, UplinkPlan};
 use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats, MAX_PORTS};
-use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +65,12 @@ pub struct WorkerContext {
     pub initial: Arc<Snapshot>,
 }
 
+/// Handed-off frames a worker moves to its TX queue per port and iteration.
+const DRAIN_BUDGET: usize = 256;
+
 /// Per-worker I/O state: the RX burst, one TX buffer per port, drop batch.
 struct Io {
+    index: usize,
     queue: u16,
     rx: Burst,
     tx: Vec<TxBuffer>,
@@ -88,6 +93,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
     let WorkerContext { index, mailbox, stats, stop, idle_sleep, initial } = ctx;
     let queue = index as u16;
     let mut io = Io {
+        index,
         queue,
         rx: Burst::new(),
         tx: (0..MAX_PORTS as u16).map(|p| TxBuffer::new(PortId(p), queue)).collect(),
@@ -116,23 +122,32 @@ pub fn run(ctx: WorkerContext) -> i32 {
         if index == 0 && !mailbox.inject.is_empty() {
             if let Some(up) = &snap.uplink {
                 while let Some(m) = mailbox.inject.pop() {
-                    io.send(up.port, m);
+                    io.send(&snap, up.port, m);
                     bump(&stats.control_frames_sent, 1);
                 }
             }
         }
+        for &(port, k) in &snap.drains[index] {
+            io.drain_handoff(&snap, port, k);
+        }
         let mut received = 0usize;
-        for &port in &snap.active {
-            received += match snap.ports[port.0 as usize] {
-                PortPlan::Endpoint(action) => io.poll_endpoint(port, action),
-                PortPlan::Uplink => match &snap.uplink {
-                    Some(up) => io.poll_uplink(up, &snap.decap),
+        for &(port, q) in &snap.polls[index] {
+            let n = match snap.ports[port.0 as usize].role {
+                Role::Endpoint(action) => io.poll_endpoint(&snap, port, q, action),
+                Role::Uplink => match &snap.uplink {
+                    Some(up) => io.poll_uplink(&snap, up, q),
                     None => 0,
                 },
-                PortPlan::Unused => 0,
+                Role::Unused => 0,
             };
+            // Send what this burst produced before polling the next queue,
+            // as testpmd's io loop does: no frame waits for other ports.
+            if n > 0 {
+                io.flush_all(&snap);
+            }
+            received += n;
         }
-        io.flush_all();
+        io.flush_all(&snap);
         io.free.flush();
         bump(&stats.polls, 1);
         if received > 0 {
@@ -159,10 +174,41 @@ pub fn run(ctx: WorkerContext) -> i32 {
 }
 
 impl Io {
+    /// Queues a frame for `port`: on this worker's TX queue, or through the
+    /// port's handoff ring if this worker has no queue there.
     #[inline(always)]
-    fn send(&mut self, port: PortId, m: Mbuf) {
-        self.tx[port.0 as usize].push(m);
-        self.dirty |= 1u64 << port.0;
+    fn send(&mut self, snap: &Snapshot, port: PortId, m: Mbuf) {
+        if self.queue < snap.ports[port.0 as usize].txq {
+            self.tx[port.0 as usize].push(m);
+            self.dirty |= 1u64 << port.0;
+        } else {
+            self.send_slow(snap, port, m);
+        }
+    }
+
+    #[cold]
+    fn send_slow(&mut self, snap: &Snapshot, port: PortId, m: Mbuf) {
+        let plan = &snap.ports[port.0 as usize];
+        match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
+            Some(ring) => {
+                if let Err(m) = ring.push(m) {
+                    self.drop_frame(m, FabricDrop::TxFull.index());
+                    bump(&self.stats.port_tx_dropped[port.0 as usize], 1);
+                }
+            }
+            None => self.drop_frame(m, FabricDrop::TxFull.index()),
+        }
+    }
+
+    /// Moves frames other workers handed off for `port` to this worker's TX queue.
+    #[inline]
+    fn drain_handoff(&mut self, snap: &Snapshot, port: PortId, k: usize) {
+        let plan = &snap.ports[port.0 as usize];
+        let Some(ring) = plan.handoff.as_ref().and_then(|h| h.get(k)) else { return };
+        for _ in 0..DRAIN_BUDGET {
+            let Some(m) = ring.pop() else { break };
+            self.send(snap, port, m);
+        }
     }
 
     #[inline(always)]
@@ -186,31 +232,64 @@ impl Io {
 
     /// Polls an endpoint's RX queue and applies its wire's action.
     #[inline(always)]
-    fn poll_endpoint(&mut self, port: PortId, action: EndpointAction) -> usize {
-        let n = self.rx.rx(port, self.queue);
+    fn poll_endpoint(&mut self, snap: &Snapshot, port: PortId, queue: u16, action: EndpointAction) -> usize {
+        let n = self.rx.rx(port, queue);
         if n == 0 {
             return 0;
         }
         match action {
             EndpointAction::Loopback { peer, slot, dir } => {
                 let bytes = self.rx.bytes();
-                self.tx[peer.0 as usize].push_burst(&mut self.rx);
-                self.dirty |= 1u64 << peer.0;
+                if self.queue < snap.ports[peer.0 as usize].txq {
+                    // The whole burst moves untouched: pointer copies only.
+                    self.tx[peer.0 as usize].push_burst(&mut self.rx);
+                    self.dirty |= 1u64 << peer.0;
+                } else {
+                    while let Some(m) = self.rx.pop() {
+                        self.send(snap, peer, m);
+                    }
+                }
                 self.count_wire(slot, dir as usize, n as u64, bytes, 0);
             }
             EndpointAction::Encap { template, uplink, slot } => {
-                let (mut frames, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-                self.rx.prefetch_head();
-                while let Some(m) = self.rx.pop() {
-                    match self.encap(m, &template, uplink) {
-                        Some(len) => {
-                            frames += 1;
-                            bytes += len;
+                // Every frame of the burst goes to the uplink: encapsulate in
+                // place, compact out the drops, hand the burst over whole.
+                let (max, hlen) = (template.max_inner_len(), template.len());
+                let (mut bytes, mut too_big, mut no_room) = (0u64, 0u64, 0u64);
+                self.rx.retain_mut(&mut self.free, |m| {
+                    let len = m.pkt_len() as usize;
+                    if len > max {
+                        too_big += 1;
+                        return false;
+                    }
+                    let hash = match m.rss_hash() {
+                        Some(h) => h,
+                        None => flow_hash(m.data()),
+                    };
+                    match m.prepend(hlen) {
+                        Some(hdr) => template.write(hdr, len, source_port(hash)),
+                        None => {
+                            no_room += 1;
+                            return false;
                         }
-                        None => dropped += 1,
+                    }
+                    bytes += len as u64;
+                    true
+                });
+                if too_big + no_room > 0 {
+                    bump(&self.stats.drops[FabricDrop::EncapTooBig.index()], too_big);
+                    bump(&self.stats.drops[FabricDrop::NoHeadroom.index()], no_room);
+                }
+                let frames = self.rx.len() as u64;
+                if self.queue < snap.ports[uplink.0 as usize].txq {
+                    self.tx[uplink.0 as usize].push_burst(&mut self.rx);
+                    self.dirty |= 1u64 << uplink.0;
+                } else {
+                    while let Some(m) = self.rx.pop() {
+                        self.send(snap, uplink, m);
                     }
                 }
-                self.count_wire(slot, 0, frames, bytes, dropped);
+                self.count_wire(slot, 0, frames, bytes, too_big + no_room);
             }
             EndpointAction::Unresolved { slot } => {
                 let now = vw_pmd::time::tsc();
@@ -229,7 +308,7 @@ impl Io {
     /// Encapsulates one frame and queues it on the uplink. Returns the inner
     /// length, or None if the frame was dropped (and counted).
     #[inline(always)]
-    fn encap(&mut self, mut m: Mbuf, template: &EncapTemplate, uplink: PortId) -> Option<u64> {
+    fn encap(&mut self, snap: &Snapshot, mut m: Mbuf, template: &EncapTemplate, uplink: PortId) -> Option<u64> {
         let len = m.pkt_len() as usize;
         if len > template.max_inner_len() {
             self.drop_frame(m, FabricDrop::EncapTooBig.index());
@@ -246,7 +325,7 @@ impl Io {
                 return None;
             }
         }
-        self.send(uplink, m);
+        self.send(snap, uplink, m);
         Some(len as u64)
     }
 
@@ -274,22 +353,22 @@ impl Io {
         self.held_expiry = u64::MAX;
         for i in 0..self.held_len {
             let Some(h) = self.held[i].take() else { continue };
-            match snap.ports[h.port.0 as usize] {
-                PortPlan::Endpoint(EndpointAction::Encap { template, uplink, slot }) if slot == h.slot => {
+            match snap.ports[h.port.0 as usize].role {
+                Role::Endpoint(EndpointAction::Encap { template, uplink, slot }) if slot == h.slot => {
                     let len = h.m.pkt_len() as u64;
-                    match self.encap(h.m, &template, uplink) {
+                    match self.encap(snap, h.m, &template, uplink) {
                         Some(_) => self.count_wire(slot, 0, 1, len, 0),
                         None => self.count_wire(slot, 0, 0, 0, 1),
                     }
                 }
-                PortPlan::Endpoint(EndpointAction::Unresolved { slot })
+                Role::Endpoint(EndpointAction::Unresolved { slot })
                     if slot == h.slot && now.wrapping_sub(h.since) < self.hold_ticks =>
                 {
                     self.held_expiry = self.held_expiry.min(h.since.saturating_add(self.hold_ticks));
                     self.held[kept] = Some(h);
                     kept += 1;
                 }
-                PortPlan::Endpoint(EndpointAction::Unresolved { slot }) if slot == h.slot => {
+                Role::Endpoint(EndpointAction::Unresolved { slot }) if slot == h.slot => {
                     self.drop_frame(h.m, FabricDrop::PeerUnresolved.index());
                     self.count_wire(slot, 0, 0, 0, 1);
                 }
@@ -302,14 +381,17 @@ impl Io {
     /// Polls the uplink: decapsulates tunnel frames, answers ARP and ICMP
     /// echo for the VTEP, drops and counts everything else.
     #[inline(always)]
-    fn poll_uplink(&mut self, up: &UplinkPlan, decap: &HashMap<u64, DecapTarget>) -> usize {
-        let n = self.rx.rx(up.port, self.queue);
+    fn poll_uplink(&mut self, snap: &Snapshot, up: &UplinkPlan, queue: u16) -> usize {
+        let decap = &snap.decap;
+        let n = self.rx.rx(up.port, queue);
         if n == 0 {
             return 0;
         }
-        // Consecutive frames of one wire are counted together, and looked
-        // up once.
+        // Consecutive frames of one wire are looked up once, counted
+        // together and handed to the endpoint's TX buffer as one run.
         let (mut cur_slot, mut frames, mut bytes) = (u32::MAX, 0u64, 0u64);
+        let mut cur_port = PortId(u16::MAX);
+        let mut run = Burst::new();
         let mut last: Option<(u64, Option<DecapTarget>)> = None;
         self.rx.prefetch_head();
         while let Some(mut m) = self.rx.pop() {
@@ -337,25 +419,26 @@ impl Io {
                     };
                     // classify guarantees the outer headers are in the first
                     // segment and the trailer within the packet.
-                    if !m.adj(d.outer_len) || !m.trim(d.trailer_len) {
+                    if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
                         self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
                         continue;
                     }
-                    if target.slot != cur_slot {
-                        if frames > 0 {
-                            self.count_wire(cur_slot, 1, frames, bytes, 0);
-                        }
-                        (cur_slot, frames, bytes) = (target.slot, 0, 0);
+                    if target.slot != cur_slot || target.port != cur_port {
+                        self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
+                        (cur_slot, cur_port, frames, bytes) = (target.slot, target.port, 0, 0);
                     }
                     frames += 1;
                     bytes += d.inner_len as u64;
-                    self.send(target.port, m);
+                    if let Err(m) = run.push(m) {
+                        // Cannot happen (a run is at most one burst); stay safe.
+                        self.send(snap, target.port, m);
+                    }
                 }
-                Ok(Underlay::Arp) => self.arp(m, up),
+                Ok(Underlay::Arp) => self.arp(snap, m, up),
                 Ok(Underlay::IcmpEcho) => {
                     if icmpv4::echo_reply_in_place(m.data_mut(), up.underlay.mac) {
                         bump(&self.stats.handled[Handled::IcmpEchoAnswered as usize], 1);
-                        self.send(up.port, m);
+                        self.send(snap, up.port, m);
                     } else {
                         self.drop_frame(m, underlay_index(UnderlayError::IcmpOther));
                     }
@@ -363,16 +446,32 @@ impl Io {
                 Err(e) => self.drop_frame(m, underlay_index(e)),
             }
         }
-        if frames > 0 {
-            self.count_wire(cur_slot, 1, frames, bytes, 0);
-        }
+        self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
         n
+    }
+
+    /// Hands a run of decapsulated frames for one endpoint to its TX buffer
+    /// and counts them.
+    #[inline(always)]
+    fn end_run(&mut self, snap: &Snapshot, port: PortId, run: &mut Burst, slot: u32, frames: u64, bytes: u64) {
+        if run.is_empty() {
+            return;
+        }
+        if self.queue < snap.ports[port.0 as usize].txq {
+            self.tx[port.0 as usize].push_burst(run);
+            self.dirty |= 1u64 << port.0;
+        } else {
+            while let Some(m) = run.pop() {
+                self.send(snap, port, m);
+            }
+        }
+        self.count_wire(slot, 1, frames, bytes, 0);
     }
 
     /// ARP on the uplink: answer requests for the VTEP, pass sightings of the
     /// neighbours we resolve to the control plane, ignore the rest.
     #[cold]
-    fn arp(&mut self, mut m: Mbuf, up: &UplinkPlan) {
+    fn arp(&mut self, snap: &Snapshot, mut m: Mbuf, up: &UplinkPlan) {
         let Some(info) = arp::parse(m.data()) else {
             self.drop_frame(m, underlay_index(UnderlayError::ArpMalformed));
             return;
@@ -388,7 +487,7 @@ impl Io {
             && arp::reply_in_place(m.data_mut(), up.underlay.mac, up.underlay.vtep_ip)
         {
             bump(&self.stats.handled[Handled::ArpAnswered as usize], 1);
-            self.send(up.port, m);
+            self.send(snap, up.port, m);
         } else if from_neighbour {
             bump(&self.stats.handled[Handled::ArpFromNeighbour as usize], 1);
             self.free.push(m);
@@ -397,9 +496,11 @@ impl Io {
         }
     }
 
-    /// Flushes every TX buffer that received frames this iteration.
+    /// Flushes every TX buffer that received frames this iteration. Frames a
+    /// queue refuses are `endpoint_down` if the port's VM is known to be
+    /// gone (the PMD refuses them at once), else `tx_full`.
     #[inline(always)]
-    fn flush_all(&mut self) {
+    fn flush_all(&mut self, snap: &Snapshot) {
         let mut d = self.dirty;
         self.dirty = 0;
         while d != 0 {
@@ -413,7 +514,8 @@ impl Io {
             bump(&self.stats.tx_frames, sent);
             if dropped > 0 {
                 bump(&self.stats.port_tx_dropped[p], dropped);
-                bump(&self.stats.drops[FabricDrop::TxFull.index()], dropped);
+                let reason = if snap.ports[p].up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+                bump(&self.stats.drops[reason.index()], dropped);
             }
         }
     }

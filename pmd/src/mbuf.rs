@@ -220,6 +220,16 @@ fn prefetch_data(m: RawMbuf) {
     }
 }
 
+#[inline(always)]
+fn prefetch_headroom(m: RawMbuf) {
+    // SAFETY: as in prefetch_data; the address may lie before the buffer
+    // when the headroom is short, and a prefetch of any address is harmless.
+    unsafe {
+        let p = ((*m).buf_addr as *const u8).wrapping_add((*m).data_off as usize).wrapping_sub(64);
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+}
+
 impl Drop for Mbuf {
     fn drop(&mut self) {
         // SAFETY: the handle owns the mbuf chain; after this nothing refers to it.
@@ -310,6 +320,100 @@ impl Burst {
         self.next += 1;
         // SAFETY: rx_burst only returns non-null mbufs.
         Some(Mbuf(unsafe { NonNull::new_unchecked(p) }))
+    }
+
+    /// Fills the burst with `n` (at most [`BURST_SIZE`]) fresh, empty mbufs
+    /// from `pool` in one call. Returns false (burst left empty) if the pool
+    /// has fewer than `n` free.
+    pub fn alloc(&mut self, pool: &crate::Mempool, n: usize) -> bool {
+        self.clear();
+        let n = n.min(BURST_SIZE);
+        // SAFETY: pkts has room for BURST_SIZE pointers; on success the pool
+        // gives us n initialised mbufs we now own, on failure none.
+        let rc = unsafe { dpdk_sys::rte_pktmbuf_alloc_bulk(pool.as_ptr(), self.pkts.as_mut_ptr(), n as u32) };
+        if rc != 0 {
+            return false;
+        }
+        self.len = n;
+        true
+    }
+
+    /// Keeps the packets for which `f` returns true, in order, and moves the
+    /// others to `rejected` (freed in bulk later). `f` sees each packet
+    /// with mutable access, a few packets after the data of later ones was
+    /// prefetched (headroom included, for prepends).
+    #[inline(always)]
+    pub fn retain_mut(&mut self, rejected: &mut FreeBatch, mut f: impl FnMut(&mut Mbuf) -> bool) {
+        let mut kept = self.next;
+        for i in self.next..self.len {
+            if i + PREFETCH_AHEAD < self.len {
+                prefetch_data(self.pkts[i + PREFETCH_AHEAD]);
+                prefetch_headroom(self.pkts[i + PREFETCH_AHEAD]);
+            }
+            let p = self.pkts[i];
+            // SAFETY: p is a valid mbuf owned by the burst. The temporary
+            // handle is not dropped: the pointer either stays in the burst
+            // or moves to `rejected`, exactly once.
+            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(p) }));
+            if f(&mut m) {
+                self.pkts[kept] = p;
+                kept += 1;
+            } else {
+                rejected.push(std::mem::ManuallyDrop::into_inner(m));
+            }
+        }
+        self.len = kept;
+    }
+
+    /// Adds a packet at the end; gives it back if the burst is full.
+    #[inline(always)]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        if self.len == BURST_SIZE {
+            return Err(m);
+        }
+        self.pkts[self.len] = m.into_raw();
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Calls `f` on every packet not yet taken, with mutable access.
+    #[inline(always)]
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(usize, &mut Mbuf)) {
+        for (i, &p) in self.pkts[self.next..self.len].iter().enumerate() {
+            // SAFETY: p is a valid mbuf owned by the burst; the handle is
+            // never dropped (ManuallyDrop), so ownership stays with the burst.
+            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(p) }));
+            f(i, &mut m);
+        }
+    }
+
+    /// Sends the packets not yet taken on `queue` of `port`; frees the ones
+    /// the queue refuses. Returns how many were sent.
+    #[inline]
+    pub fn tx(&mut self, port: PortId, queue: u16) -> usize {
+        let n = self.len - self.next;
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: pkts[next..len] are owned mbufs; the device takes the first
+        // `sent` of them; the rest stay owned and are freed by clear().
+        let sent = unsafe { dpdk_sys::rte_eth_tx_burst(port.0, queue, self.pkts.as_mut_ptr().add(self.next), n as u16) }
+            as usize;
+        self.next += sent;
+        self.clear();
+        sent
+    }
+
+    /// Like `pop`, for frames about to get headers prepended: also
+    /// prefetches the headroom cache line just before the data a few
+    /// packets ahead, which the prepend will write.
+    #[inline(always)]
+    pub fn pop_for_prepend(&mut self) -> Option<Mbuf> {
+        let ahead = self.next + PREFETCH_AHEAD;
+        if ahead < self.len {
+            prefetch_headroom(self.pkts[ahead]);
+        }
+        self.pop()
     }
 
     /// Prefetches the data of the first packets before a `pop` loop.

@@ -357,3 +357,23 @@ pub fn stats(port: PortId) -> Result<PortStats> {
         rx_nombuf: s.rx_nombuf,
     })
 }
+
+/// A vhost-user queue being enabled or disabled by the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VhostQueueEvent {
+    /// Queue index.
+    pub queue: u16,
+    /// True for an RX queue of the port (the VM's TX vring).
+    pub rx: bool,
+    /// Enabled or disabled.
+    pub enable: bool,
+}
+
+/// The next pending queue event of a `net_vhost` port, if any.
+pub fn vhost_queue_event(port: PortId) -> Option<VhostQueueEvent> {
+    let mut ev = dpdk_sys::rte_eth_vhost_queue_event::default();
+    // SAFETY: ev is a valid out pointer; the call returns non-zero when the
+    // port is not a vhost port or no event is pending.
+    let rc = unsafe { dpdk_sys::rte_eth_vhost_get_queue_event(port.0, &mut ev) };
+    (rc == 0).then_some(VhostQueueEvent { queue: ev.queue_id, rx: ev.rx, enable: ev.enable })
+}

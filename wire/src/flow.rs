@@ -51,6 +51,28 @@ fn load16be(frame: &[u8], at: usize) -> Option<u16> {
 /// Hash of an inner Ethernet frame; the same flow always gives the same hash. Never panics.
 #[inline]
 pub fn flow_hash(frame: &[u8]) -> u32 {
+    // Fast path for the common case, untagged IPv4 without options: the
+    // fields are gathered into four words multiplied independently (the
+    // multiplies pipeline instead of forming one long chain).
+    if let Some(f) = frame.first_chunk::<38>() {
+        if f[12] == 0x08 && f[13] == 0x00 && f[14] == 0x45 {
+            let macs = u64::from_le_bytes([f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]]);
+            let proto = f[23];
+            let rest = u64::from(u32::from_le_bytes([f[8], f[9], f[10], f[11]])) | u64::from(proto) << 32;
+            let addrs = u64::from_le_bytes([f[26], f[27], f[28], f[29], f[30], f[31], f[32], f[33]]);
+            let not_fragment = u16::from_be_bytes([f[20], f[21]]) & 0x3fff == 0;
+            let ports = if not_fragment && matches!(proto, protocol::TCP | protocol::UDP | protocol::SCTP) {
+                u64::from(u32::from_le_bytes([f[34], f[35], f[36], f[37]]))
+            } else {
+                0
+            };
+            // Two independent multiplies of folded words, then one more to
+            // mix the halves: enough spread for ECMP/RSS, not a MAC.
+            let x = (macs ^ rest.rotate_left(23)).wrapping_mul(K)
+                ^ (addrs ^ ports.rotate_left(41) ^ SEED).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            return ((x ^ (x >> 31)).wrapping_mul(0xc4ce_b9fe_1a85_ec53) >> 32) as u32;
+        }
+    }
     let Some(l2) = frame.first_chunk::<14>() else {
         // Shorter than an Ethernet header: hash whatever is there.
         let mut h = mix(SEED, frame.len() as u64);
@@ -146,7 +168,7 @@ mod tests {
         f
     }
 
-    const PINNED: u32 = 0x7391_3105;
+    const PINNED: u32 = 0xecfc_26b1;
 
     #[test]
     fn deterministic_and_payload_independent() {

@@ -221,15 +221,19 @@ fn be16(a: u8, b: u8) -> u16 {
 }
 
 /// True if the 20-byte IPv4 header at `IP` in `h` sums to 0xffff (RFC 1071).
+///
+/// The one's complement sum does not depend on byte order (RFC 1071 §2(B)),
+/// and 0xffff reads the same both ways, so five native 32-bit words are
+/// added and folded: no byte swapping, no loop.
 #[inline(always)]
 fn ipv4_header_checksum_ok(h: &[u8; UDP]) -> bool {
-    let mut sum = 0u32;
-    let mut i = IP;
-    while i < UDP {
-        sum += u32::from(be16(h[i], h[i + 1]));
-        i += 2;
-    }
-    crate::checksum::fold(sum) == 0xffff
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    let s = w(IP) + w(IP + 4) + w(IP + 8) + w(IP + 12) + w(IP + 16);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s == 0xffff
 }
 
 /// Classifies a frame received on the uplink.

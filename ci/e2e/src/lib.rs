@@ -96,7 +96,7 @@ pub fn setup(test: &str, tools: &[&str]) -> Option<Env> {
             missing.push(format!("the `{t}` command"));
         }
     }
-    for b in ["vwfabric", "vwctl", "vw-probe"] {
+    for b in ["vwfabric", "vwctl", "vw-probe", "vwperf", "vwbench"] {
         if !bin.join(b).exists() {
             missing.push(format!("{} (run `cargo build --release --workspace` first)", bin.join(b).display()));
         }
@@ -115,6 +115,67 @@ pub fn setup(test: &str, tools: &[&str]) -> Option<Env> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     Some(Env { tag, dir, bin })
+}
+
+/// Free 2 MB hugepages.
+pub fn hugepages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("HugePages_Free:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks that hugepages are there (virtio_user needs them). Outside CI a
+/// shortage skips the test; with `CI=true` it fails it.
+pub fn require_hugepages(test: &str) -> bool {
+    let free = hugepages_free();
+    if free >= 128 {
+        return true;
+    }
+    let msg = format!("{test}: needs 128 free 2 MB hugepages for virtio_user, {free} free (ci/setup.sh sets them up)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true: a missing prerequisite is a failure)");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+/// Runs vwperf as the VM side of `sockets` with `args`, to completion,
+/// and returns its `--json` summary.
+pub fn vwperf(env: &Env, name: &str, sockets: &[&Path], args: &[&str]) -> Value {
+    let out = vwperf_cmd(env, name, sockets, args).output().expect("run vwperf");
+    assert!(
+        out.status.success(),
+        "vwperf {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("vwperf --json prints JSON")
+}
+
+/// The vwperf command line, to spawn it in the background.
+pub fn vwperf_cmd(env: &Env, name: &str, sockets: &[&Path], args: &[&str]) -> Command {
+    let mut c = Command::new(env.bin.join("vwperf"));
+    for s in sockets {
+        c.arg("--vhost-user").arg(s);
+    }
+    c.args(args).arg("--json").args([
+        "--",
+        "--lcores",
+        "0@0,1@0",
+        "--file-prefix",
+        &format!("vwe2e-{}-{name}", env.tag),
+        "--in-memory",
+        "--single-file-segments",
+        "-m",
+        "128",
+        "--no-pci",
+        "--log-level=*:warning",
+    ]);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
 }
 
 /// A network namespace, deleted on drop.
@@ -376,6 +437,8 @@ pub struct FabricOpts {
     pub uplink: Option<(String, String)>,
     /// Extra vwfabric options.
     pub extra: Vec<String>,
+    /// EAL `--lcores` (default `0@0,1@1`: one worker).
+    pub lcores: Option<String>,
 }
 
 /// A running `vwfabric` process.
@@ -403,10 +466,20 @@ impl Fabric {
         // Several fabrics share this machine's two cores: back off when idle.
         args.extend(["--idle-sleep-us".into(), "20".into(), "--mbufs".into(), "8192".into()]);
         args.extend(opts.extra.iter().cloned());
+        let lcores = opts.lcores.clone().unwrap_or_else(|| "0@0,1@1".into());
         args.extend(
-            ["--", "-l", "0-1", "--no-huge", "-m", "192", "--file-prefix", &format!("vwe2e-{}-{name}", env.tag)]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "--",
+                "--lcores",
+                &lcores,
+                "--no-huge",
+                "-m",
+                "192",
+                "--file-prefix",
+                &format!("vwe2e-{}-{name}", env.tag),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new(env.bin.join("vwfabric"))
@@ -501,6 +574,13 @@ impl Fabric {
     pub fn wire(&self, id: u32) -> Value {
         let l = self.json(&["wire", "list"]);
         l.as_array().unwrap().iter().find(|w| w["wire"] == id).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Kills the fabric with SIGKILL (a crash), without any cleanup.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("fabric already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Stops the fabric with SIGTERM and returns its exit status.

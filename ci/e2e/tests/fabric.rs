@@ -508,6 +508,7 @@ fn h_peers_outside_the_subnet_are_reached_through_the_gateway() {
     let opts = |up: &str, vtep: &str, gw: &str| FabricOpts {
         uplink: Some((up.to_owned(), vtep.to_owned())),
         extra: vec!["--gateway".into(), gw.into()],
+        ..Default::default()
     };
     let mut h1 = Fabric::start(&env, "h1", opts(&up1, "10.0.0.1/24", "10.0.0.254"));
     let mut h2 = Fabric::start(&env, "h2", opts(&up2, "10.1.0.2/24", "10.1.0.254"));

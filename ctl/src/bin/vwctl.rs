@@ -27,6 +27,7 @@ struct Cli {
 
 const EXAMPLES: &str = "Examples:
   vwctl endpoint add vm1 net_tap0,iface=vm1      # a net_tap device as endpoint vm1
+  vwctl endpoint add vm2 --vhost-user /run/vm2.sock --queues 2   # a VM's virtio-net NIC
   vwctl connect 7 vm1 vm2                        # loopback wire 7 between vm1 and vm2
   vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
   vwctl wire list
@@ -69,12 +70,25 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum EndpointCmd {
-    /// Hot-plug a DPDK device and make it endpoint NAME.
+    /// Hot-plug a device and make it endpoint NAME: DPDK devargs, or a
+    /// vhost-user port for a VM (--vhost-user).
+    #[command(group(clap::ArgGroup::new("device").required(true).args(["devargs", "vhost_user"])))]
     Add {
         /// Endpoint name (1-32 of A-Z a-z 0-9 _ . -).
         name: String,
         /// DPDK device arguments, e.g. `net_tap0,iface=vm1` or a PCI address.
-        devargs: String,
+        devargs: Option<String>,
+        /// A vhost-user port on this socket (absolute path). The fabric
+        /// listens on it, or with --client connects to it.
+        #[arg(long, value_name = "PATH")]
+        vhost_user: Option<String>,
+        /// Connect to a socket the VM side listens on (reconnecting when it
+        /// goes away and comes back).
+        #[arg(long, requires = "vhost_user")]
+        client: bool,
+        /// Queue pairs offered to the VM (spread over the workers).
+        #[arg(long, requires = "vhost_user", default_value_t = 1)]
+        queues: u16,
     },
     /// Remove endpoint NAME and its device (disconnect its wire first).
     Del {
@@ -103,8 +117,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
         Command::Status => Request::Status,
-        Command::Endpoint(EndpointCmd::Add { name, devargs }) => {
-            Request::EndpointAdd { name: name.clone(), spec: EndpointSpec::Dpdk { devargs: devargs.clone() } }
+        Command::Endpoint(EndpointCmd::Add { name, devargs, vhost_user, client, queues }) => {
+            let spec = match (devargs, vhost_user) {
+                (_, Some(path)) => EndpointSpec::VhostUser { path: path.clone(), client: *client, queues: *queues },
+                (Some(d), None) => EndpointSpec::Dpdk { devargs: d.clone() },
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            Request::EndpointAdd { name: name.clone(), spec }
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
@@ -247,20 +266,27 @@ fn print_endpoints(v: &[EndpointInfo]) {
     let rows: Vec<Vec<String>> = v
         .iter()
         .map(|e| {
-            let EndpointSpec::Dpdk { devargs } = &e.spec;
+            let device = match &e.spec {
+                EndpointSpec::Dpdk { devargs } => devargs.clone(),
+                EndpointSpec::VhostUser { path, client, .. } => {
+                    format!("vhost-user {path}{}", if *client { " (client)" } else { "" })
+                }
+            };
             vec![
                 e.name.clone(),
                 e.port.to_string(),
                 e.driver.clone(),
-                devargs.clone(),
+                device,
                 e.mac.clone(),
                 if e.link_up { "up".into() } else { "down".into() },
+                e.link_changes.to_string(),
+                format!("{}/{}", e.rx_queues, e.tx_queues),
                 e.mtu.to_string(),
                 e.wire.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "MTU", "WIRE"], &rows);
+    table(&["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "LINK-CHANGES", "RXQ/TXQ", "MTU", "WIRE"], &rows);
 }
 
 fn print_wires(v: &[WireInfo]) {

@@ -1,0 +1,229 @@
+//! End-to-end tests of vhost-user endpoints: DPDK's virtio_user (in
+//! vwperf) is the VM side, as DPDK itself tests vhost-user without a VM.
+//! Needs hugepages (virtio_user shares its memory by file descriptor).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use vw_e2e::*;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn endpoint(f: &Fabric, name: &str) -> Value {
+    f.json(&["endpoint", "list"]).as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap()
+}
+
+fn sock(env: &Env, name: &str) -> PathBuf {
+    env.dir.join(format!("{name}.vhost"))
+}
+
+/// Asserts a vwperf run delivered every frame once and in order; on
+/// failure prints what the fabrics counted.
+fn assert_clean(s: &Value, what: &str, fabrics: &[&Fabric]) {
+    let ctx = || fabrics.iter().map(|f| format!("--- {} ---\n{}", f.name, f.ctl_ok(&["stats"]))).collect::<String>();
+    assert!(u(&s["rx_frames"]) > 0, "{what}: nothing arrived: {s}\n{}", ctx());
+    assert_eq!(u(&s["lost"]), 0, "{what}: frames lost: {s}\n{}", ctx());
+    assert_eq!(u(&s["reordered"]), 0, "{what}: frames reordered: {s}\n{}", ctx());
+    assert_eq!(u(&s["duplicated"]), 0, "{what}: frames duplicated: {s}\n{}", ctx());
+}
+
+#[test]
+fn vhost_loopback_wire_survives_a_vm_restart() {
+    let Some(env) = setup("vhost_loopback", &[]) else { return };
+    if !require_hugepages("vhost_loopback") {
+        return;
+    }
+    let mut f = Fabric::start(&env, "h1", FabricOpts::default());
+    let (a, b) = (sock(&env, "a"), sock(&env, "b"));
+    f.ctl_ok(&["endpoint", "add", "a", "--vhost-user", a.to_str().unwrap()]);
+    f.ctl_ok(&["endpoint", "add", "b", "--vhost-user", b.to_str().unwrap()]);
+    assert!(a.exists() && b.exists(), "server mode: the fabric owns the sockets");
+    assert_eq!(endpoint(&f, "a")["link_up"], false, "no VM yet");
+    f.ctl_ok(&["connect", "1", "a", "b"]);
+
+    let args = ["--bidir", "--rate", "100k", "--flows", "8", "--duration", "2", "--warmup", "0.5"];
+    let s = vwperf(&env, "vm", &[&a, &b], &args);
+    assert_clean(&s, "first VM run", &[&f]);
+    let w = f.wire(1);
+    assert!(u(&w["forward"]["frames"]) > 0 && u(&w["reverse"]["frames"]) > 0, "{w}");
+    // The VM went away: its link went down, and the counters say so.
+    let wait_down = |f: &Fabric| {
+        let t = Instant::now();
+        while endpoint(f, "a")["link_up"] == true && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_down(&f);
+    let e = endpoint(&f, "a");
+    assert_eq!(e["link_up"], false);
+    assert_eq!(u(&e["link_changes"]), 2, "up when the VM came, down when it left: {e}");
+
+    // The VM comes back: its wire works again without any command.
+    let s = vwperf(&env, "vm", &[&a, &b], &args);
+    assert_clean(&s, "after the VM restarted", &[&f]);
+    wait_down(&f);
+    assert_eq!(u(&endpoint(&f, "a")["link_changes"]), 4);
+    let idle = u(&f.json(&["status"])["mempool"]["in_use"]);
+    assert_eq!(idle, 0, "vhost ports hold no mbufs when idle; none leaked");
+
+    f.ctl_ok(&["disconnect", "1"]);
+    f.ctl_ok(&["endpoint", "del", "a"]);
+    assert!(!a.exists(), "endpoint del removes its socket");
+    assert!(f.stop().success());
+}
+
+fn vhost_encap(encap: &str) {
+    let Some(env) = setup(&format!("vhost_encap_{encap}"), &[]) else { return };
+    if !require_hugepages("vhost_encap") {
+        return;
+    }
+    let t = &env.tag;
+    let mut ul = Underlay::new(&env);
+    let (up1, up2) = (format!("vw{t}u1"), format!("vw{t}u2"));
+    let h1 = Fabric::start(
+        &env,
+        "h1",
+        FabricOpts { uplink: Some((up1.clone(), "10.0.0.1/24".into())), ..Default::default() },
+    );
+    let h2 = Fabric::start(
+        &env,
+        "h2",
+        FabricOpts { uplink: Some((up2.clone(), "10.0.0.2/24".into())), ..Default::default() },
+    );
+    ul.plug(&up1);
+    ul.plug(&up2);
+    let (a, b) = (sock(&env, "vm1"), sock(&env, "vm2"));
+    h1.ctl_ok(&["endpoint", "add", "vm1", "--vhost-user", a.to_str().unwrap()]);
+    h2.ctl_ok(&["endpoint", "add", "vm2", "--vhost-user", b.to_str().unwrap()]);
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.2", "--encap", encap]);
+    h2.ctl_ok(&["connect", "7", "vm2", "10.0.0.1", "--encap", encap]);
+    let t0 = Instant::now();
+    while (h1.wire(7)["state"] != "up" || h2.wire(7)["state"] != "up") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(h1.wire(7)["state"], "up", "{}", h1.log_text());
+    // One vwperf process is both VMs: vm1 on host 1, vm2 on host 2.
+    for size in ["64", "1400"] {
+        let s = vwperf(
+            &env,
+            "vms",
+            &[&a, &b],
+            &["--bidir", "--rate", "50k", "--flows", "16", "--size", size, "--duration", "2"],
+        );
+        assert_clean(&s, &format!("{encap} wire, {size}-byte frames"), &[&h1, &h2]);
+    }
+    for h in [&h1, &h2] {
+        let w = h.wire(7);
+        assert!(u(&w["forward"]["frames"]) > 100_000 && u(&w["reverse"]["frames"]) > 100_000, "{w}");
+    }
+    drop((h1, h2, ul));
+}
+
+#[test]
+fn vhost_encap_wire_vwire() {
+    vhost_encap("vwire");
+}
+
+#[test]
+fn vhost_encap_wire_vxlan() {
+    vhost_encap("vxlan");
+}
+
+#[test]
+fn vhost_client_mode_finds_its_vms_after_a_fabric_crash() {
+    let Some(env) = setup("vhost_client", &[]) else { return };
+    if !require_hugepages("vhost_client") {
+        return;
+    }
+    let (a, b) = (sock(&env, "a"), sock(&env, "b"));
+    let state = env.dir.join("state.json");
+    let opts = FabricOpts { extra: vec!["--state".into(), state.display().to_string()], ..Default::default() };
+    // The VMs listen (virtio_user server mode) and run for 16 s.
+    let perf = vwperf_cmd(
+        &env,
+        "vm",
+        &[&a, &b],
+        &["--server", "--rate", "20k", "--flows", "4", "--duration", "16", "--warmup", "0"],
+    )
+    .spawn()
+    .expect("start vwperf");
+    let t0 = Instant::now();
+    while !(a.exists() && b.exists()) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut f = Fabric::start(&env, "h1", opts.clone());
+    f.ctl_ok(&["endpoint", "add", "a", "--vhost-user", a.to_str().unwrap(), "--client"]);
+    f.ctl_ok(&["endpoint", "add", "b", "--vhost-user", b.to_str().unwrap(), "--client"]);
+    f.ctl_ok(&["connect", "1", "a", "b"]);
+    let flowing = |f: &Fabric| {
+        let t = Instant::now();
+        let start = u(&f.wire(1)["forward"]["frames"]);
+        while t.elapsed() < Duration::from_secs(10) {
+            if u(&f.wire(1)["forward"]["frames"]) > start + 1000 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(flowing(&f), "traffic flows in client mode\n{}", f.log_text());
+
+    // The fabric crashes and comes back: it restores the endpoints and the
+    // wire from its state file and reconnects to the VMs by itself.
+    f.kill9();
+    let f = Fabric::start(&env, "h1", opts);
+    let e = endpoint(&f, "a");
+    assert_eq!(e["spec"]["client"], true);
+    assert_eq!(e["wire"], 1, "the wire was restored");
+    assert!(flowing(&f), "traffic flows again after the restart\n{}", f.log_text());
+    let out = perf.wait_with_output().unwrap();
+    assert!(out.status.success(), "vwperf: {}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(u(&s["rx_frames"]) > 0, "{s}");
+    drop(f);
+}
+
+#[test]
+fn multiqueue_endpoints_spread_over_workers() {
+    let Some(env) = setup("multiqueue", &[]) else { return };
+    if !require_hugepages("multiqueue") {
+        return;
+    }
+    // Two workers (lcores 1 and 2) on this machine's two CPUs.
+    let opts = FabricOpts { lcores: Some("0@0,1@1,2@0".into()), ..Default::default() };
+    let f = Fabric::start(&env, "h1", opts.clone());
+    let (a, b) = (sock(&env, "a"), sock(&env, "b"));
+    f.ctl_ok(&["endpoint", "add", "a", "--vhost-user", a.to_str().unwrap(), "--queues", "2"]);
+    f.ctl_ok(&["endpoint", "add", "b", "--vhost-user", b.to_str().unwrap(), "--queues", "2"]);
+    f.ctl_ok(&["connect", "1", "a", "b"]);
+    let s = vwperf(
+        &env,
+        "vm",
+        &[&a, &b],
+        &["--queues", "2", "--flows", "8", "--bidir", "--rate", "40k", "--duration", "2"],
+    );
+    assert_clean(&s, "2-queue endpoints on 2 workers", &[&f]);
+    let st = f.json(&["stats"]);
+    let workers = st["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert!(u(&w["rx_frames"]) > 10_000, "every worker polls one of each port's queues: {w}");
+    }
+    drop(f);
+
+    // Single-queue endpoints on two workers: each port's RX is polled by one
+    // worker, and the worker without a TX queue on the other port hands its
+    // frames to the owner.
+    let f = Fabric::start(&env, "h2", opts);
+    let (c, d) = (sock(&env, "c"), sock(&env, "d"));
+    f.ctl_ok(&["endpoint", "add", "c", "--vhost-user", c.to_str().unwrap()]);
+    f.ctl_ok(&["endpoint", "add", "d", "--vhost-user", d.to_str().unwrap()]);
+    f.ctl_ok(&["connect", "2", "c", "d"]);
+    let s = vwperf(&env, "vm2", &[&c, &d], &["--flows", "4", "--bidir", "--rate", "40k", "--duration", "2"]);
+    assert_clean(&s, "1-queue endpoints on 2 workers (TX handoff)", &[&f]);
+    let e = endpoint(&f, "c");
+    assert_eq!((u(&e["rx_queues"]), u(&e["tx_queues"])), (1, 1));
+    drop(f);
+}
