@@ -214,6 +214,10 @@ pub struct Status {
     pub mempool: MempoolInfo,
     /// Idle back-off in microseconds (0: busy polling).
     pub idle_sleep_us: u64,
+    /// Entries of the state file that could not be restored at start (kept
+    /// in the file, retried at the next start).
+    #[serde(default)]
+    pub unrestored: Vec<String>,
 }
 
 /// A worker lcore.

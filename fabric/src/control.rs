@@ -13,7 +13,7 @@ use crate::snapshot::{
     self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortPlan, Role, Snapshot,
     UplinkPlan,
 };
-use crate::stats::{drop_name, Handled, WireTotals, WorkerStats, DROP_REASONS};
+use crate::stats::{drop_name, FabricDrop, Handled, WireTotals, WorkerStats, DROP_REASONS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -118,6 +118,7 @@ struct Endpoint {
 #[derive(Debug, Clone, Copy, Default)]
 struct VmLink {
     up: bool,
+    /// Link-state-change events seen (the VM connecting or going away).
     changes: u64,
     /// Bit q: TX queue q (the VM's RX vring) enabled by the VM.
     tx_enabled: u64,
@@ -213,6 +214,11 @@ pub struct Control {
     vm_links: HashMap<PortId, VmLink>,
     /// Counter for unique vhost device names.
     next_vhost: u32,
+    /// Frames freed from handoff rings of removed endpoints.
+    removed_in_flight: u64,
+    /// Saved entries that could not be restored at start: kept in the state
+    /// file (until replaced) and shown in `status`, retried at next start.
+    unrestored: Saved,
     started: Instant,
     last_tick: Instant,
 }
@@ -240,6 +246,8 @@ impl Control {
             next_slot: 0,
             vm_links: HashMap::new(),
             next_vhost: 0,
+            removed_in_flight: 0,
+            unrestored: Saved::default(),
             started: Instant::now(),
             last_tick: Instant::now(),
         };
@@ -346,7 +354,9 @@ impl Control {
                 PortPlan { role: Role::Endpoint(EndpointAction::NoWire), txq, up, handoff: ep.handoff.clone() };
             poll(&mut s, ep.port, ep.queues);
             if ep.handoff.is_some() {
-                for k in txq as usize..nworkers {
+                // Every ring always has a drainer, so frames pushed just
+                // before a change of txq are never stranded.
+                for k in 0..nworkers {
                     s.drains[k % txq as usize].push((ep.port, k));
                 }
             }
@@ -597,6 +607,7 @@ impl Control {
                     pool: self.pool,
                     mtu: None,
                     promiscuous: true,
+                    lsc: vhost,
                 },
             )?;
             Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
@@ -611,6 +622,10 @@ impl Control {
         let tx_dropped_base = self.port_tx_dropped(p);
         let handoff = (vhost || queues < self.workers.len() as u16).then(|| new_handoff(self.workers.len()));
         if vhost {
+            if let Err(e) = port::watch_link_changes(p) {
+                undo(&ports);
+                return Err(device_error(e));
+            }
             self.vm_links.insert(p, VmLink::default());
         }
         next.endpoints.insert(
@@ -636,6 +651,13 @@ impl Control {
         };
         self.apply_with(next, true)?;
         self.vm_links.remove(&ep.port);
+        if let Some(h) = &ep.handoff {
+            for ring in h.iter() {
+                while ring.pop().is_some() {
+                    self.removed_in_flight += 1;
+                }
+            }
+        }
         // No worker polls or sends to the port any more. Frames still in
         // its handoff rings are freed with them.
         if let Err(e) = port::remove(ep.port) {
@@ -733,7 +755,24 @@ impl Control {
 
     // ---- persistence --------------------------------------------------------
 
-    fn saved(st: &State) -> Saved {
+    fn saved(&self, st: &State) -> Saved {
+        let mut s = Self::live(st);
+        // Entries that failed to restore stay in the file, unless the
+        // operator has since reused their name or wire id.
+        for e in &self.unrestored.endpoints {
+            if !s.endpoints.iter().any(|x| x.name == e.name) {
+                s.endpoints.push(e.clone());
+            }
+        }
+        for w in &self.unrestored.wires {
+            if !s.wires.iter().any(|x| x.wire == w.wire) {
+                s.wires.push(w.clone());
+            }
+        }
+        s
+    }
+
+    fn live(st: &State) -> Saved {
         Saved {
             version: persist::VERSION,
             endpoints: st
@@ -764,7 +803,7 @@ impl Control {
 
     fn save(&self, st: &State) -> Result<(), Refusal> {
         let Some(path) = &self.settings.state_file else { return Ok(()) };
-        persist::save(path, &Self::saved(st)).map_err(|e| {
+        persist::save(path, &self.saved(st)).map_err(|e| {
             Refusal::new(
                 ErrorCode::Unavailable,
                 format!("cannot save the state file {}: {e}; the change was not made", path.display()),
@@ -773,18 +812,33 @@ impl Control {
     }
 
     /// Recreates the endpoints and wires of the state file (at start).
+    /// An entry that cannot be recreated (its device or directory is gone,
+    /// the fabric now lacks the uplink it needs) is skipped with a log line,
+    /// kept in the state file and listed by `status`; everything else comes
+    /// back. Returns how many entries were restored.
     pub fn restore(&mut self) -> Result<usize, String> {
         let Some(path) = self.settings.state_file.clone() else { return Ok(0) };
         let Some(saved) = persist::load(&path)? else { return Ok(0) };
+        let mut restored = 0;
         for e in &saved.endpoints {
-            self.endpoint_add_with(&e.name, &e.spec, false)
-                .map_err(|r| format!("restoring endpoint {} from {}: {}", e.name, path.display(), r.message))?;
+            match self.endpoint_add_with(&e.name, &e.spec, false) {
+                Ok(_) => restored += 1,
+                Err(r) => {
+                    crate::log(&format!("cannot restore endpoint {} from {}: {}", e.name, path.display(), r.message));
+                    self.unrestored.endpoints.push(e.clone());
+                }
+            }
         }
         for w in &saved.wires {
-            self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, false)
-                .map_err(|r| format!("restoring wire {} from {}: {}", w.wire, path.display(), r.message))?;
+            match self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, false) {
+                Ok(_) => restored += 1,
+                Err(r) => {
+                    crate::log(&format!("cannot restore wire {} from {}: {}", w.wire, path.display(), r.message));
+                    self.unrestored.wires.push(w.clone());
+                }
+            }
         }
-        Ok(saved.endpoints.len() + saved.wires.len())
+        Ok(restored)
     }
 
     // ---- housekeeping -----------------------------------------------------
@@ -829,18 +883,22 @@ impl Control {
         let mut changed = false;
         for (port, l) in self.vm_links.iter_mut() {
             let before = *l;
+            // A link change means a VM left or (re)connected: DPDK resets its
+            // queue state then without "disabled" events, so forget which
+            // queues were enabled and take the events that follow.
+            let n = port::link_changes(*port);
+            if n != l.changes {
+                l.changes = n;
+                l.tx_enabled = 0;
+            }
             while let Some(ev) = port::vhost_queue_event(*port) {
                 if !ev.rx && ev.queue < 64 {
                     let bit = 1u64 << ev.queue;
                     l.tx_enabled = if ev.enable { l.tx_enabled | bit } else { l.tx_enabled & !bit };
                 }
             }
-            let up = port::link(*port).map(|s| s.up).unwrap_or(false);
-            if up != l.up {
-                l.up = up;
-                l.changes += 1;
-            }
-            changed |= l.up != before.up || l.tx_enabled != before.tx_enabled;
+            l.up = port::link(*port).map(|s| s.up).unwrap_or(false);
+            changed |= l.up != before.up || l.tx_enabled != before.tx_enabled || l.changes != before.changes;
         }
         if changed {
             let next = self.state.clone();
@@ -985,6 +1043,13 @@ impl Control {
             wires: self.state.table.wires().count(),
             mempool: self.mempool(),
             idle_sleep_us: self.settings.idle_sleep_us,
+            unrestored: self
+                .unrestored
+                .endpoints
+                .iter()
+                .map(|e| format!("endpoint {}", e.name))
+                .chain(self.unrestored.wires.iter().map(|w| format!("wire {}", w.wire)))
+                .collect(),
         }
     }
 
@@ -1051,6 +1116,7 @@ impl Control {
                 }
             })
             .collect();
+        *drops.get_mut(FabricDrop::EndpointRemoved.name()).expect("every reason is listed") += self.removed_in_flight;
         let control_frames_sent =
             self.workers.iter().map(|w| w.stats.control_frames_sent.load(Ordering::Relaxed)).sum();
         proto::Stats {

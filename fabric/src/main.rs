@@ -211,6 +211,7 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             pool,
             mtu: None,
             promiscuous: false,
+            lsc: false,
         },
     )
     .map_err(err)?;
@@ -365,7 +366,10 @@ fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(
     control.announce();
     match control.restore() {
         Ok(0) => {}
-        Ok(n) => log(&format!("restored {n} endpoints and wires from {}", args.state.as_ref().unwrap().display())),
+        Ok(n) => log(&format!(
+            "restored {n} endpoints and wires from {}",
+            args.state.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        )),
         Err(e) => return Err(StartError::Config(e)),
     }
     let lcores: Vec<String> = control.workers().iter().map(|w| w.lcore.to_string()).collect();

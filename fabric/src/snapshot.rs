@@ -61,7 +61,10 @@ pub enum Role {
 
 /// Frames that workers without a TX queue of their own on a port pass to
 /// the worker that owns one: entry `k` is written only by worker `k` and
-/// drained only by worker `k % txq` (single producer, single consumer).
+/// drained by worker `k % txq` (for `k < txq`, worker `k` itself, which
+/// empties its own ring before it sends directly, so a flow stays in order
+/// when `txq` grows). While a change of `txq` is being published two
+/// workers may briefly drain one ring; `ArrayQueue` allows that.
 pub type Handoff = Arc<[ArrayQueue<Mbuf>]>;
 
 /// A port as the workers see it.

@@ -29,17 +29,21 @@ pub enum FabricDrop {
     /// A frame without headroom for the outer headers.
     NoHeadroom,
     /// A frame for a remote peer whose next hop was not resolved within 1 s
-    /// (frames wait in a 32-frame hold queue per worker meanwhile).
+    /// (frames wait meanwhile in a hold queue of 64 frames per worker, at
+    /// most 16 per wire).
     PeerUnresolved,
     /// A frame the TX queue of its port refused (queue full).
     TxFull,
     /// A frame a vhost-user endpoint refused because its VM is not connected.
     EndpointDown,
+    /// A frame still waiting in a handoff ring when its endpoint was
+    /// removed (counted by the control plane, which frees it).
+    EndpointRemoved,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 9] = [
+    pub const ALL: [FabricDrop; 10] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -49,6 +53,7 @@ impl FabricDrop {
         FabricDrop::PeerUnresolved,
         FabricDrop::TxFull,
         FabricDrop::EndpointDown,
+        FabricDrop::EndpointRemoved,
     ];
 
     /// Counter name.
@@ -63,6 +68,7 @@ impl FabricDrop {
             FabricDrop::PeerUnresolved => "peer_unresolved",
             FabricDrop::TxFull => "tx_full",
             FabricDrop::EndpointDown => "endpoint_down",
+            FabricDrop::EndpointRemoved => "endpoint_removed",
         }
     }
 

@@ -189,14 +189,14 @@ impl Io {
     #[cold]
     fn send_slow(&mut self, snap: &Snapshot, port: PortId, m: Mbuf) {
         let plan = &snap.ports[port.0 as usize];
-        match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
-            Some(ring) => {
-                if let Err(m) = ring.push(m) {
-                    self.drop_frame(m, FabricDrop::TxFull.index());
-                    bump(&self.stats.port_tx_dropped[port.0 as usize], 1);
-                }
-            }
-            None => self.drop_frame(m, FabricDrop::TxFull.index()),
+        let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+        let refused = match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
+            Some(ring) => ring.push(m).err(),
+            None => Some(m),
+        };
+        if let Some(m) = refused {
+            self.drop_frame(m, reason.index());
+            bump(&self.stats.port_tx_dropped[port.0 as usize], 1);
         }
     }
 

@@ -67,9 +67,11 @@ pub struct Summary {
 pub struct Search {
     /// Loss threshold (ratio) the rate had to meet.
     pub max_loss_ratio: f64,
-    /// Highest rate found with loss at or under the threshold, frames/s.
+    /// Highest rate found with loss at or under the threshold and the
+    /// offered load taken by the device (measured), frames/s per sending port.
     pub rate_pps: f64,
-    /// Each trial: offered rate, loss ratio.
+    /// Each trial: offered rate per sending port (the first: measured at
+    /// maximum), loss ratio.
     pub trials: Vec<(f64, f64)>,
     /// The run at the rate found.
     pub at_rate: Summary,

@@ -341,25 +341,33 @@ impl Burst {
     /// Keeps the packets for which `f` returns true, in order, and moves the
     /// others to `rejected` (freed in bulk later). `f` sees each packet
     /// with mutable access, a few packets after the data of later ones was
-    /// prefetched (headroom included, for prepends).
+    /// prefetched (headroom included, for prepends). If `f` panics, the
+    /// packets not yet processed are leaked, never freed twice.
     #[inline(always)]
     pub fn retain_mut(&mut self, rejected: &mut FreeBatch, mut f: impl FnMut(&mut Mbuf) -> bool) {
+        let end = self.len;
+        // Until the loop ends the burst owns only [next, kept): a panic in
+        // `f` leaks the rest instead of freeing what `rejected` now holds.
+        self.len = self.next;
         let mut kept = self.next;
-        for i in self.next..self.len {
-            if i + PREFETCH_AHEAD < self.len {
+        for i in self.next..end {
+            if i + PREFETCH_AHEAD < end {
                 prefetch_data(self.pkts[i + PREFETCH_AHEAD]);
                 prefetch_headroom(self.pkts[i + PREFETCH_AHEAD]);
             }
-            let p = self.pkts[i];
-            // SAFETY: p is a valid mbuf owned by the burst. The temporary
-            // handle is not dropped: the pointer either stays in the burst
-            // or moves to `rejected`, exactly once.
-            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(p) }));
-            if f(&mut m) {
-                self.pkts[kept] = p;
+            // SAFETY: pkts[i] is a valid mbuf owned by the burst and not
+            // counted in [next, len) while `f` runs; the handle is read back
+            // after `f` (which may have replaced it), so exactly one pointer
+            // goes on, to the burst or to `rejected`.
+            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(self.pkts[i]) }));
+            let keep = f(&mut m);
+            let m = std::mem::ManuallyDrop::into_inner(m);
+            if keep {
+                self.pkts[kept] = m.into_raw();
                 kept += 1;
+                self.len = kept;
             } else {
-                rejected.push(std::mem::ManuallyDrop::into_inner(m));
+                rejected.push(m);
             }
         }
         self.len = kept;
@@ -376,14 +384,22 @@ impl Burst {
         Ok(())
     }
 
-    /// Calls `f` on every packet not yet taken, with mutable access.
+    /// Calls `f` on every packet not yet taken, with mutable access. If `f`
+    /// panics, the packets from the current one on are leaked, never freed
+    /// twice.
     #[inline(always)]
     pub fn for_each_mut(&mut self, mut f: impl FnMut(usize, &mut Mbuf)) {
-        for (i, &p) in self.pkts[self.next..self.len].iter().enumerate() {
-            // SAFETY: p is a valid mbuf owned by the burst; the handle is
-            // never dropped (ManuallyDrop), so ownership stays with the burst.
-            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(p) }));
-            f(i, &mut m);
+        let (start, end) = (self.next, self.len);
+        self.len = start;
+        for i in start..end {
+            // SAFETY: pkts[i] is a valid mbuf owned by the burst (outside
+            // [next, len) while `f` runs); the handle `f` leaves behind (it
+            // may have replaced it) is stored back, so the burst owns exactly
+            // the pointer the handle held.
+            let mut m = std::mem::ManuallyDrop::new(Mbuf(unsafe { NonNull::new_unchecked(self.pkts[i]) }));
+            f(i - start, &mut m);
+            self.pkts[i] = std::mem::ManuallyDrop::into_inner(m).into_raw();
+            self.len = i + 1;
         }
     }
 

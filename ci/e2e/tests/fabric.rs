@@ -547,3 +547,47 @@ fn h_peers_outside_the_subnet_are_reached_through_the_gateway() {
     assert!(h1.stop().success() && h2.stop().success());
     drop((vm1, vm2, ul));
 }
+
+#[test]
+fn i_a_restart_restores_the_configuration_and_keeps_what_it_cannot_restore() {
+    let Some(env) = setup("restart", &[]) else { return };
+    let t = &env.tag;
+    let state = env.dir.join("state.json");
+    let opts = FabricOpts { extra: vec!["--state".into(), state.display().to_string()], ..Default::default() };
+    let (e1, e2) = (format!("vw{t}e1"), format!("vw{t}e2"));
+    let mut h = Fabric::start(&env, "h1", opts.clone());
+    h.add_tap("vm1", &e1);
+    h.add_tap("vm2", &e2);
+    h.ctl_ok(&["connect", "9", "vm1", "vm2"]);
+    assert!(h.stop().success());
+
+    // The saved configuration, plus an endpoint whose socket directory is
+    // gone (e.g. a tmpfs after a reboot) and a wire that needs it.
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(saved["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(saved["wires"][0]["wire"], 9);
+    saved["endpoints"].as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "ghost", "spec": {"type": "vhost_user", "path": "/nonexistent-dir/ghost.sock", "client": false, "queues": 1}}
+    ));
+    saved["wires"].as_array_mut().unwrap().push(serde_json::json!({"wire": 10, "endpoint": "ghost", "peer": "vm9"}));
+    std::fs::write(&state, serde_json::to_string(&saved).unwrap()).unwrap();
+
+    let mut h = Fabric::start(&env, "h1", opts);
+    let st = h.json(&["status"]);
+    assert_eq!(st["endpoints"], 2, "the restorable endpoints are back");
+    assert_eq!(st["unrestored"], serde_json::json!(["endpoint ghost", "wire 10"]), "{st}");
+    assert_eq!(h.wire(9)["kind"], "loopback", "the wire is back");
+    assert!(h.log_text().contains("cannot restore endpoint ghost"));
+    // The taps were recreated; the VMs get them again and the wire works.
+    let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.8.1/24", 1500);
+    let vm2 = Vm::new(&format!("vw{t}vm2"), &e2, "192.168.8.2/24", 1500);
+    assert!(vm1.wait_reachable("192.168.8.2"), "{}", h.log_text());
+    // A later change keeps the entries that could not be restored.
+    h.ctl_ok(&["disconnect", "9"]);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let names: Vec<&str> = saved["endpoints"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"ghost") && names.contains(&"vm1"), "{saved}");
+    assert_eq!(saved["wires"].as_array().unwrap().len(), 1, "wire 9 is gone, wire 10 kept: {saved}");
+    assert!(h.stop().success());
+    drop((vm1, vm2));
+}

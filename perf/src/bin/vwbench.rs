@@ -186,9 +186,28 @@ const PAIRS: [(Switch, Switch); 4] = [
 
 /// A running switch and how to read its forwarding counter.
 struct Running {
-    child: Child,
+    /// Taken by `finish`; a `Running` dropped on an error path stops it.
+    child: Option<Child>,
     socket: Option<PathBuf>,
     log: PathBuf,
+}
+
+impl Running {
+    /// Stops the switch, reporting a switch that would not stop.
+    fn finish(mut self) -> Res<()> {
+        match self.child.take() {
+            Some(c) => stop(c),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            let _ = stop(c);
+        }
+    }
 }
 
 impl Bench {
@@ -344,7 +363,7 @@ impl Bench {
             .stderr(logf)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", if sw.fabric() { "vwfabric" } else { "dpdk-testpmd" }))?;
-        let mut r = Running { child, socket, log };
+        let mut r = Running { child: Some(child), socket, log };
         let ready = match (&r.socket, sw.vhost()) {
             (Some(s), _) => {
                 let s = s.clone();
@@ -357,7 +376,7 @@ impl Bench {
         };
         if let Err(e) = ready {
             let log = std::fs::read_to_string(&r.log).unwrap_or_default();
-            let _ = stop(r.child);
+            drop(r);
             return Err(format!("{}: {e}\n{log}", sw.name()));
         }
         if let Some(s) = r.socket.clone() {
@@ -381,7 +400,7 @@ impl Bench {
                 Ok(())
             };
             if let Err(e) = setup() {
-                let _ = stop(r.child);
+                drop(r);
                 return Err(e);
             }
         }
@@ -511,7 +530,7 @@ impl Bench {
             }
         }
         let log = r.log.clone();
-        stop(r.child)?;
+        r.finish()?;
         result.map_err(|e| format!("{e}\n(log: {})", log.display()))
     }
 }
@@ -555,7 +574,7 @@ fn table(runs: &[Run], args: &Args, command: &str) -> String {
     };
     let mut s = String::new();
     s.push_str(&format!(
-        "Measured {} with `{command}`\non {}; switch on CPU {}, traffic on CPU {}; {} runs of {} s per cell, interleaved; medians.\n\n",
+        "Measured {} with `{command}`\non {}; switch on CPU {}, traffic on CPU {}; {} runs of {} s per cell, each fabric run right after its baseline run. Mpps and Gbps are medians; the ratio is the median of the paired ratios (fabric run / the baseline run just before it).\n\n",
         date(),
         machine(),
         args.switch_cpu,
@@ -566,14 +585,29 @@ fn table(runs: &[Run], args: &Args, command: &str) -> String {
     s.push_str(
         "| scenario | size (B) | Mpps | Gbps | ratio to baseline | runs (Mpps) |\n|---|---:|---:|---:|---:|---|\n",
     );
+    // Each fabric run is compared with the baseline run taken just before it
+    // (same size, same round): the machine's speed drifts between rounds,
+    // not within a pair. The ratio is the median of these paired ratios.
+    let paired = |base: &str, fab: &str, size: usize| -> Option<f64> {
+        let mut r: Vec<f64> = runs
+            .iter()
+            .filter(|f| f.scenario == fab && f.size == size && f.latency.is_none())
+            .filter_map(|f| {
+                runs.iter()
+                    .find(|b| b.scenario == base && b.size == size && b.run == f.run && b.latency.is_none())
+                    .filter(|b| b.pps > 0.0)
+                    .map(|b| f.pps / b.pps)
+            })
+            .collect();
+        (!r.is_empty()).then(|| median(&mut r))
+    };
     for (base, fab) in PAIRS {
         for &size in &args.sizes {
-            let b = med(base.name(), size);
             for sw in [base, fab] {
                 let Some((pps, bps, all)) = med(sw.name(), size) else { continue };
-                let ratio = match (&b, sw == base) {
+                let ratio = match (paired(base.name(), fab.name(), size), sw == base) {
                     (_, true) => "1 (baseline)".to_string(),
-                    (Some((bp, _, _)), false) if *bp > 0.0 => format!("{:.2}", pps / bp),
+                    (Some(r), false) => format!("{r:.2}"),
                     _ => "-".into(),
                 };
                 let runs: Vec<String> = all.iter().map(|p| format!("{:.2}", p / 1e6)).collect();
@@ -589,7 +623,7 @@ fn table(runs: &[Run], args: &Args, command: &str) -> String {
     }
     let lat: Vec<&Run> = runs.iter().filter(|r| r.latency.is_some()).collect();
     if !lat.is_empty() {
-        s.push_str("\nLatency (64 B, vwperf latency mode at half the baseline's maximum rate, one-way, medians of the runs' percentiles):\n\n");
+        s.push_str("\nLatency (64 B, vwperf latency mode, both at the same rate: half the lower of the two 64-byte maximums above; one-way; medians of the runs' percentiles):\n\n");
         s.push_str("| scenario | rate (Mpps) | p50 (us) | p90 (us) | p99 (us) | p99.9 (us) | max (us) | p99 ratio to baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let mut names: Vec<String> = lat.iter().map(|r| r.scenario.clone()).collect();
         names.dedup();
@@ -685,9 +719,19 @@ fn main() -> ExitCode {
     // Latency at half the baseline's 64-byte maximum rate, same rate for both.
     if args.only.is_empty() || args.only.iter().any(|o| o == "latency") {
         for (base, fab) in PAIRS.iter().take(2) {
-            let mut max: Vec<f64> =
-                runs.iter().filter(|r| r.scenario == base.name() && r.size == 64).map(|r| r.pps).collect();
-            let rate = if max.is_empty() { 1e6 } else { median(&mut max) / 2.0 };
+            // Both at the same offered rate, half of the lower of their two
+            // 64-byte maximums, so neither runs above half its capacity and
+            // the comparison measures switching, not queueing.
+            let max_of = |sw: Switch| {
+                let mut v: Vec<f64> =
+                    runs.iter().filter(|r| r.scenario == sw.name() && r.size == 64).map(|r| r.pps).collect();
+                (!v.is_empty()).then(|| median(&mut v))
+            };
+            let rate = match (max_of(*base), max_of(*fab)) {
+                (Some(a), Some(b)) => a.min(b) / 2.0,
+                (Some(a), None) | (None, Some(a)) => a / 2.0,
+                (None, None) => 1e6,
+            };
             for run in 1..=args.runs {
                 for sw in [*base, *fab] {
                     match b.run(sw, 64, Some(rate)) {
