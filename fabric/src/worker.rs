@@ -205,6 +205,11 @@ impl Io {
     fn drain_handoff(&mut self, snap: &Snapshot, port: PortId, k: usize) {
         let plan = &snap.ports[port.0 as usize];
         let Some(ring) = plan.handoff.as_ref().and_then(|h| h.get(k)) else { return };
+        // Checked first: `is_empty` is plain loads, while `pop` on an empty
+        // ArrayQueue ends in a full fence, once per ring per iteration.
+        if ring.is_empty() {
+            return;
+        }
         for _ in 0..DRAIN_BUDGET {
             let Some(m) = ring.pop() else { break };
             self.send(snap, port, m);
