@@ -336,6 +336,57 @@ pub struct WireInfo {
     pub reverse: FlowCounters,
     /// Frames dropped on this wire (too big, no headroom, peer unresolved, TX full).
     pub dropped: u64,
+    /// Moves of this wire's ends seen by this fabric (with `--migration-key-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<WireMigration>,
+}
+
+/// The moves of one wire, as this fabric saw them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMigration {
+    /// Moves of either end seen (applied here, or reported by the peer).
+    pub moves: u32,
+    /// Time of the last move applied here, ms since the Unix epoch (0: none).
+    pub last_move_ms: u64,
+    /// How long applying the last move took here, in microseconds: from
+    /// taking the location update to every worker running the new path.
+    pub last_move_us: u64,
+    /// Frames passed on during grace periods: forwarded to the end's new
+    /// host (kind `moved`), or received forwarded (at the new host).
+    pub forwarded: u64,
+    /// During a grace period: the remote end's previous host, whose frames
+    /// are still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_host: Option<String>,
+    /// Kind `moved`: the host the local end left for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
+    /// Milliseconds left of the grace period (0: none running).
+    pub grace_left_ms: u64,
+}
+
+/// The migration channel's counters in `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStats {
+    /// UDP port of the channel.
+    pub port: u16,
+    /// Grace period, ms.
+    pub grace_ms: u64,
+    /// Messages sent (LOCATE, ACK, MOVED, retransmissions included).
+    pub sent: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Messages taken.
+    pub accepted: u64,
+    /// Messages refused, by reason (every reason, zero or not).
+    pub refused: BTreeMap<String, u64>,
+    /// LOCATEs waiting for an ACK.
+    pub pending: usize,
+    /// Messages not sent because the next hop's MAC was not known yet
+    /// (a LOCATE is sent again).
+    pub unsent: u64,
+    /// Frames forwarded during grace periods, all wires.
+    pub forwarded: u64,
 }
 
 /// Per-port counters in `stats`.
@@ -408,6 +459,9 @@ pub struct Stats {
     pub control_frames_sent: u64,
     /// Mbuf pool usage.
     pub mempool: MempoolInfo,
+    /// The migration channel (absent without `--migration-key-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStats>,
 }
 
 #[cfg(test)]

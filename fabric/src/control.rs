@@ -7,6 +7,8 @@
 //! was. A periodic tick resolves underlay neighbours (ARP) and checks that
 //! every worker is alive.
 
+pub use crate::migrate::MigrationSettings;
+use crate::migrate::{self, now_ns, Channel, Departed, Pending, WireMove};
 use crate::neighbour::Neighbours;
 use crate::persist::{self, Saved, SavedEndpoint, SavedWire};
 use crate::snapshot::{
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use vw_ctl::proto::{self, EncapName, EndpointSpec, ErrorCode, Reply, Request};
 use vw_ctl::server::Job;
 use vw_pmd::{port, Mempool, PortConfig, PortId, PortInfo};
+use vw_wire::migration::{kind, Message};
 use vw_wire::table::{Peer, TableError, WireTable};
 use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr, UnderlayConfig};
 
@@ -34,6 +37,8 @@ const TICK: Duration = Duration::from_millis(10);
 /// Wire counter slot meaning "do not count" (the decap half of a forced-encap
 /// loopback wire: its encap half already counted the frame).
 const NO_SLOT: u32 = u32::MAX;
+/// How often the control plane looks for migration messages.
+const MIGRATION_POLL: Duration = Duration::from_micros(200);
 
 /// The uplink's settings.
 #[derive(Debug, Clone)]
@@ -97,6 +102,8 @@ pub struct Settings {
     /// Benchmark aid: send the forward direction of loopback wires through
     /// encap, the uplink (which must return what it sends) and decap.
     pub force_encap: bool,
+    /// Live migration, if a key was given.
+    pub migration: Option<MigrationSettings>,
 }
 
 #[derive(Clone)]
@@ -144,6 +151,10 @@ struct State {
     endpoints: BTreeMap<String, Endpoint>,
     wires: BTreeMap<ConnectorId, WireSlot>,
     neighbours: Neighbours,
+    /// What is known of each wire's moves.
+    moves: BTreeMap<ConnectorId, WireMove>,
+    /// Ends that left this host, in their grace period.
+    departed: BTreeMap<ConnectorId, (Departed, WireSlot)>,
 }
 
 /// A refused request.
@@ -221,6 +232,8 @@ pub struct Control {
     unrestored: Saved,
     started: Instant,
     last_tick: Instant,
+    /// The migration channel, with `--migration-key-file`.
+    mig: Option<Channel>,
 }
 
 impl Control {
@@ -250,7 +263,9 @@ impl Control {
             unrestored: Saved::default(),
             started: Instant::now(),
             last_tick: Instant::now(),
+            mig: None,
         };
+        c.mig = c.settings.migration.clone().map(Channel::new);
         c.current = Arc::new(c.build(&c.state, 1));
         c
     }
@@ -280,14 +295,17 @@ impl Control {
             if let Some(f) = self.fatal.clone() {
                 return Err(f);
             }
-            match jobs.recv_timeout(TICK) {
+            // Location updates are taken within MIGRATION_POLL of arriving.
+            let wait = if self.mig.is_some() { MIGRATION_POLL } else { TICK };
+            match jobs.recv_timeout(wait) {
                 Ok(job) => {
                     let reply = self.handle(&job.request);
                     job.reply(reply);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
+            self.poll_migration();
             if self.last_tick.elapsed() >= TICK {
                 self.tick()?;
             }
@@ -300,6 +318,7 @@ impl Control {
     pub fn release_ports(&mut self) {
         for mb in &self.mailboxes {
             while mb.inject.pop().is_some() {}
+            while mb.migration.pop().is_some() {}
             mb.reclaim();
         }
         for (name, ep) in std::mem::take(&mut self.state.endpoints) {
@@ -374,11 +393,33 @@ impl Control {
                     mac: u.mac,
                     vwire_port: u.vwire_port,
                     vxlan_port: u.vxlan_port,
+                    migration_port: self.settings.migration.as_ref().map_or(0, |m| m.port),
                 },
                 neighbours: st.neighbours.addresses(),
             });
         }
         let set = |s: &mut Snapshot, p: PortId, a: EndpointAction| s.ports[p.0 as usize].role = Role::Endpoint(a);
+        // Ends that left, first: a wire of the table overrides them.
+        for (id, (d, ws)) in &st.departed {
+            match &d.peer {
+                Peer::Remote { vtep, encap } => {
+                    let Some(u) = &self.uplink else { continue };
+                    if let Some(ep) = st.endpoints.get(&d.endpoint) {
+                        set(&mut s, ep.port, self.encap_action(st, *id, *vtep, *encap, ws.slot));
+                    }
+                    let fwd = DecapTarget { forward: true, ..DecapTarget::deliver(u.port, ws.slot, *vtep) };
+                    s.decap.insert(decap_key(*encap, id.0), fwd);
+                    if let Some(t) = self.forward_template(st, *id, d.to) {
+                        s.forwards.insert(ws.slot, t);
+                    }
+                }
+                Peer::Local(other) => {
+                    if let (Some(ep), Some(o)) = (st.endpoints.get(&d.endpoint), st.endpoints.get(other)) {
+                        set(&mut s, ep.port, EndpointAction::Loopback { peer: o.port, slot: ws.slot, dir: 0 });
+                    }
+                }
+            }
+        }
         for w in st.table.wires() {
             let (Some(a), Some(ws)) = (st.endpoints.get(&w.endpoint), st.wires.get(&w.id)) else { continue };
             match &w.peer {
@@ -398,38 +439,55 @@ impl Control {
                                 u.mtu,
                             );
                             set(&mut s, a.port, EndpointAction::Encap { template, uplink: u.port, slot: ws.slot });
-                            s.decap.insert(
-                                decap_key(Encap::Vwire, w.id.0),
-                                DecapTarget { port: b.port, slot: NO_SLOT, peer_ip: u.vtep },
-                            );
+                            s.decap
+                                .insert(decap_key(Encap::Vwire, w.id.0), DecapTarget::deliver(b.port, NO_SLOT, u.vtep));
                         }
                         _ => set(&mut s, a.port, EndpointAction::Loopback { peer: b.port, slot: ws.slot, dir: 0 }),
                     }
                     set(&mut s, b.port, EndpointAction::Loopback { peer: a.port, slot: ws.slot, dir: 1 });
+                    // Just co-located: frames the arriving end (a) sent from
+                    // its old host still reach b; frames for it that its old
+                    // host passes on reach a.
+                    if let Some(m) = st.moves.get(&w.id) {
+                        if let Some((ip, encap, _)) = m.old {
+                            s.decap.insert(decap_key(encap, w.id.0), DecapTarget::deliver(b.port, ws.slot, ip));
+                        }
+                        if m.arrival_until.is_some() {
+                            let t = DecapTarget {
+                                any_src: true,
+                                ..DecapTarget::deliver(a.port, ws.slot, Ipv4Addr::UNSPECIFIED)
+                            };
+                            s.decap.insert(decap_key(Encap::Forward, w.id.0), t);
+                        }
+                    }
                 }
                 Peer::Remote { vtep, encap } => {
-                    let Some(u) = &self.uplink else { continue };
-                    let next_hop = self.next_hop(*vtep).unwrap_or(*vtep);
-                    let action = match st.neighbours.mac(next_hop) {
-                        Some(mac) => EndpointAction::Encap {
-                            template: EncapTemplate::new(
-                                *encap,
-                                w.id,
-                                u.mac,
-                                mac,
-                                u.vtep,
-                                *vtep,
-                                self.udp_port(*encap),
-                                u.mtu,
-                            ),
-                            uplink: u.port,
-                            slot: ws.slot,
-                        },
-                        None => EndpointAction::Unresolved { slot: ws.slot },
+                    if self.uplink.is_none() {
+                        continue;
+                    }
+                    let waiting = st.moves.get(&w.id).is_some_and(|m| m.awaiting_ack.is_some());
+                    let action = if waiting {
+                        EndpointAction::Unresolved { slot: ws.slot }
+                    } else {
+                        self.encap_action(st, w.id, *vtep, *encap, ws.slot)
                     };
                     set(&mut s, a.port, action);
-                    s.decap
-                        .insert(decap_key(*encap, w.id.0), DecapTarget { port: a.port, slot: ws.slot, peer_ip: *vtep });
+                    let mut t = DecapTarget::deliver(a.port, ws.slot, *vtep);
+                    if let Some(m) = st.moves.get(&w.id) {
+                        // The remote end just moved: its old host may still send.
+                        if let Some((ip, _, _)) = m.old {
+                            t.alt_ip = ip;
+                        }
+                        // Our end just arrived: its old host may pass frames on.
+                        if m.arrival_until.is_some() {
+                            let f = DecapTarget {
+                                any_src: true,
+                                ..DecapTarget::deliver(a.port, ws.slot, Ipv4Addr::UNSPECIFIED)
+                            };
+                            s.decap.insert(decap_key(Encap::Forward, w.id.0), f);
+                        }
+                    }
+                    s.decap.insert(decap_key(*encap, w.id.0), t);
                 }
             }
         }
@@ -466,9 +524,31 @@ impl Control {
         match (&self.uplink, encap) {
             (Some(u), Encap::Vwire) => u.vwire_port,
             (Some(u), Encap::Vxlan) => u.vxlan_port,
-            (None, Encap::Vwire) => vw_wire::vwire::DEFAULT_PORT,
-            (None, Encap::Vxlan) => vw_wire::vxlan::PORT,
+            (_, Encap::Forward) => self.settings.migration.as_ref().map_or(0, |m| m.port),
+            (None, e) => e.default_port(),
         }
+    }
+
+    /// What an endpoint whose wire goes to remote `vtep` does with its frames.
+    fn encap_action(&self, st: &State, id: ConnectorId, vtep: Ipv4Addr, encap: Encap, slot: u32) -> EndpointAction {
+        let Some(u) = &self.uplink else { return EndpointAction::NoWire };
+        let next_hop = self.next_hop(vtep).unwrap_or(vtep);
+        match st.neighbours.mac(next_hop) {
+            Some(mac) => EndpointAction::Encap {
+                template: EncapTemplate::new(encap, id, u.mac, mac, u.vtep, vtep, self.udp_port(encap), u.mtu),
+                uplink: u.port,
+                slot,
+            },
+            None => EndpointAction::Unresolved { slot },
+        }
+    }
+
+    /// Outer headers of frames forwarded to `to` for wire `id`, if its next
+    /// hop is resolved.
+    fn forward_template(&self, st: &State, id: ConnectorId, to: Ipv4Addr) -> Option<EncapTemplate> {
+        let u = self.uplink.as_ref()?;
+        let mac = st.neighbours.mac(self.next_hop(to).ok()?)?;
+        Some(EncapTemplate::new(Encap::Forward, id, u.mac, mac, u.vtep, to, self.udp_port(Encap::Forward), u.mtu))
     }
 
     /// The underlay next hop towards `peer`: the peer itself on the uplink's
@@ -674,17 +754,27 @@ impl Control {
         peer: &str,
         encap: Option<EncapName>,
     ) -> Result<proto::WireInfo, Refusal> {
-        self.connect_with(id, endpoint, peer, encap, true)
+        self.connect_with(id, endpoint, peer, encap, None)
     }
 
+    /// Connects a wire; `restored` (at start, from the state file: when the
+    /// local and the remote end arrived) also means "do not save".
     fn connect_with(
         &mut self,
         id: ConnectorId,
         endpoint: &str,
         peer: &str,
         encap: Option<EncapName>,
-        save: bool,
+        restored: Option<(u64, u64)>,
     ) -> Result<proto::WireInfo, Refusal> {
+        let save = restored.is_none();
+        // The remote end of an encap wire arriving on this host, next to its
+        // local end: the wire becomes loopback.
+        if let Some(w) = self.state.table.wire(id) {
+            if encap.is_none() && w.kind() == vw_wire::WireKind::Encap && w.endpoint == peer {
+                return self.colocate(id, endpoint, save);
+            }
+        }
         let mut next = self.state.clone();
         let peer = match peer.parse::<Ipv4Addr>() {
             Ok(vtep) => {
@@ -721,7 +811,8 @@ impl Control {
             let hop = self.next_hop(vtep)?;
             next.neighbours.want(hop, Instant::now());
         }
-        let used: HashSet<u32> = next.wires.values().map(|w| w.slot).collect();
+        let used: HashSet<u32> =
+            next.wires.values().map(|w| w.slot).chain(next.departed.values().map(|(_, ws)| ws.slot)).collect();
         let max = self.settings.max_wires as u32;
         let Some(slot) = (0..max).map(|i| (self.next_slot + i) % max).find(|s| !used.contains(s)) else {
             return Err(Refusal::new(
@@ -730,8 +821,24 @@ impl Control {
             ));
         };
         next.wires.insert(id, WireSlot { slot, base: self.wire_totals(slot) });
+        let (local_ns, remote_ns) = restored.unwrap_or((now_ns(), 0));
+        let locate = match (&peer, &self.mig) {
+            (Peer::Remote { vtep, encap }, Some(ch)) => {
+                // Our end arrives here: frames its old host passes on are taken.
+                let m = next.moves.entry(id).or_default();
+                m.local_ns = local_ns.max(1);
+                m.remote_ns = remote_ns;
+                m.arrival_until = Some(Instant::now() + ch.settings.grace);
+                m.awaiting_ack = Some(Instant::now() + migrate::ACK_WAIT);
+                Some((*vtep, *encap, m.local_ns))
+            }
+            _ => None,
+        };
         self.apply_with(next, save)?;
         self.next_slot = (slot + 1) % max;
+        if let Some((vtep, encap, when)) = locate {
+            self.announce_location(id, endpoint, vtep, encap, when);
+        }
         // Ask for the next hop's MAC now rather than at the next tick.
         self.send_arp_requests();
         let w = self.state.table.wire(id).cloned();
@@ -743,6 +850,10 @@ impl Control {
         let mut next = self.state.clone();
         let w = next.table.disconnect(id)?;
         next.wires.remove(&id);
+        next.moves.remove(&id);
+        if let Some(ch) = &mut self.mig {
+            ch.pending.retain(|p| p.msg.wire != id);
+        }
         if let Peer::Remote { vtep, .. } = w.peer {
             if let Ok(hop) = self.next_hop(vtep) {
                 next.neighbours.release(hop);
@@ -784,17 +895,21 @@ impl Control {
                 .table
                 .wires()
                 .map(|w| match &w.peer {
-                    Peer::Local(b) => {
-                        SavedWire { wire: w.id.0, endpoint: w.endpoint.clone(), peer: b.clone(), encap: None }
-                    }
+                    Peer::Local(b) => SavedWire {
+                        wire: w.id.0,
+                        endpoint: w.endpoint.clone(),
+                        peer: b.clone(),
+                        encap: None,
+                        local_ns: 0,
+                        remote_ns: 0,
+                    },
                     Peer::Remote { vtep, encap } => SavedWire {
                         wire: w.id.0,
                         endpoint: w.endpoint.clone(),
                         peer: vtep.to_string(),
-                        encap: Some(match encap {
-                            Encap::Vwire => EncapName::Vwire,
-                            Encap::Vxlan => EncapName::Vxlan,
-                        }),
+                        encap: Some(encap_name(*encap)),
+                        local_ns: st.moves.get(&w.id).map_or(0, |m| m.local_ns),
+                        remote_ns: st.moves.get(&w.id).map_or(0, |m| m.remote_ns),
                     },
                 })
                 .collect(),
@@ -830,7 +945,8 @@ impl Control {
             }
         }
         for w in &saved.wires {
-            match self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, false) {
+            let when = (if w.local_ns == 0 { now_ns() } else { w.local_ns }, w.remote_ns);
+            match self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, Some(when)) {
                 Ok(_) => restored += 1,
                 Err(r) => {
                     crate::log(&format!("cannot restore wire {} from {}: {}", w.wire, path.display(), r.message));
@@ -872,6 +988,7 @@ impl Control {
             return Err(f);
         }
         self.watch_vms();
+        self.expire_moves();
         self.send_arp_requests();
         Ok(())
     }
@@ -926,6 +1043,401 @@ impl Control {
         }
     }
 
+    // ---- migration ----------------------------------------------------------
+
+    fn grace(&self) -> Duration {
+        self.settings.migration.as_ref().map_or(Duration::ZERO, |m| m.grace)
+    }
+
+    /// Tells the peer VTEP where our end of wire `id` is (LOCATE, sent
+    /// until it is acknowledged).
+    fn announce_location(&mut self, id: ConnectorId, end: &str, peer: Ipv4Addr, encap: Encap, when_ns: u64) {
+        let (Some(ch), Some(u)) = (&mut self.mig, &self.uplink) else { return };
+        let msg = Message {
+            kind: kind::LOCATE,
+            wire: id,
+            from: u.vtep,
+            location: u.vtep,
+            location_mac: u.mac,
+            encap,
+            end: end.to_owned(),
+            seq: 0,
+            sent_ns: 0,
+            when_ns,
+            moves: 0,
+        };
+        ch.pending.retain(|p| p.msg.wire != id);
+        ch.pending.push(Pending { msg, to: peer, tries: 0, next: Instant::now() });
+        self.retransmit();
+    }
+
+    /// Sends LOCATEs that are due.
+    fn retransmit(&mut self) {
+        let Some(ch) = &mut self.mig else { return };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        ch.pending.retain_mut(|p| {
+            if p.next > now {
+                return true;
+            }
+            if p.tries >= migrate::LOCATE_TRIES {
+                crate::log(&format!("wire {}: no answer from {} to its location update; giving up", p.msg.wire, p.to));
+                return false;
+            }
+            p.tries += 1;
+            p.next = now + Pending::backoff(p.tries);
+            due.push((p.msg.clone(), p.to));
+            true
+        });
+        for (msg, to) in due {
+            self.send_message(msg, to, None);
+        }
+    }
+
+    /// Sends a control message to VTEP `to` (through its next hop, whose MAC
+    /// is `mac` if given, else the resolved one).
+    fn send_message(&mut self, mut msg: Message, to: Ipv4Addr, mac: Option<MacAddr>) {
+        let Some(u) = self.uplink.clone() else { return };
+        let mac = mac.or_else(|| self.next_hop(to).ok().and_then(|h| self.state.neighbours.mac(h)));
+        let Some(ch) = &mut self.mig else { return };
+        let Some(mac) = mac else {
+            ch.unsent += 1;
+            return;
+        };
+        let payload = ch.encode(&mut msg);
+        let t = EncapTemplate::new(Encap::Forward, msg.wire, u.mac, mac, u.vtep, to, ch.settings.port, u.mtu);
+        let (hdr, body) = payload.split_at(vw_wire::migration::HEADER_LEN);
+        let mut frame = vw_wire::underlay::build_tunnel_frame(&t, body, ch.settings.port);
+        let at = t.len() - hdr.len();
+        frame[at..t.len()].copy_from_slice(hdr);
+        ch.sent += 1;
+        self.inject(&frame);
+    }
+
+    /// Takes the control messages the workers received.
+    fn poll_migration(&mut self) {
+        let mut frames = Vec::new();
+        for mb in &self.mailboxes {
+            while let Some(m) = mb.migration.pop() {
+                frames.push(m.data().to_vec());
+            }
+        }
+        if self.mig.is_none() {
+            return;
+        }
+        for f in frames {
+            // classify checked the headers: Ethernet, IPv4 without options, UDP.
+            if f.len() < 42 {
+                continue;
+            }
+            let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+            let payload = &f[42..(14 + total).clamp(42, f.len())];
+            self.take_message(src, payload);
+        }
+        self.retransmit();
+    }
+
+    fn take_message(&mut self, src: Ipv4Addr, payload: &[u8]) {
+        let t0 = Instant::now();
+        let Some(ch) = &mut self.mig else { return };
+        ch.received += 1;
+        let msg = match ch.admit(src, payload, now_ns()) {
+            Ok(m) => m,
+            Err(reason) => {
+                ch.refuse(reason);
+                return;
+            }
+        };
+        let result = match msg.kind {
+            kind::LOCATE => self.on_locate(&msg, t0),
+            kind::ACK => self.on_ack(&msg),
+            kind::MOVED => self.on_moved(&msg, t0),
+            _ => Err("malformed"),
+        };
+        let Some(ch) = &mut self.mig else { return };
+        match result {
+            Ok(()) => ch.accepted += 1,
+            Err(reason) => {
+                ch.refuse(reason);
+                crate::log(&format!("refused {} for wire {} from {}: {reason}", msg.kind_name(), msg.wire, msg.from));
+            }
+        }
+    }
+
+    /// Makes `ip` a wanted neighbour, and takes the MAC an authenticated
+    /// message gave for it if it is on our subnet.
+    fn learn(&self, next: &mut State, ip: Ipv4Addr, mac: MacAddr) {
+        let now = Instant::now();
+        if let Ok(hop) = self.next_hop(ip) {
+            next.neighbours.want(hop, now);
+            if hop == ip && mac != MacAddr([0; 6]) {
+                next.neighbours.heard(ip, mac, now);
+            }
+        }
+    }
+
+    fn release(&self, next: &mut State, ip: Ipv4Addr) {
+        if let Ok(hop) = self.next_hop(ip) {
+            next.neighbours.release(hop);
+        }
+    }
+
+    /// Applies a move and records how long it took.
+    fn apply_move(&mut self, id: ConnectorId, next: State, t0: Instant) -> Result<(), &'static str> {
+        self.apply_with(next, true).map_err(|_| "unresolved")?;
+        if let Some(m) = self.state.moves.get_mut(&id) {
+            m.last_move_us = t0.elapsed().as_micros() as u64;
+        }
+        Ok(())
+    }
+
+    /// LOCATE: the sender has connected wire `id` to us; if the end it names
+    /// was elsewhere, re-point the wire there.
+    fn on_locate(&mut self, msg: &Message, t0: Instant) -> Result<(), &'static str> {
+        let id = msg.wire;
+        let s = msg.from;
+        let Some(w) = self.state.table.wire(id).cloned() else { return Err("unknown_wire") };
+        let Some(u) = self.uplink.clone() else { return Err("unresolved") };
+        let grace = self.grace();
+        let mv = self.state.moves.get(&id).cloned().unwrap_or_default();
+        match &w.peer {
+            Peer::Remote { vtep, encap } => {
+                if msg.end == w.endpoint || s == u.vtep {
+                    return Err("conflict");
+                }
+                if *vtep == s {
+                    // Where we already send: a (re)announcement.
+                    if msg.when_ns < mv.remote_ns {
+                        return Err("stale");
+                    }
+                    let mut next = self.state.clone();
+                    next.moves.entry(id).or_default().remote_ns = msg.when_ns;
+                    if self.next_hop(s).ok() == Some(s) && msg.location_mac != MacAddr([0; 6]) {
+                        next.neighbours.heard(s, msg.location_mac, Instant::now());
+                    }
+                    self.apply_with(next, true).map_err(|_| "unresolved")?;
+                    self.send_ack(msg, Ipv4Addr::UNSPECIFIED, mv.moves);
+                    return Ok(());
+                }
+                if msg.when_ns <= mv.remote_ns {
+                    return Err("stale");
+                }
+                // The remote end moved from `vtep` to `s`.
+                let old_mac = self.next_hop(*vtep).ok().and_then(|h| self.state.neighbours.mac(h));
+                let mut next = self.state.clone();
+                next.table.repoint(id, s, msg.encap).map_err(|_| "conflict")?;
+                self.learn(&mut next, s, msg.location_mac);
+                self.release(&mut next, *vtep);
+                let m = next.moves.entry(id).or_default();
+                m.moved();
+                m.remote_ns = msg.when_ns;
+                m.old = Some((*vtep, *encap, Instant::now() + grace));
+                let moves = m.moves;
+                self.apply_move(id, next, t0)?;
+                self.send_ack(msg, *vtep, moves);
+                // Tell the old host, so it passes on what still arrives there.
+                let moved = Message {
+                    kind: kind::MOVED,
+                    from: u.vtep,
+                    location: s,
+                    location_mac: msg.location_mac,
+                    ..msg.clone()
+                };
+                self.send_message(moved, *vtep, old_mac);
+                crate::log(&format!("wire {id}: end {} moved from {vtep} to {s}; wire re-pointed", msg.end));
+                Ok(())
+            }
+            Peer::Local(other) => {
+                // One end of a loopback wire left for `s`.
+                let staying = if msg.end == w.endpoint {
+                    other.clone()
+                } else if msg.end == *other {
+                    w.endpoint.clone()
+                } else {
+                    return Err("conflict");
+                };
+                if msg.when_ns <= mv.local_ns.max(mv.remote_ns) {
+                    return Err("stale");
+                }
+                let mut next = self.state.clone();
+                next.table.split(id, &msg.end, s, msg.encap).map_err(|_| "conflict")?;
+                let ws = *next.wires.get(&id).ok_or("unknown_wire")?;
+                let d = Departed {
+                    endpoint: msg.end.clone(),
+                    peer: Peer::Local(staying.clone()),
+                    to: s,
+                    until: Instant::now() + grace,
+                };
+                next.departed.insert(id, (d, ws));
+                self.learn(&mut next, s, msg.location_mac);
+                let m = next.moves.entry(id).or_default();
+                m.moved();
+                m.remote_ns = msg.when_ns;
+                m.old = None;
+                m.arrival_until = None;
+                let moves = m.moves;
+                self.apply_move(id, next, t0)?;
+                self.send_ack(msg, u.vtep, moves);
+                crate::log(&format!("wire {id}: end {} left for {s}; wire is now encap {staying} -> {s}", msg.end));
+                Ok(())
+            }
+        }
+    }
+
+    fn send_ack(&mut self, locate: &Message, previous: Ipv4Addr, moves: u32) {
+        let Some(u) = &self.uplink else { return };
+        let ack = Message {
+            kind: kind::ACK,
+            from: u.vtep,
+            location: previous,
+            location_mac: MacAddr([0; 6]),
+            moves,
+            ..locate.clone()
+        };
+        self.send_message(ack, locate.from, None);
+    }
+
+    /// ACK: the peer took our LOCATE.
+    fn on_ack(&mut self, msg: &Message) -> Result<(), &'static str> {
+        let Some(ch) = &mut self.mig else { return Err("unexpected") };
+        let before = ch.pending.len();
+        ch.pending.retain(|p| !(p.msg.wire == msg.wire && p.to == msg.from && p.msg.when_ns == msg.when_ns));
+        if ch.pending.len() == before {
+            return Err("unexpected");
+        }
+        let mut next = self.state.clone();
+        let Some(m) = next.moves.get_mut(&msg.wire) else { return Ok(()) };
+        m.moves = m.moves.max(msg.moves);
+        if m.awaiting_ack.take().is_some() {
+            // The peer takes our frames now: release the held ones.
+            self.apply(next).map_err(|_| "unresolved")?;
+        } else {
+            self.state = next;
+        }
+        Ok(())
+    }
+
+    /// MOVED: our end of wire `id` is now elsewhere; pass on what still
+    /// arrives for it during the grace period.
+    fn on_moved(&mut self, msg: &Message, t0: Instant) -> Result<(), &'static str> {
+        let id = msg.wire;
+        let Some(w) = self.state.table.wire(id).cloned() else { return Err("unknown_wire") };
+        let Peer::Remote { vtep, encap } = w.peer else { return Err("conflict") };
+        let Some(u) = self.uplink.clone() else { return Err("unresolved") };
+        // Only our end's peer may say so, about our end, to another host.
+        if vtep != msg.from || msg.end != w.endpoint || msg.location == u.vtep {
+            return Err("conflict");
+        }
+        let mv = self.state.moves.get(&id).cloned().unwrap_or_default();
+        if msg.when_ns <= mv.local_ns {
+            return Err("stale");
+        }
+        let mut next = self.state.clone();
+        next.table.disconnect(id).map_err(|_| "unknown_wire")?;
+        let ws = next.wires.remove(&id).ok_or("unknown_wire")?;
+        let until = Instant::now() + self.grace();
+        let d = Departed { endpoint: w.endpoint.clone(), peer: Peer::Remote { vtep, encap }, to: msg.location, until };
+        next.departed.insert(id, (d, ws));
+        self.learn(&mut next, msg.location, msg.location_mac);
+        next.moves.entry(id).or_default().moved();
+        if let Some(ch) = &mut self.mig {
+            ch.pending.retain(|p| p.msg.wire != id);
+        }
+        self.apply_move(id, next, t0)?;
+        crate::log(&format!(
+            "wire {id}: end {} moved to {}; passing on its frames for {} ms, then forgetting the wire here",
+            w.endpoint,
+            msg.location,
+            self.grace().as_millis()
+        ));
+        Ok(())
+    }
+
+    /// Ends grace periods that are over.
+    fn expire_moves(&mut self) {
+        let now = Instant::now();
+        let due = self.state.departed.values().any(|(d, _)| now >= d.until)
+            || self.state.moves.values().any(|m| {
+                m.old.is_some_and(|o| now >= o.2)
+                    || m.arrival_until.is_some_and(|t| now >= t)
+                    || m.awaiting_ack.is_some_and(|t| now >= t)
+            });
+        if !due {
+            return;
+        }
+        let mut next = self.state.clone();
+        let mut forwarded = 0;
+        let expired: Vec<ConnectorId> =
+            next.departed.iter().filter(|(_, (d, _))| now >= d.until).map(|(id, _)| *id).collect();
+        for id in expired {
+            let Some((d, ws)) = next.departed.remove(&id) else { continue };
+            // A departed remote end holds its old peer and its new host; a
+            // loopback wire's departed end holds nothing (the wire does).
+            if let Peer::Remote { vtep, .. } = d.peer {
+                forwarded += self.wire_totals(ws.slot).since(&ws.base).forwarded;
+                self.release(&mut next, vtep);
+                self.release(&mut next, d.to);
+            }
+            crate::log(&format!("wire {id}: grace period of the end that left ({}) is over", d.endpoint));
+        }
+        for m in next.moves.values_mut() {
+            m.expire(now);
+        }
+        if self.apply(next).is_err() {
+            self.republish = true;
+            return;
+        }
+        if let Some(ch) = &mut self.mig {
+            ch.forwarded_before += forwarded;
+        }
+    }
+
+    /// `connect W ARRIVING RESIDENT` where W is an encap wire from RESIDENT:
+    /// the remote end arrived here, and W becomes a loopback wire.
+    fn colocate(&mut self, id: ConnectorId, arriving: &str, save: bool) -> Result<proto::WireInfo, Refusal> {
+        let t0 = Instant::now();
+        let mut next = self.state.clone();
+        let Some(Peer::Remote { vtep, encap }) = next.table.wire(id).map(|w| w.peer.clone()) else {
+            return Err(Refusal::new(ErrorCode::InvalidArgument, format!("wire {id} is not an encap wire")));
+        };
+        next.table.colocate(id, arriving)?;
+        let old_mac = self.next_hop(vtep).ok().and_then(|h| self.state.neighbours.mac(h));
+        self.release(&mut next, vtep);
+        let grace = self.grace();
+        let m = next.moves.entry(id).or_default();
+        m.moved();
+        m.local_ns = now_ns();
+        if !grace.is_zero() {
+            m.old = Some((vtep, encap, t0 + grace));
+            m.arrival_until = Some(t0 + grace);
+        }
+        let when = m.local_ns;
+        self.apply_with(next, save)?;
+        if let Some(m) = self.state.moves.get_mut(&id) {
+            m.last_move_us = t0.elapsed().as_micros() as u64;
+        }
+        if let (Some(u), true) = (self.uplink.clone(), self.mig.is_some()) {
+            // The arriving end's old host passes on what still arrives there.
+            let moved = Message {
+                kind: kind::MOVED,
+                wire: id,
+                from: u.vtep,
+                location: u.vtep,
+                location_mac: u.mac,
+                encap,
+                end: arriving.to_owned(),
+                seq: 0,
+                sent_ns: 0,
+                when_ns: when,
+                moves: 0,
+            };
+            self.send_message(moved, vtep, old_mac);
+        }
+        crate::log(&format!("wire {id}: end {arriving} arrived from {vtep}; the wire is now loopback"));
+        Ok(self.wire_info(id))
+    }
+
     // ---- reports ----------------------------------------------------------
 
     fn wire_totals(&self, slot: u32) -> WireTotals {
@@ -937,6 +1449,7 @@ impl Control {
                 t.bytes[d] += x.bytes[d];
             }
             t.dropped += x.dropped;
+            t.forwarded += x.forwarded;
         }
         t
     }
@@ -980,11 +1493,7 @@ impl Control {
             Peer::Local(b) => (b.clone(), None, "up"),
             Peer::Remote { vtep, encap } => {
                 let resolved = self.next_hop(*vtep).ok().and_then(|h| self.state.neighbours.mac(h)).is_some();
-                let name = match encap {
-                    Encap::Vwire => EncapName::Vwire,
-                    Encap::Vxlan => EncapName::Vxlan,
-                };
-                (vtep.to_string(), Some(name), if resolved { "up" } else { "resolving" })
+                (vtep.to_string(), Some(encap_name(*encap)), if resolved { "up" } else { "resolving" })
             }
         };
         proto::WireInfo {
@@ -997,11 +1506,61 @@ impl Control {
             forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
             dropped: totals.dropped,
+            migration: self.mig.as_ref().map(|_| self.wire_migration(id, totals.forwarded, None)),
+        }
+    }
+
+    fn wire_migration(&self, id: ConnectorId, forwarded: u64, departed: Option<&Departed>) -> proto::WireMigration {
+        let now = Instant::now();
+        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        let m = self.state.moves.get(&id).cloned().unwrap_or_default();
+        let grace = [m.old.map(|o| o.2), m.arrival_until, departed.map(|d| d.until)]
+            .into_iter()
+            .flatten()
+            .map(left)
+            .max()
+            .unwrap_or(0);
+        proto::WireMigration {
+            moves: m.moves,
+            last_move_ms: m.last_move_ms,
+            last_move_us: m.last_move_us,
+            forwarded,
+            previous_host: m.old.map(|o| o.0.to_string()),
+            moved_to: departed.map(|d| d.to.to_string()),
+            grace_left_ms: grace,
+        }
+    }
+
+    /// An end that left, in its grace period, as a `wire list` row.
+    fn departed_info(&self, id: ConnectorId, d: &Departed, ws: &WireSlot) -> proto::WireInfo {
+        let totals = self.wire_totals(ws.slot).since(&ws.base);
+        let (peer, encap) = match &d.peer {
+            Peer::Local(b) => (b.clone(), None),
+            Peer::Remote { vtep, encap } => (vtep.to_string(), Some(encap_name(*encap))),
+        };
+        proto::WireInfo {
+            wire: id.0,
+            kind: "moved".into(),
+            endpoint: d.endpoint.clone(),
+            peer,
+            encap,
+            state: format!("forwarding to {}", d.to),
+            forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
+            reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
+            dropped: totals.dropped,
+            migration: Some(self.wire_migration(id, totals.forwarded, Some(d))),
         }
     }
 
     fn wire_list(&self) -> Vec<proto::WireInfo> {
-        self.state.table.wires().map(|w| self.wire_info(w.id)).collect()
+        let mut v: Vec<proto::WireInfo> = self.state.table.wires().map(|w| self.wire_info(w.id)).collect();
+        for (id, (d, ws)) in &self.state.departed {
+            // A loopback wire's departed end shares the wire's row.
+            if matches!(d.peer, Peer::Remote { .. }) {
+                v.push(self.departed_info(*id, d, ws));
+            }
+        }
+        v
     }
 
     fn mempool(&self) -> proto::MempoolInfo {
@@ -1119,6 +1678,27 @@ impl Control {
         *drops.get_mut(FabricDrop::EndpointRemoved.name()).expect("every reason is listed") += self.removed_in_flight;
         let control_frames_sent =
             self.workers.iter().map(|w| w.stats.control_frames_sent.load(Ordering::Relaxed)).sum();
+        let migration = self.mig.as_ref().map(|ch| {
+            let live: u64 = self
+                .state
+                .departed
+                .values()
+                .filter(|(d, _)| matches!(d.peer, Peer::Remote { .. }))
+                .map(|(_, ws)| self.wire_totals(ws.slot).since(&ws.base).forwarded)
+                .chain(self.state.wires.values().map(|ws| self.wire_totals(ws.slot).since(&ws.base).forwarded))
+                .sum();
+            proto::MigrationStats {
+                port: ch.settings.port,
+                grace_ms: ch.settings.grace.as_millis() as u64,
+                sent: ch.sent,
+                received: ch.received,
+                accepted: ch.accepted,
+                refused: ch.refused.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                pending: ch.pending.len(),
+                unsent: ch.unsent,
+                forwarded: ch.forwarded_before + live,
+            }
+        });
         proto::Stats {
             ports,
             wires: self.wire_list(),
@@ -1127,7 +1707,16 @@ impl Control {
             handled,
             control_frames_sent,
             mempool: self.mempool(),
+            migration,
         }
+    }
+}
+
+fn encap_name(e: Encap) -> EncapName {
+    match e {
+        Encap::Vxlan => EncapName::Vxlan,
+        // Forward is never a wire's format.
+        Encap::Vwire | Encap::Forward => EncapName::Vwire,
     }
 }
 

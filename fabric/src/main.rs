@@ -5,6 +5,7 @@
 //! `docs/architecture.md`.
 
 mod control;
+mod migrate;
 mod neighbour;
 mod persist;
 mod snapshot;
@@ -137,6 +138,20 @@ struct Args {
     /// `net_ring0`). The reverse direction stays loopback.
     #[arg(long)]
     force_encap: bool,
+    /// Take part in live migration: a file holding the key (hex, e.g.
+    /// `openssl rand -hex 32`) that authenticates location updates between
+    /// fabrics. Every fabric that moves endpoints needs the same key. Without
+    /// it, wires never follow their endpoints. See docs/migration.md.
+    #[arg(long, value_name = "FILE", requires = "uplink")]
+    migration_key_file: Option<PathBuf>,
+    /// UDP port of the migration channel (location updates, forwarded frames).
+    #[arg(long, default_value_t = vw_wire::migration::DEFAULT_PORT)]
+    migration_port: u16,
+    /// After a move, how long the host an end left passes on frames still
+    /// arriving for it, and how long the peer still accepts frames from the
+    /// end's old host.
+    #[arg(long, default_value_t = 2000, value_name = "MILLISECONDS")]
+    migration_grace_ms: u64,
     /// EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal: Vec<String>,
@@ -181,6 +196,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads a migration key file: hex digits, not readable by others.
+fn read_key(path: &std::path::Path) -> Result<vw_wire::migration::Key, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |m: String| StartError::Config(format!("migration key file {}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(bad("is readable by every user; chmod 600 or 640 it".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    vw_wire::migration::Key::from_hex(&text).map_err(bad)
 }
 
 fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink>, StartError> {
@@ -295,7 +322,24 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         state_file: args.state.clone(),
         static_neighbours: args.neighbour.iter().map(|n| (n.0, n.1)).collect(),
         force_encap: args.force_encap,
+        migration: match &args.migration_key_file {
+            None => None,
+            Some(path) => Some(control::MigrationSettings {
+                key: read_key(path)?,
+                port: args.migration_port,
+                grace: Duration::from_millis(args.migration_grace_ms),
+            }),
+        },
     };
+    if let Some(m) = &settings.migration {
+        let ports = [args.vwire_port, args.vxlan_port];
+        if m.port == 0 || ports.contains(&m.port) {
+            return Err(StartError::Config(format!(
+                "--migration-port {} must be non-zero and differ from the vwire and vxlan ports",
+                m.port
+            )));
+        }
+    }
     if args.force_encap && uplink.is_none() {
         return Err(StartError::Config("--force-encap needs an --uplink (one that returns what it sends)".into()));
     }

@@ -35,6 +35,17 @@ pub struct SavedWire {
     /// Format, for a remote peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encap: Option<EncapName>,
+    /// When the local end arrived here (ns since the Unix epoch), for
+    /// ordering moves after a restart (see docs/migration.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local_ns: u64,
+    /// When the remote end arrived at its current host, as it announced.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub remote_ns: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The whole saved configuration.
@@ -110,6 +121,8 @@ mod tests {
                 endpoint: "vm1".into(),
                 peer: "10.0.0.2".into(),
                 encap: Some(EncapName::Vxlan),
+                local_ns: 1_700_000_000_000_000_000,
+                remote_ns: 0,
             }],
         };
         save(&path, &s).unwrap();

@@ -95,8 +95,30 @@ pub struct DecapTarget {
     pub port: PortId,
     /// Wire counter slot.
     pub slot: u32,
-    /// The only VTEP allowed to send on this wire.
+    /// The VTEP allowed to send on this wire.
     pub peer_ip: Ipv4Addr,
+    /// During a move's grace period, a second VTEP allowed to send: where
+    /// the remote end was before (unspecified otherwise).
+    pub alt_ip: Ipv4Addr,
+    /// Forwarded frames for an end that just arrived: any sender (a data
+    /// frame's source address proves nothing anyway; see docs/migration.md).
+    pub any_src: bool,
+    /// The end left this host: re-encapsulate the frame towards its new
+    /// host with `Snapshot::forwards[slot]` instead of delivering it.
+    pub forward: bool,
+}
+
+impl DecapTarget {
+    /// A target that delivers to `port` frames from `peer_ip` only.
+    pub fn deliver(port: PortId, slot: u32, peer_ip: Ipv4Addr) -> DecapTarget {
+        DecapTarget { port, slot, peer_ip, alt_ip: Ipv4Addr::UNSPECIFIED, any_src: false, forward: false }
+    }
+
+    /// Whether a frame from `src` may use this target.
+    #[inline(always)]
+    pub fn accepts(&self, src: Ipv4Addr) -> bool {
+        self.peer_ip == src || self.any_src || (self.alt_ip == src && !src.is_unspecified())
+    }
 }
 
 /// The uplink as the workers see it.
@@ -130,6 +152,9 @@ pub struct Snapshot {
     pub uplink: Option<UplinkPlan>,
     /// (format, connector) -> endpoint.
     pub decap: HashMap<u64, DecapTarget>,
+    /// Wire slot -> outer headers towards the new host of an end that left
+    /// (forwarded-frame format), for targets with `forward` set.
+    pub forwards: HashMap<u32, EncapTemplate>,
 }
 
 impl Snapshot {
@@ -143,6 +168,7 @@ impl Snapshot {
             drains: vec![Vec::new(); workers],
             uplink: None,
             decap: HashMap::new(),
+            forwards: HashMap::new(),
         }
     }
 }
@@ -177,6 +203,8 @@ pub struct Mailbox {
     pub inject: ArrayQueue<Mbuf>,
     /// ARP sightings for the control plane.
     pub events: ArrayQueue<NeighbourEvent>,
+    /// Migration control messages (whole frames) for the control plane.
+    pub migration: ArrayQueue<Mbuf>,
 }
 
 /// Marks a worker dead when dropped (see [`Mailbox::alive_guard`]).
@@ -209,6 +237,7 @@ impl Mailbox {
             alive: AtomicBool::new(false),
             inject: ArrayQueue::new(256),
             events: ArrayQueue::new(1024),
+            migration: ArrayQueue::new(128),
         }
     }
 

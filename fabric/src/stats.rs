@@ -39,11 +39,14 @@ pub enum FabricDrop {
     /// A frame still waiting in a handoff ring when its endpoint was
     /// removed (counted by the control plane, which frees it).
     EndpointRemoved,
+    /// A migration control message for which the control plane's queue had
+    /// no room (a flood; the sender retransmits).
+    MigrationBacklog,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 10] = [
+    pub const ALL: [FabricDrop; 11] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -54,6 +57,7 @@ impl FabricDrop {
         FabricDrop::TxFull,
         FabricDrop::EndpointDown,
         FabricDrop::EndpointRemoved,
+        FabricDrop::MigrationBacklog,
     ];
 
     /// Counter name.
@@ -69,6 +73,7 @@ impl FabricDrop {
             FabricDrop::TxFull => "tx_full",
             FabricDrop::EndpointDown => "endpoint_down",
             FabricDrop::EndpointRemoved => "endpoint_removed",
+            FabricDrop::MigrationBacklog => "migration_backlog",
         }
     }
 
@@ -139,6 +144,9 @@ pub struct WireCounters {
     pub bytes: [AtomicU64; 2],
     /// Frames dropped on this wire.
     pub dropped: AtomicU64,
+    /// Frames passed on during a move: forwarded to the end's new host
+    /// (on the host it left) or received so (on the host it reached).
+    pub forwarded: AtomicU64,
 }
 
 /// A plain copy of [`WireCounters`].
@@ -150,6 +158,8 @@ pub struct WireTotals {
     pub bytes: [u64; 2],
     /// Drops.
     pub dropped: u64,
+    /// Frames forwarded during moves.
+    pub forwarded: u64,
 }
 
 impl WireTotals {
@@ -159,6 +169,7 @@ impl WireTotals {
             frames: [self.frames[0].wrapping_sub(base.frames[0]), self.frames[1].wrapping_sub(base.frames[1])],
             bytes: [self.bytes[0].wrapping_sub(base.bytes[0]), self.bytes[1].wrapping_sub(base.bytes[1])],
             dropped: self.dropped.wrapping_sub(base.dropped),
+            forwarded: self.forwarded.wrapping_sub(base.forwarded),
         }
     }
 }
@@ -224,6 +235,7 @@ impl WorkerStats {
             frames: [w.frames[0].load(Relaxed), w.frames[1].load(Relaxed)],
             bytes: [w.bytes[0].load(Relaxed), w.bytes[1].load(Relaxed)],
             dropped: w.dropped.load(Relaxed),
+            forwarded: w.forwarded.load(Relaxed),
         }
     }
 }

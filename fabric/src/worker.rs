@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vw_pmd::{Burst, FreeBatch, Mbuf, PortId, TxBuffer};
 use vw_wire::underlay::{classify, Underlay, UnderlayError};
-use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, EncapTemplate};
+use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
 
 /// Empty polls in a row before the idle back-off sleeps.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
@@ -412,7 +412,7 @@ impl Io {
                         }
                     };
                     let target = match found {
-                        Some(t) if t.peer_ip == d.src_ip => t,
+                        Some(t) if t.accepts(d.src_ip) => t,
                         Some(_) => {
                             self.drop_frame(m, FabricDrop::WrongPeer.index());
                             continue;
@@ -428,6 +428,13 @@ impl Io {
                         self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
                         continue;
                     }
+                    if target.forward {
+                        self.forward(snap, up, m, target.slot);
+                        continue;
+                    }
+                    if d.encap == Encap::Forward {
+                        self.count_forwarded(target.slot);
+                    }
                     if target.slot != cur_slot || target.port != cur_port {
                         self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
                         (cur_slot, cur_port, frames, bytes) = (target.slot, target.port, 0, 0);
@@ -440,6 +447,11 @@ impl Io {
                     }
                 }
                 Ok(Underlay::Arp) => self.arp(snap, m, up),
+                Ok(Underlay::Migration) => {
+                    if let Err(m) = self.mailbox.migration.push(m) {
+                        self.drop_frame(m, FabricDrop::MigrationBacklog.index());
+                    }
+                }
                 Ok(Underlay::IcmpEcho) => {
                     if icmpv4::echo_reply_in_place(m.data_mut(), up.underlay.mac) {
                         bump(&self.stats.handled[Handled::IcmpEchoAnswered as usize], 1);
@@ -471,6 +483,42 @@ impl Io {
             }
         }
         self.count_wire(slot, 1, frames, bytes, 0);
+    }
+
+    /// Passes a decapsulated frame (outer headers already stripped) for an
+    /// end that left this host on to its new host, in the forwarded-frame
+    /// format of the migration channel.
+    #[cold]
+    fn forward(&mut self, snap: &Snapshot, up: &UplinkPlan, mut m: Mbuf, slot: u32) {
+        let Some(t) = snap.forwards.get(&slot) else {
+            self.drop_frame(m, FabricDrop::PeerUnresolved.index());
+            self.count_wire(slot, 0, 0, 0, 1);
+            return;
+        };
+        let len = m.pkt_len() as usize;
+        if len > t.max_inner_len() {
+            self.drop_frame(m, FabricDrop::EncapTooBig.index());
+            self.count_wire(slot, 0, 0, 0, 1);
+            return;
+        }
+        let hash = flow_hash(m.data());
+        match m.prepend(t.len()) {
+            Some(hdr) => t.write(hdr, len, source_port(hash)),
+            None => {
+                self.drop_frame(m, FabricDrop::NoHeadroom.index());
+                self.count_wire(slot, 0, 0, 0, 1);
+                return;
+            }
+        }
+        self.count_forwarded(slot);
+        self.send(snap, up.port, m);
+    }
+
+    #[inline(always)]
+    fn count_forwarded(&self, slot: u32) {
+        if let Some(w) = self.stats.wires.get(slot as usize) {
+            bump(&w.forwarded, 1);
+        }
     }
 
     /// ARP on the uplink: answer requests for the VTEP, pass sightings of the

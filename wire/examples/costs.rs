@@ -39,7 +39,13 @@ fn main() {
     inner[14] = 0x45;
     inner[23] = 17;
     let frame = build_tunnel_frame(&tmpl, &inner, 50000);
-    let cfg = UnderlayConfig { vtep_ip: [10, 0, 0, 1].into(), mac: ours, vwire_port: 4795, vxlan_port: 4789 };
+    let cfg = UnderlayConfig {
+        vtep_ip: [10, 0, 0, 1].into(),
+        mac: ours,
+        vwire_port: 4795,
+        vxlan_port: 4789,
+        migration_port: 4796,
+    };
     let mut hdr = [0u8; 46];
 
     per_call("flow_hash (inner IPv4/UDP)", |_| flow_hash(black_box(&inner)) as u64);

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use crate::ethernet::{self, ethertype, MacAddr};
 use crate::table::ConnectorId;
-use crate::{checksum, ipv4, udp, vwire, vxlan};
+use crate::{checksum, ipv4, migration, udp, vwire, vxlan};
 
 /// How an encap wire carries its frames over the underlay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,10 +20,14 @@ pub enum Encap {
     Vwire,
     /// VXLAN (RFC 7348) over UDP; the connector ID is the 24-bit VNI.
     Vxlan,
+    /// A frame one fabric passes on to another after its endpoint moved there: the 8-byte
+    /// forwarded-frame header of the migration channel ([`crate::migration`]). Never the
+    /// format of a wire, so not in [`Encap::ALL`].
+    Forward,
 }
 
 impl Encap {
-    /// Every encapsulation, in a stable order.
+    /// Every format a wire can use, in a stable order.
     pub const ALL: [Encap; 2] = [Encap::Vwire, Encap::Vxlan];
 
     /// Stable lower-case name: "vwire" or "vxlan".
@@ -31,14 +35,16 @@ impl Encap {
         match self {
             Encap::Vwire => "vwire",
             Encap::Vxlan => "vxlan",
+            Encap::Forward => "forward",
         }
     }
 
-    /// Length of the tunnel header: 4 for vwire, 8 for VXLAN.
+    /// Length of the tunnel header: 4 for vwire, 8 for VXLAN and forwarded frames.
     pub const fn header_len(self) -> usize {
         match self {
             Encap::Vwire => vwire::HEADER_LEN,
             Encap::Vxlan => vxlan::HEADER_LEN,
+            Encap::Forward => migration::HEADER_LEN,
         }
     }
 
@@ -47,11 +53,13 @@ impl Encap {
         ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + self.header_len()
     }
 
-    /// The usual UDP destination port: 4795 for vwire, 4789 (IANA) for VXLAN.
+    /// The usual UDP destination port: 4795 for vwire, 4789 (IANA) for VXLAN, 4796 for
+    /// forwarded frames (the migration channel).
     pub const fn default_port(self) -> u16 {
         match self {
             Encap::Vwire => vwire::DEFAULT_PORT,
             Encap::Vxlan => vxlan::PORT,
+            Encap::Forward => migration::DEFAULT_PORT,
         }
     }
 }
@@ -77,6 +85,7 @@ impl FromStr for Encap {
 
 const _: () = assert!(Encap::Vwire.overhead() == 46);
 const _: () = assert!(Encap::Vxlan.overhead() == 50);
+const _: () = assert!(Encap::Forward.overhead() == 50);
 
 /// Largest outer header of any encapsulation.
 pub const MAX_OVERHEAD: usize = Encap::Vxlan.overhead();
@@ -155,6 +164,11 @@ impl EncapTemplate {
                 h.set_flags(vxlan::FLAG_I);
                 h.clear_reserved();
                 h.set_vni(connector.0);
+            }
+            Encap::Forward => {
+                if let Some(h) = bytes[TUNNEL..].first_chunk_mut::<{ migration::HEADER_LEN }>() {
+                    migration::write_forward_header(h, connector);
+                }
             }
         }
 
@@ -247,6 +261,7 @@ impl EncapTemplate {
         match self.encap {
             Encap::Vwire => self.write_fixed::<{ Encap::Vwire.overhead() }>(hdr, inner_len, src_port),
             Encap::Vxlan => self.write_fixed::<{ Encap::Vxlan.overhead() }>(hdr, inner_len, src_port),
+            Encap::Forward => self.write_fixed::<{ Encap::Forward.overhead() }>(hdr, inner_len, src_port),
         }
     }
 

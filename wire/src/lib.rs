@@ -8,6 +8,8 @@
 //! * classification of frames received on the uplink ([`underlay::classify`]);
 //! * prebuilt outer headers for the encapsulating wires ([`EncapTemplate`]) and the flow
 //!   hash that feeds their UDP source port ([`flow::flow_hash`]);
+//! * the migration channel between fabrics ([`migration`]): authenticated location updates
+//!   and forwarded frames;
 //! * the wire table, the control-plane model of endpoints and wires ([`table::WireTable`]).
 //!
 //! It must not touch DPDK, do I/O, or allocate on the per-packet paths
@@ -25,6 +27,7 @@ pub mod ethernet;
 pub mod flow;
 pub mod icmpv4;
 pub mod ipv4;
+pub mod migration;
 pub mod table;
 pub mod udp;
 pub mod underlay;

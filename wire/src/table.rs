@@ -176,6 +176,20 @@ pub enum TableError {
     /// A loopback wire from an endpoint to itself.
     #[error("cannot connect endpoint {0} to itself")]
     SelfLoop(String),
+    /// The operation needs an encap wire.
+    #[error("wire {0} is not an encap wire")]
+    NotEncap(ConnectorId),
+    /// The operation needs a loopback wire.
+    #[error("wire {0} is not a loopback wire")]
+    NotLoopback(ConnectorId),
+    /// The endpoint is not an end of the wire.
+    #[error("endpoint {endpoint} is not an end of wire {wire}")]
+    NotAnEnd {
+        /// The wire.
+        wire: ConnectorId,
+        /// The endpoint named.
+        endpoint: String,
+    },
     /// The remote VTEP address cannot be a unicast tunnel destination.
     #[error("invalid remote VTEP {vtep}: {reason}")]
     InvalidVtep {
@@ -200,6 +214,7 @@ impl TableError {
             TableError::VniOutOfRange(_) => "invalid_argument",
             TableError::SelfLoop(_) => "invalid_argument",
             TableError::InvalidVtep { .. } => "invalid_argument",
+            TableError::NotEncap(_) | TableError::NotLoopback(_) | TableError::NotAnEnd { .. } => "invalid_argument",
         }
     }
 }
@@ -311,6 +326,61 @@ impl WireTable {
             self.by_endpoint.remove(other);
         }
         Ok(wire)
+    }
+
+    /// Points encap wire `id` at another remote VTEP (its remote end moved there).
+    pub fn repoint(&mut self, id: ConnectorId, vtep: Ipv4Addr, encap: Encap) -> Result<&Wire, TableError> {
+        validate_vtep(vtep)?;
+        let w = self.wires.get(&id).ok_or(TableError::NoSuchWire(id))?;
+        if w.kind() != WireKind::Encap {
+            return Err(TableError::NotEncap(id));
+        }
+        if encap == Encap::Vxlan && id.0 > MAX_VNI {
+            return Err(TableError::VniOutOfRange(id));
+        }
+        let w = self.wires.get_mut(&id).ok_or(TableError::NoSuchWire(id))?;
+        w.peer = Peer::Remote { vtep, encap };
+        Ok(w)
+    }
+
+    /// The remote end of encap wire `id` arrives here as endpoint `arriving`: the wire becomes
+    /// a loopback wire `arriving` -> its local end.
+    pub fn colocate(&mut self, id: ConnectorId, arriving: &str) -> Result<&Wire, TableError> {
+        let w = self.wires.get(&id).ok_or(TableError::NoSuchWire(id))?;
+        if w.kind() != WireKind::Encap {
+            return Err(TableError::NotEncap(id));
+        }
+        if w.endpoint == arriving {
+            return Err(TableError::SelfLoop(arriving.to_string()));
+        }
+        self.check_free(arriving)?;
+        let resident = w.endpoint.clone();
+        self.by_endpoint.insert(arriving.to_string(), id);
+        let w = self.wires.get_mut(&id).ok_or(TableError::NoSuchWire(id))?;
+        *w = Wire { id, endpoint: arriving.to_string(), peer: Peer::Local(resident) };
+        Ok(w)
+    }
+
+    /// End `leaving` of loopback wire `id` moved to remote VTEP `vtep`: the wire becomes an
+    /// encap wire from its other end, and `leaving` carries no wire any more.
+    pub fn split(&mut self, id: ConnectorId, leaving: &str, vtep: Ipv4Addr, encap: Encap) -> Result<&Wire, TableError> {
+        validate_vtep(vtep)?;
+        let w = self.wires.get(&id).ok_or(TableError::NoSuchWire(id))?;
+        let Some(other) = w.local_peer() else { return Err(TableError::NotLoopback(id)) };
+        let staying = if w.endpoint == leaving {
+            other.to_string()
+        } else if other == leaving {
+            w.endpoint.clone()
+        } else {
+            return Err(TableError::NotAnEnd { wire: id, endpoint: leaving.to_string() });
+        };
+        if encap == Encap::Vxlan && id.0 > MAX_VNI {
+            return Err(TableError::VniOutOfRange(id));
+        }
+        self.by_endpoint.remove(leaving);
+        let w = self.wires.get_mut(&id).ok_or(TableError::NoSuchWire(id))?;
+        *w = Wire { id, endpoint: staying, peer: Peer::Remote { vtep, encap } };
+        Ok(w)
     }
 
     /// The wire with this ID.
@@ -517,6 +587,82 @@ mod tests {
                 &format!("invalid remote VTEP {vtep}: {reason}"),
             );
         }
+    }
+
+    #[test]
+    fn moves() {
+        let mut t = table();
+        let h3 = Ipv4Addr::new(10, 0, 0, 3);
+        // Wire 7's remote end moves to another host.
+        let w = t.repoint(ConnectorId(7), h3, Encap::Vxlan).unwrap();
+        assert_eq!(w.to_string(), "vm1 -> 10.0.0.3 vxlan");
+        // ... then onto this host, as vm4: a loopback wire.
+        let w = t.colocate(ConnectorId(7), "vm4").unwrap();
+        assert_eq!((w.kind(), w.to_string()), (WireKind::Loopback, "vm4 -> vm1".to_string()));
+        assert_eq!(t.wire_of("vm4").unwrap().id, ConnectorId(7));
+        // ... and away again: vm1 keeps the wire, vm4 is free.
+        let w = t.split(ConnectorId(7), "vm4", VTEP, Encap::Vwire).unwrap();
+        assert_eq!(w.to_string(), "vm1 -> 10.0.0.2 vwire");
+        assert!(t.wire_of("vm4").is_none());
+        assert_eq!(t.wire_of("vm1").unwrap().id, ConnectorId(7));
+        t.remove_endpoint("vm4").unwrap();
+        // The first end of a loopback wire can leave too.
+        let w = t.split(ConnectorId(9), "vm2", h3, Encap::Vwire).unwrap();
+        assert_eq!(w.to_string(), "vm3 -> 10.0.0.3 vwire");
+    }
+
+    #[test]
+    fn move_refusals() {
+        let t = table();
+        let h3 = Ipv4Addr::new(10, 0, 0, 3);
+        refused(
+            &t,
+            |t| t.repoint(ConnectorId(9), h3, Encap::Vwire).map(|_| ()),
+            "invalid_argument",
+            "wire 9 is not an encap wire",
+        );
+        refused(
+            &t,
+            |t| t.repoint(ConnectorId(8), h3, Encap::Vwire).map(|_| ()),
+            "no_such_wire",
+            "wire 8 does not exist",
+        );
+        refused(
+            &t,
+            |t| t.repoint(ConnectorId(7), Ipv4Addr::BROADCAST, Encap::Vwire).map(|_| ()),
+            "invalid_argument",
+            "invalid remote VTEP 255.255.255.255: broadcast address",
+        );
+        refused(
+            &t,
+            |t| t.colocate(ConnectorId(7), "vm2").map(|_| ()),
+            "endpoint_busy",
+            "endpoint vm2 already carries wire 9",
+        );
+        refused(
+            &t,
+            |t| t.colocate(ConnectorId(7), "vm1").map(|_| ()),
+            "invalid_argument",
+            "cannot connect endpoint vm1 to itself",
+        );
+        refused(
+            &t,
+            |t| t.colocate(ConnectorId(9), "vm4").map(|_| ()),
+            "invalid_argument",
+            "wire 9 is not an encap wire",
+        );
+        refused(
+            &t,
+            |t| t.split(ConnectorId(7), "vm1", h3, Encap::Vwire).map(|_| ()),
+            "invalid_argument",
+            "wire 7 is not a loopback wire",
+        );
+        refused(
+            &t,
+            |t| t.split(ConnectorId(9), "vm4", h3, Encap::Vwire).map(|_| ()),
+            "invalid_argument",
+            "endpoint vm4 is not an end of wire 9",
+        );
     }
 
     #[test]

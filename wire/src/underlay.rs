@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use crate::encap::{Encap, EncapTemplate};
 use crate::ethernet::{self, ethertype, MacAddr};
 use crate::table::ConnectorId;
-use crate::{arp, icmpv4, ipv4, udp, vwire, vxlan};
+use crate::{arp, icmpv4, ipv4, migration, udp, vwire, vxlan};
 
 /// What the uplink answers to and terminates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,6 +26,8 @@ pub struct UnderlayConfig {
     pub vwire_port: u16,
     /// UDP destination port of VXLAN tunnels.
     pub vxlan_port: u16,
+    /// UDP destination port of the migration channel ([`crate::migration`]); 0: none.
+    pub migration_port: u16,
 }
 
 /// An accepted uplink frame.
@@ -37,6 +39,9 @@ pub enum Underlay {
     Arp,
     /// A valid ICMP echo request to our VTEP; answer it with [`icmpv4::echo_reply_in_place`].
     IcmpEcho,
+    /// A control message of the migration channel (LOCATE, ACK, MOVED) for the control
+    /// plane, which authenticates it; the UDP payload starts at byte 42.
+    Migration,
 }
 
 /// How to decapsulate a tunnel packet.
@@ -92,7 +97,7 @@ pub enum UnderlayError {
     UdpTruncated = 14,
     /// UDP length disagrees with the IPv4 total length.
     UdpLength = 15,
-    /// UDP destination port is neither the vwire nor the VXLAN port.
+    /// UDP destination port is not the vwire, VXLAN or migration port.
     UdpPort = 16,
     /// UDP payload shorter than the tunnel header.
     TunnelTruncated = 17,
@@ -100,11 +105,13 @@ pub enum UnderlayError {
     VxlanFlags = 18,
     /// Inner frame shorter than an Ethernet header.
     InnerRunt = 19,
+    /// On the migration port: unknown version or message type.
+    MigrationHeader = 20,
 }
 
 impl UnderlayError {
     /// Number of variants.
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     /// Every variant, in discriminant order (`ALL[e as usize] == e`).
     pub const ALL: [UnderlayError; UnderlayError::COUNT] = [
@@ -128,6 +135,7 @@ impl UnderlayError {
         UnderlayError::TunnelTruncated,
         UnderlayError::VxlanFlags,
         UnderlayError::InnerRunt,
+        UnderlayError::MigrationHeader,
     ];
 
     /// Index for counter arrays: the discriminant, `0..COUNT`.
@@ -159,6 +167,7 @@ impl UnderlayError {
             UnderlayError::TunnelTruncated => "tunnel_truncated",
             UnderlayError::VxlanFlags => "vxlan_flags",
             UnderlayError::InnerRunt => "inner_runt",
+            UnderlayError::MigrationHeader => "migration_header",
         }
     }
 
@@ -181,10 +190,11 @@ impl UnderlayError {
             UnderlayError::IpProtocol => "IP protocol is neither UDP nor ICMP",
             UnderlayError::UdpTruncated => "packet too short for a UDP header",
             UnderlayError::UdpLength => "UDP length disagrees with the IPv4 total length",
-            UnderlayError::UdpPort => "UDP destination port is neither the vwire nor the VXLAN port",
+            UnderlayError::UdpPort => "UDP destination port is not the vwire, VXLAN or migration port",
             UnderlayError::TunnelTruncated => "UDP payload shorter than the tunnel header",
             UnderlayError::VxlanFlags => "VXLAN header without the I (valid VNI) flag",
             UnderlayError::InnerRunt => "inner frame shorter than an Ethernet header",
+            UnderlayError::MigrationHeader => "migration channel datagram of unknown version or type",
         }
     }
 }
@@ -348,6 +358,25 @@ pub fn classify(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Und
             }
             _ => return Err(E::TunnelTruncated),
         }
+    } else if dst_port == cfg.migration_port && dst_port != 0 {
+        match data.first_chunk::<VXLAN_END>() {
+            Some(h) if udp_payload >= migration::HEADER_LEN => {
+                if h[TUNNEL] != migration::VERSION {
+                    return Err(E::MigrationHeader);
+                }
+                match h[TUNNEL + 1] {
+                    migration::kind::FORWARD => (
+                        Encap::Forward,
+                        u32::from_be_bytes([h[TUNNEL + 4], h[TUNNEL + 5], h[TUNNEL + 6], h[TUNNEL + 7]]),
+                    ),
+                    migration::kind::LOCATE | migration::kind::ACK | migration::kind::MOVED => {
+                        return Ok(Underlay::Migration)
+                    }
+                    _ => return Err(E::MigrationHeader),
+                }
+            }
+            _ => return Err(E::TunnelTruncated),
+        }
     } else {
         return Err(E::UdpPort);
     };
@@ -389,8 +418,13 @@ mod tests {
     const PEER_MAC: MacAddr = MacAddr::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x01);
     const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
     const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
-    const CFG: UnderlayConfig =
-        UnderlayConfig { vtep_ip: OUR_IP, mac: OUR_MAC, vwire_port: vwire::DEFAULT_PORT, vxlan_port: vxlan::PORT };
+    const CFG: UnderlayConfig = UnderlayConfig {
+        vtep_ip: OUR_IP,
+        mac: OUR_MAC,
+        vwire_port: vwire::DEFAULT_PORT,
+        vxlan_port: vxlan::PORT,
+        migration_port: migration::DEFAULT_PORT,
+    };
 
     // A VXLAN packet exactly as Linux's vxlan driver sent it (`id 4242 dstport 4789`, captured
     // on the receiving veth), carrying an ICMP echo request 10.200.0.1 -> 10.200.0.2.
@@ -669,6 +703,11 @@ mod tests {
                 edited(vw, |f| fix_lengths(f, 46)),
                 (tunnel(vw), 46 + 13, 64 + 46), // inner Ethernet header split across segments
             ],
+            E::MigrationHeader => vec![
+                edited(Encap::Forward, |f| f[TUNNEL] = 2),
+                edited(Encap::Forward, |f| f[TUNNEL + 1] = 0),
+                edited(Encap::Forward, |f| f[TUNNEL + 1] = 5),
+            ],
         }
     }
 
@@ -722,6 +761,7 @@ mod tests {
         error_tunnel_truncated => TunnelTruncated,
         error_vxlan_flags => VxlanFlags,
         error_inner_runt => InnerRunt,
+        error_migration_header => MigrationHeader,
     }
 
     #[test]
@@ -731,6 +771,31 @@ mod tests {
         f[TUNNEL + 1..TUNNEL + 4].fill(0xff);
         f[TUNNEL + 7] = 0xff;
         assert!(matches!(run(&f), Ok(Underlay::Tunnel(Decap { connector: ConnectorId(7), .. }))));
+    }
+
+    #[test]
+    fn migration_channel() {
+        // A forwarded frame decapsulates like a tunnel frame, with its own format.
+        let f = tunnel(Encap::Forward);
+        assert_eq!(&f[TUNNEL..TUNNEL + 8], &[1, 1, 0, 0, 0, 0, 0, 7]);
+        match run(&f) {
+            Ok(Underlay::Tunnel(d)) => {
+                assert_eq!((d.encap, d.connector, d.outer_len, d.inner_len), (Encap::Forward, ConnectorId(7), 50, 64))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Control messages go to the control plane whole.
+        for kind in [migration::kind::LOCATE, migration::kind::ACK, migration::kind::MOVED] {
+            let mut f = tunnel(Encap::Forward);
+            f[TUNNEL + 1] = kind;
+            assert_eq!(run(&f), Ok(Underlay::Migration));
+        }
+        // With the channel off, its port is just another port.
+        let off = UnderlayConfig { migration_port: 0, ..CFG };
+        assert_eq!(classify(&f, f.len(), &off), Err(UnderlayError::UdpPort));
+        let mut short = tunnel(Encap::Forward);
+        fix_lengths(&mut short, 49);
+        assert_eq!(run(&short), Err(UnderlayError::TunnelTruncated));
     }
 
     #[test]
@@ -768,6 +833,7 @@ mod tests {
                 "tunnel_truncated",
                 "vxlan_flags",
                 "inner_runt",
+                "migration_header",
             ]
         );
         for (i, e) in UnderlayError::ALL.iter().enumerate() {

@@ -15,8 +15,14 @@ const OUR_MAC: MacAddr = MacAddr::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x02);
 const PEER_MAC: MacAddr = MacAddr::new(0x52, 0x54, 0x00, 0x12, 0x34, 0x01);
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
-const CFG: UnderlayConfig =
-    UnderlayConfig { vtep_ip: OUR_IP, mac: OUR_MAC, vwire_port: vwire::DEFAULT_PORT, vxlan_port: vxlan::PORT };
+const CFG: UnderlayConfig = UnderlayConfig {
+    vtep_ip: OUR_IP,
+    mac: OUR_MAC,
+    vwire_port: vwire::DEFAULT_PORT,
+    vxlan_port: vxlan::PORT,
+    migration_port: MIGRATION,
+};
+const MIGRATION: u16 = vw_wire::migration::DEFAULT_PORT;
 
 /// Broadcast ARP request captured from Linux: who-has 192.168.100.2 tell 192.168.100.1.
 static LINUX_ARP: [u8; 42] = [
@@ -134,7 +140,7 @@ fn arbitrary_frame() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn encap_strategy() -> impl Strategy<Value = Encap> {
-    prop_oneof![Just(Encap::Vwire), Just(Encap::Vxlan)]
+    prop_oneof![Just(Encap::Vwire), Just(Encap::Vxlan), Just(Encap::Forward)]
 }
 
 /// A valid frame as some peer would send it: a tunnel packet (either format), an ICMP echo
@@ -230,6 +236,7 @@ proptest! {
             Ok(Underlay::Tunnel(d)) => {
                 prop_assert_eq!(d.outer_len + d.inner_len + d.trailer_len, frame.len());
             }
+            Ok(Underlay::Migration) => prop_assert!(false, "no generated frame is a migration message"),
             Err(e) => prop_assert!(false, "valid frame refused: {}", e.name()),
         }
     }
@@ -252,12 +259,13 @@ proptest! {
         let connector = match encap {
             Encap::Vwire => id,
             Encap::Vxlan => id & vxlan::MAX_VNI,
+            Encap::Forward => id,
         };
         let src_ip = Ipv4Addr::from(src_ip);
         let dst_mac = MacAddr::new(0x02, 0, 0, 0, 0, dst_mac_low);
-        let cfg = UnderlayConfig { vtep_ip: OUR_IP, mac: dst_mac, vwire_port, vxlan_port: vxlan::PORT };
-        prop_assume!(vwire_port != vxlan::PORT);
-        let port = match encap { Encap::Vwire => vwire_port, Encap::Vxlan => vxlan::PORT };
+        let cfg = UnderlayConfig { vtep_ip: OUR_IP, mac: dst_mac, vwire_port, vxlan_port: vxlan::PORT, migration_port: MIGRATION };
+        prop_assume!(vwire_port != vxlan::PORT && vwire_port != MIGRATION);
+        let port = match encap { Encap::Vwire => vwire_port, Encap::Vxlan => vxlan::PORT, Encap::Forward => MIGRATION };
         let t = EncapTemplate::new(encap, ConnectorId(connector), PEER_MAC, dst_mac, src_ip, OUR_IP, port, 1500);
         prop_assert!(inner.len() <= t.max_inner_len());
 

@@ -289,31 +289,61 @@ fn print_endpoints(v: &[EndpointInfo]) {
     table(&["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "LINK-CHANGES", "RXQ/TXQ", "MTU", "WIRE"], &rows);
 }
 
+/// Where a wire's two ends are: `name@here` for a local endpoint, the VTEP
+/// address of the host of a remote end.
+fn ends(w: &WireInfo) -> String {
+    let far = if w.encap.is_some() { w.peer.clone() } else { format!("{}@here", w.peer) };
+    match w.migration.as_ref().and_then(|m| m.moved_to.as_ref()) {
+        Some(to) => format!("{}@{to} <-> {far}", w.endpoint),
+        None => format!("{}@here <-> {far}", w.endpoint),
+    }
+}
+
 fn print_wires(v: &[WireInfo]) {
+    let migration = v.iter().any(|w| w.migration.is_some());
     let rows: Vec<Vec<String>> = v
         .iter()
         .map(|w| {
-            vec![
+            let mut row = vec![
                 w.wire.to_string(),
                 match w.encap {
                     Some(e) => format!("{} ({e})", w.kind),
                     None => w.kind.clone(),
                 },
-                w.endpoint.clone(),
-                w.peer.clone(),
+                ends(w),
                 w.state.clone(),
                 w.forward.frames.to_string(),
                 w.forward.bytes.to_string(),
                 w.reverse.frames.to_string(),
                 w.reverse.bytes.to_string(),
                 w.dropped.to_string(),
-            ]
+            ];
+            if migration {
+                let m = w.migration.clone().unwrap_or_default();
+                row.push(m.moves.to_string());
+                row.push(if m.last_move_ms == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({} us)", clock_time(m.last_move_ms), m.last_move_us)
+                });
+                row.push(m.forwarded.to_string());
+                row.push(if m.grace_left_ms == 0 { "-".into() } else { format!("{} ms", m.grace_left_ms) });
+            }
+            row
         })
         .collect();
-    table(
-        &["WIRE", "KIND", "ENDPOINT", "PEER", "STATE", "FWD-FRAMES", "FWD-BYTES", "REV-FRAMES", "REV-BYTES", "DROPPED"],
-        &rows,
-    );
+    let mut header =
+        vec!["WIRE", "KIND", "ENDS", "STATE", "FWD-FRAMES", "FWD-BYTES", "REV-FRAMES", "REV-BYTES", "DROPPED"];
+    if migration {
+        header.extend(["MOVES", "LAST-MOVE (APPLIED IN)", "FORWARDED", "GRACE"]);
+    }
+    table(&header, &rows);
+}
+
+/// `HH:MM:SS.mmm` UTC of a time in ms since the Unix epoch.
+fn clock_time(ms: u64) -> String {
+    let day = ms % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03} UTC", day / 3_600_000, day / 60_000 % 60, day / 1000 % 60, day % 1000)
 }
 
 fn nonzero(m: &BTreeMap<String, u64>) -> Vec<Vec<String>> {
@@ -387,6 +417,17 @@ fn print_stats(s: &Stats) {
         println!("drops: none");
     } else {
         table(&["DROP-REASON", "FRAMES"], &drops);
+    }
+    if let Some(m) = &s.migration {
+        println!();
+        println!(
+            "migration (UDP {}, grace {} ms): {} messages sent, {} received, {} taken, {} waiting for an answer, {} frames forwarded",
+            m.port, m.grace_ms, m.sent, m.received, m.accepted, m.pending, m.forwarded
+        );
+        let refused = nonzero(&m.refused);
+        if !refused.is_empty() {
+            table(&["REFUSED-MESSAGE-REASON", "MESSAGES"], &refused);
+        }
     }
     println!();
     println!("control frames sent: {}", s.control_frames_sent);

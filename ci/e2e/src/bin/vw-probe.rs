@@ -7,6 +7,18 @@
 //!   data, print `<bytes> <sha256>`.
 //!
 //! Both give up after 60 s so a broken wire fails a test instead of hanging it.
+//! * `stream PORT DST_ADDR:PORT RATE`: a sequenced UDP stream for the
+//!   migration test. Sends datagrams numbered 0, 1, 2, ... at RATE per
+//!   second to DST from UDP port PORT, and records every datagram that
+//!   arrives on PORT. Prints `ready`; stops when its standard input closes,
+//!   waits 300 ms for frames in flight, then prints `sent N` and one line
+//!   `rx SEQ SENT_NS RECV_NS` per datagram received (wall clock, ns).
+//! * `message KEYFILE SRC DST KIND WIRE END LOCATION WHEN_NS SEQ SENT_NS
+//!   [COPIES]`: sends a migration control message built with
+//!   `vw_wire::migration` (the fabrics' own format) from address SRC to
+//!   DST:4796, COPIES times (default 1): how the tests play an attacker who
+//!   can send UDP to a fabric. SEQ, SENT_NS and WHEN_NS of `now` mean the
+//!   clock; SRC may be `FROM/BIND` (claim FROM, send from BIND).
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -84,6 +96,116 @@ fn send(addr: &str, bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn stream(port: u16, dst: &str, rate: u64) -> Result<(), String> {
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let sock = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| format!("bind {port}: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+    let dst = dst.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tx = sock.try_clone().map_err(|e| e.to_string())?;
+    let stop_tx = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut seq = 0u64;
+        let mut buf = [0u8; 64];
+        while !stop_tx.load(Ordering::Relaxed) {
+            let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate.max(1));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+                continue;
+            }
+            buf[..8].copy_from_slice(&seq.to_be_bytes());
+            buf[8..16].copy_from_slice(&now_ns().to_be_bytes());
+            // A refused send (no route for a moment) still counts as sent:
+            // the receiver then reports it lost.
+            let _ = tx.send_to(&buf, dst);
+            seq += 1;
+        }
+        seq
+    });
+    let stop_rx = stop.clone();
+    let rx = sock;
+    let receiver = std::thread::spawn(move || {
+        let mut log = Vec::with_capacity(1 << 16);
+        let mut buf = [0u8; 256];
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            if stop_rx.load(Ordering::Relaxed) {
+                let t = *stop_at.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_millis(300) {
+                    break;
+                }
+            }
+            if let Ok(n) = rx.recv(&mut buf) {
+                if n >= 16 {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
+                    let sent = u64::from_be_bytes(buf[8..16].try_into().unwrap_or_default());
+                    log.push((seq, sent, now_ns()));
+                }
+            }
+        }
+        log
+    });
+    println!("ready");
+    std::io::stdout().flush().ok();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().map_err(|_| "sender panicked")?;
+    let log = receiver.join().map_err(|_| "receiver panicked")?;
+    let mut out = String::with_capacity(log.len() * 40);
+    out.push_str(&format!("sent {sent}\n"));
+    for (seq, s, r) in log {
+        out.push_str(&format!("rx {seq} {s} {r}\n"));
+    }
+    std::io::stdout().write_all(out.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn message(a: &[&str]) -> Result<(), String> {
+    use vw_wire::migration::{kind, Key, Message};
+    let [keyfile, src, dst, k, wire, end, location, when, seq, sent, rest @ ..] = a else {
+        return Err("message: expected KEYFILE SRC DST KIND WIRE END LOCATION WHEN_NS SEQ SENT_NS [COPIES]".into());
+    };
+    let key = Key::from_hex(&std::fs::read_to_string(keyfile).map_err(|e| e.to_string())?)?;
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().map_err(|_| format!("{s}: not an IPv4 address"));
+    let num =
+        |s: &str| if s == "now" { Ok(now_ns()) } else { s.parse::<u64>().map_err(|_| format!("{s}: not a number")) };
+    let msg = Message {
+        kind: match *k {
+            "locate" => kind::LOCATE,
+            "ack" => kind::ACK,
+            "moved" => kind::MOVED,
+            _ => return Err(format!("{k}: locate, ack or moved")),
+        },
+        wire: vw_wire::ConnectorId(num(wire)? as u32),
+        from: ip(src.split('/').next().unwrap_or(src))?,
+        location: ip(location)?,
+        location_mac: vw_wire::MacAddr::new(2, 0, 0, 0, 0, 0x99),
+        encap: vw_wire::Encap::Vwire,
+        end: end.to_string(),
+        seq: num(seq)?,
+        sent_ns: num(sent)?,
+        when_ns: num(when)?,
+        moves: 0,
+    };
+    let copies: u32 = rest.first().map_or(Ok(1), |c| c.parse().map_err(|_| "bad COPIES".to_string()))?;
+    // SRC may be FROM/BIND: claim FROM in the message, send from BIND.
+    let bind = ip(src.rsplit('/').next().unwrap_or(src))?;
+    let sock = std::net::UdpSocket::bind((bind, 0)).map_err(|e| format!("bind {bind}: {e}"))?;
+    let bytes = msg.encode(&key);
+    for _ in 0..copies {
+        sock.send_to(&bytes, (ip(dst)?, vw_wire::migration::DEFAULT_PORT)).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -91,7 +213,15 @@ fn main() -> ExitCode {
         ["tcp-send", addr, bytes] => {
             bytes.parse().map_err(|_| "bad byte count".to_string()).and_then(|b| send(addr, b))
         }
-        _ => Err("usage: vw-probe tcp-recv PORT | tcp-send ADDR:PORT BYTES".into()),
+        ["stream", port, dst, rate] => match (port.parse(), rate.parse()) {
+            (Ok(p), Ok(r)) => stream(p, dst, r),
+            _ => Err("stream: bad port or rate".into()),
+        },
+        ["message", rest @ ..] => message(rest),
+        _ => {
+            Err("usage: vw-probe tcp-recv PORT | tcp-send ADDR:PORT BYTES | stream PORT DST:PORT RATE | message ..."
+                .into())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
