@@ -105,12 +105,15 @@ fn vhost_encap(encap: &str) {
     }
     assert_eq!(h1.wire(7)["state"], "up", "{}", h1.log_text());
     // One vwperf process is both VMs: vm1 on host 1, vm2 on host 2.
+    // The underlay here is the kernel: tap queues and a Linux bridge sharing
+    // two vCPUs with both fabrics and the VMs; at 50k frames/s each way it
+    // occasionally dropped frames between the uplinks (never in a fabric).
     for size in ["64", "1400"] {
         let s = vwperf(
             &env,
             "vms",
             &[&a, &b],
-            &["--bidir", "--rate", "50k", "--flows", "16", "--size", size, "--duration", "2"],
+            &["--bidir", "--rate", "20k", "--flows", "16", "--size", size, "--duration", "2"],
         );
         assert_clean(&s, &format!("{encap} wire, {size}-byte frames"), &[&h1, &h2]);
     }
