@@ -489,29 +489,16 @@ impl Io {
     /// end that left this host on to its new host, in the forwarded-frame
     /// format of the migration channel.
     #[cold]
-    fn forward(&mut self, snap: &Snapshot, up: &UplinkPlan, mut m: Mbuf, slot: u32) {
-        let Some(t) = snap.forwards.get(&slot) else {
+    fn forward(&mut self, snap: &Snapshot, up: &UplinkPlan, m: Mbuf, slot: u32) {
+        let Some(t) = snap.forwards.get(&slot).copied() else {
             self.drop_frame(m, FabricDrop::PeerUnresolved.index());
             self.count_wire(slot, 0, 0, 0, 1);
             return;
         };
-        let len = m.pkt_len() as usize;
-        if len > t.max_inner_len() {
-            self.drop_frame(m, FabricDrop::EncapTooBig.index());
-            self.count_wire(slot, 0, 0, 0, 1);
-            return;
+        match self.encap(snap, m, &t, up.port) {
+            Some(_) => self.count_forwarded(slot),
+            None => self.count_wire(slot, 0, 0, 0, 1),
         }
-        let hash = flow_hash(m.data());
-        match m.prepend(t.len()) {
-            Some(hdr) => t.write(hdr, len, source_port(hash)),
-            None => {
-                self.drop_frame(m, FabricDrop::NoHeadroom.index());
-                self.count_wire(slot, 0, 0, 0, 1);
-                return;
-            }
-        }
-        self.count_forwarded(slot);
-        self.send(snap, up.port, m);
     }
 
     #[inline(always)]
