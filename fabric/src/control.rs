@@ -305,7 +305,10 @@ impl Control {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
-            self.poll_migration();
+            if self.mig.is_some() {
+                self.take_neighbour_events();
+                self.poll_migration();
+            }
             if self.last_tick.elapsed() >= TICK {
                 self.tick()?;
             }
@@ -967,6 +970,21 @@ impl Control {
             }
             w.mailbox.reclaim();
         }
+        self.take_neighbour_events();
+        if let Some(f) = self.fatal.clone() {
+            return Err(f);
+        }
+        self.watch_vms();
+        self.expire_moves();
+        self.send_arp_requests();
+        Ok(())
+    }
+
+    /// Takes the ARP sightings the workers passed up; publishes a changed
+    /// next-hop MAC. Called every tick, and as soon as sightings wait when
+    /// the control plane polls faster (migration on), so a new peer's first
+    /// frames do not wait a whole tick in the hold queue.
+    fn take_neighbour_events(&mut self) {
         let now = Instant::now();
         if self.republish || self.mailboxes.iter().any(|mb| !mb.events.is_empty()) {
             let mut next = self.state.clone();
@@ -984,13 +1002,6 @@ impl Control {
                 self.state = next;
             }
         }
-        if let Some(f) = self.fatal.clone() {
-            return Err(f);
-        }
-        self.watch_vms();
-        self.expire_moves();
-        self.send_arp_requests();
-        Ok(())
     }
 
     /// Follows vhost-user VMs: link up/down and the TX queues they enable.
@@ -1073,11 +1084,20 @@ impl Control {
 
     /// Sends LOCATEs that are due.
     fn retransmit(&mut self) {
-        let Some(ch) = &mut self.mig else { return };
         let now = Instant::now();
+        // A LOCATE waits, without using up a try, until its next hop's MAC
+        // is known (ARP for a new peer is in progress).
+        let resolved: HashSet<Ipv4Addr> = self.mig.as_ref().map_or_else(HashSet::new, |ch| {
+            ch.pending
+                .iter()
+                .map(|p| p.to)
+                .filter(|to| self.next_hop(*to).ok().and_then(|h| self.state.neighbours.mac(h)).is_some())
+                .collect()
+        });
+        let Some(ch) = &mut self.mig else { return };
         let mut due = Vec::new();
         ch.pending.retain_mut(|p| {
-            if p.next > now {
+            if p.next > now || !resolved.contains(&p.to) {
                 return true;
             }
             if p.tries >= migrate::LOCATE_TRIES {
