@@ -234,6 +234,10 @@ pub struct Control {
     last_tick: Instant,
     /// The migration channel, with `--migration-key-file`.
     mig: Option<Channel>,
+    /// Workers poll the uplink (set once the saved wires are back, so
+    /// frames that arrive during a restart wait in the uplink's RX ring
+    /// instead of being dropped as `unknown_connector`).
+    uplink_polled: bool,
 }
 
 impl Control {
@@ -264,6 +268,7 @@ impl Control {
             started: Instant::now(),
             last_tick: Instant::now(),
             mig: None,
+            uplink_polled: false,
         };
         c.mig = c.settings.migration.clone().map(Channel::new);
         c.current = Arc::new(c.build(&c.state, 1));
@@ -388,7 +393,9 @@ impl Control {
         // the same iteration.
         if let Some(u) = &self.uplink {
             s.ports[u.port.0 as usize] = PortPlan { role: Role::Uplink, txq: all, up: true, handoff: None };
-            poll(&mut s, u.port, all);
+            if self.uplink_polled {
+                poll(&mut s, u.port, all);
+            }
             s.uplink = Some(UplinkPlan {
                 port: u.port,
                 underlay: UnderlayConfig {
@@ -399,6 +406,7 @@ impl Control {
                     migration_port: self.settings.migration.as_ref().map_or(0, |m| m.port),
                 },
                 neighbours: st.neighbours.addresses(),
+                max_frame: u32::from(u.mtu) + 14,
             });
         }
         let set = |s: &mut Snapshot, p: PortId, a: EndpointAction| s.ports[p.0 as usize].role = Role::Endpoint(a);
@@ -958,6 +966,18 @@ impl Control {
             }
         }
         Ok(restored)
+    }
+
+    /// Lets the workers poll the uplink (after `restore`).
+    pub fn poll_uplink(&mut self) -> Result<(), Fatal> {
+        if self.uplink.is_some() && !self.uplink_polled {
+            self.uplink_polled = true;
+            let next = self.state.clone();
+            if self.apply(next).is_err() {
+                return Err(self.fatal.clone().unwrap_or(Fatal::WorkerStuck("publishing the uplink".into())));
+            }
+        }
+        Ok(())
     }
 
     // ---- housekeeping -----------------------------------------------------

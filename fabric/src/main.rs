@@ -416,6 +416,9 @@ fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(
         )),
         Err(e) => return Err(StartError::Config(e)),
     }
+    // Only now: underlay frames for restored wires waited in the uplink's
+    // RX ring rather than meeting an empty wire table.
+    control.poll_uplink()?;
     let lcores: Vec<String> = control.workers().iter().map(|w| w.lcore.to_string()).collect();
     match &args.uplink {
         Some(u) => log(&format!(

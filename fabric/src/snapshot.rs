@@ -130,6 +130,8 @@ pub struct UplinkPlan {
     pub underlay: UnderlayConfig,
     /// Next hops the control plane resolves (ARP from them is passed up).
     pub neighbours: Vec<Ipv4Addr>,
+    /// Longest underlay frame taken: the underlay MTU plus 14.
+    pub max_frame: u32,
 }
 
 /// Key of the decap table: tunnel format and connector ID.

@@ -42,11 +42,15 @@ pub enum FabricDrop {
     /// A migration control message for which the control plane's queue had
     /// no room (a flood; the sender retransmits).
     MigrationBacklog,
+    /// An underlay frame longer than the underlay MTU plus its Ethernet
+    /// header (a peer with a larger MTU, or a uplink that does not enforce
+    /// its own).
+    Oversize,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 11] = [
+    pub const ALL: [FabricDrop; 12] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -58,6 +62,7 @@ impl FabricDrop {
         FabricDrop::EndpointDown,
         FabricDrop::EndpointRemoved,
         FabricDrop::MigrationBacklog,
+        FabricDrop::Oversize,
     ];
 
     /// Counter name.
@@ -74,6 +79,7 @@ impl FabricDrop {
             FabricDrop::EndpointDown => "endpoint_down",
             FabricDrop::EndpointRemoved => "endpoint_removed",
             FabricDrop::MigrationBacklog => "migration_backlog",
+            FabricDrop::Oversize => "oversize",
         }
     }
 

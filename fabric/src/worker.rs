@@ -400,6 +400,10 @@ impl Io {
         let mut last: Option<(u64, Option<DecapTarget>)> = None;
         self.rx.prefetch_head();
         while let Some(mut m) = self.rx.pop() {
+            if m.pkt_len() > up.max_frame {
+                self.drop_frame(m, FabricDrop::Oversize.index());
+                continue;
+            }
             match classify(m.data(), m.pkt_len() as usize, &up.underlay) {
                 Ok(Underlay::Tunnel(d)) => {
                     let key = decap_key(d.encap, d.connector.0);

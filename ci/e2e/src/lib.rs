@@ -296,6 +296,15 @@ impl Vm {
         Vm { ns, iface: iface.to_owned() }
     }
 
+    /// Takes the NIC back after the fabric recreated its tap (a restart):
+    /// moves it in again and gives it `addr` and `mtu`.
+    pub fn reattach(&self, addr: &str, mtu: u16) {
+        self.ns.take(&self.iface);
+        self.ns.sh(&["ip", "addr", "add", addr, "dev", &self.iface]);
+        self.ns.sh(&["ip", "link", "set", &self.iface, "mtu", &mtu.to_string()]);
+        self.ns.sh(&["ip", "link", "set", &self.iface, "up"]);
+    }
+
     /// Pings `dst` `count` times with `size` payload bytes and DF set.
     pub fn ping(&self, dst: &str, count: u32, size: u32) -> Ping {
         let o = self.ns.run(&[
@@ -439,6 +448,9 @@ pub struct FabricOpts {
     pub extra: Vec<String>,
     /// EAL `--lcores` (default `0@0,1@1`: one worker).
     pub lcores: Option<String>,
+    /// A fixed MAC for the uplink (default: random at every start), as a
+    /// NIC keeps its MAC across restarts of the fabric.
+    pub uplink_mac: Option<String>,
 }
 
 /// A running `vwfabric` process.
@@ -461,7 +473,8 @@ impl Fabric {
         let log = env.dir.join(format!("{name}.log"));
         let mut args: Vec<String> = vec!["--socket".into(), socket.display().to_string()];
         if let Some((iface, vtep)) = &opts.uplink {
-            args.extend(["--uplink".into(), format!("net_tap0,iface={iface}"), "--vtep".into(), vtep.clone()]);
+            let mac = opts.uplink_mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default();
+            args.extend(["--uplink".into(), format!("net_tap0,iface={iface}{mac}"), "--vtep".into(), vtep.clone()]);
         }
         // Several fabrics share this machine's two cores: back off when idle.
         args.extend(["--idle-sleep-us".into(), "20".into(), "--mbufs".into(), "8192".into()]);
@@ -553,6 +566,14 @@ impl Fabric {
         self.ctl_ok(&["endpoint", "add", name, &dev]);
     }
 
+    /// Adds a net_tap endpoint like `add_tap`, with a fixed MAC (a VM's NIC
+    /// keeps its MAC when the fabric restarts and recreates the tap).
+    pub fn add_tap_mac(&mut self, name: &str, iface: &str, mac: &str) {
+        let dev = format!("net_tap{},iface={iface},mac={mac}", self.next_tap);
+        self.next_tap += 1;
+        self.ctl_ok(&["endpoint", "add", name, &dev]);
+    }
+
     /// A drop counter (summed over workers).
     pub fn drops(&self, reason: &str) -> u64 {
         let s = self.json(&["stats"]);
@@ -574,6 +595,44 @@ impl Fabric {
     pub fn wire(&self, id: u32) -> Value {
         let l = self.json(&["wire", "list"]);
         l.as_array().unwrap().iter().find(|w| w["wire"] == id).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Mbufs of the fabric's pool in use now (`vwctl stats`: `mempool.in_use`).
+    pub fn mbufs_in_use(&self) -> u64 {
+        self.json(&["stats"])["mempool"]["in_use"].as_u64().expect("stats has mempool.in_use")
+    }
+
+    /// The fabric's idle mbuf count: what its ports' RX rings hold with no
+    /// traffic (two readings 200 ms apart that agree).
+    pub fn mbufs_idle(&self) -> u64 {
+        let mut last = self.mbufs_in_use();
+        for _ in 0..25 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.mbufs_in_use();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        panic!("{}: mbufs in use never settled (last {last})", self.name);
+    }
+
+    /// Asserts that, traffic having stopped, the mbufs in use return to
+    /// `idle` within 5 s: nothing leaked or stayed queued.
+    pub fn assert_no_mbuf_leak(&self, idle: u64) {
+        let t = Instant::now();
+        let mut now = self.mbufs_in_use();
+        while now != idle && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            now = self.mbufs_in_use();
+        }
+        assert_eq!(
+            now,
+            idle,
+            "{}: {now} mbufs in use 5 s after the traffic stopped, {idle} when idle before it\n{}",
+            self.name,
+            self.ctl(&["stats"]).stdout.iter().map(|&b| b as char).collect::<String>()
+        );
     }
 
     /// Kills the fabric with SIGKILL (a crash), without any cleanup.
@@ -673,4 +732,51 @@ pub fn tshark_fields(file: &Path, extra: &[&str], fields: &[&str]) -> Vec<Vec<St
         cmd.extend(["-e", field]);
     }
     sh(&cmd).lines().map(|l| l.split('|').map(str::to_owned).collect()).collect()
+}
+
+/// The frames of a classic (libpcap) capture file: either byte order,
+/// microsecond or nanosecond time stamps.
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(b.len() >= 24, "{}: not a pcap file ({} bytes)", path.display(), b.len());
+    let magic = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        m => panic!("{}: not a pcap file (magic {m:#010x})", path.display()),
+    };
+    let rd = |o: usize| {
+        let x = [b[o], b[o + 1], b[o + 2], b[o + 3]];
+        if le {
+            u32::from_le_bytes(x)
+        } else {
+            u32::from_be_bytes(x)
+        }
+    };
+    let (mut o, mut out) = (24, Vec::new());
+    while o + 16 <= b.len() {
+        let n = rd(o + 8) as usize;
+        o += 16;
+        out.push(b[o..(o + n).min(b.len())].to_vec());
+        o += n;
+    }
+    out
+}
+
+/// Writes `frames` as a classic pcap file (Ethernet, microsecond stamps 1 µs apart).
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, 1] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [1_800_000_000u32, i as u32, f.len() as u32, f.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(f);
+    }
+    std::fs::write(path, b).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }

@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use vw_e2e::*;
 use vw_wire::underlay::build_tunnel_frame;
 use vw_wire::{ipv4, ConnectorId, Encap, EncapTemplate, MacAddr};
@@ -20,6 +19,8 @@ struct TwoHosts {
     vm1: Vm,
     vm2: Vm,
     ul: Underlay,
+    /// Mbufs each fabric holds when idle (its ports' RX rings).
+    idle: (u64, u64),
 }
 
 fn two_hosts(env: &Env, encap: &str, wire: u32) -> TwoHosts {
@@ -45,8 +46,9 @@ fn two_hosts(env: &Env, encap: &str, wire: u32) -> TwoHosts {
     let w = wire.to_string();
     h1.ctl_ok(&["connect", &w, "vm1", "10.0.0.2", "--encap", encap]);
     h2.ctl_ok(&["connect", &w, "vm2", "10.0.0.1", "--encap", encap]);
-    let hosts = TwoHosts { h1, h2, vm1, vm2, ul };
+    let mut hosts = TwoHosts { h1, h2, vm1, vm2, ul, idle: (0, 0) };
     assert!(hosts.vm1.wait_reachable("192.168.7.2"), "no ping over the {encap} wire\n{}", hosts.logs());
+    hosts.idle = (hosts.h1.mbufs_idle(), hosts.h2.mbufs_idle());
     hosts
 }
 
@@ -55,7 +57,15 @@ impl TwoHosts {
         format!("--- h1 ---\n{}\n--- h2 ---\n{}", self.h1.log_text(), self.h2.log_text())
     }
 
+    /// Both fabrics are back to their idle mbuf count.
+    fn assert_no_mbuf_leak(&self) {
+        self.h1.assert_no_mbuf_leak(self.idle.0);
+        self.h2.assert_no_mbuf_leak(self.idle.1);
+    }
+
+    /// Checks for leaked mbufs, then stops both fabrics cleanly.
     fn stop(mut self) {
+        self.assert_no_mbuf_leak();
         let (a, b) = (self.h1.stop(), self.h2.stop());
         assert!(a.success() && b.success(), "unclean shutdown: h1 {a}, h2 {b}\n{}", self.logs());
     }
@@ -142,7 +152,7 @@ fn check_transparency(env: &Env, from: &Vm, to: &Vm, tag: &str) {
         "ether src 02:11:22:33:44:55",
     );
     from.ns.send_raw(&from.iface, &frames);
-    let got = pcap_frames(&cap.stop());
+    let got = read_pcap(&cap.stop());
     for f in &frames {
         assert!(
             got.contains(f),
@@ -151,29 +161,6 @@ fn check_transparency(env: &Env, from: &Vm, to: &Vm, tag: &str) {
             got.len()
         );
     }
-}
-
-/// The frames of a classic pcap file.
-fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
-    let b = std::fs::read(path).unwrap();
-    assert!(b.len() >= 24, "empty capture");
-    let le = b[0] == 0xd4;
-    let rd = |o: usize| {
-        let x = [b[o], b[o + 1], b[o + 2], b[o + 3]];
-        if le {
-            u32::from_le_bytes(x)
-        } else {
-            u32::from_be_bytes(x)
-        }
-    };
-    let (mut o, mut out) = (24, Vec::new());
-    while o + 16 <= b.len() {
-        let n = rd(o + 8) as usize;
-        o += 16;
-        out.push(b[o..(o + n).min(b.len())].to_vec());
-        o += n;
-    }
-    out
 }
 
 #[test]
@@ -196,6 +183,7 @@ fn b_loopback_wire_is_transparent_and_leaves_the_uplink_silent() {
     h.ctl_ok(&["connect", "9", "vm1", "vm2"]);
     assert!(vm1.wait_reachable("192.168.8.2"), "{}", h.log_text());
     let uplink_tx = u(&h.port("uplink")["tx_packets"]);
+    let idle = h.mbufs_idle();
 
     assert_eq!(vm1.ping("192.168.8.2", 20, 1472), Ping { sent: 20, received: 20 }, "full-size frames cross");
     let (sent, got) = tcp_transfer(&env, &vm2.ns, &vm1.ns, "192.168.8.1", 8 << 20);
@@ -207,6 +195,7 @@ fn b_loopback_wire_is_transparent_and_leaves_the_uplink_silent() {
     assert_eq!((w["endpoint"].as_str(), w["peer"].as_str()), (Some("vm1"), Some("vm2")));
     assert!(u(&w["forward"]["frames"]) > 20 && u(&w["reverse"]["frames"]) > 1000, "{w}");
     assert_eq!(u(&h.port("uplink")["tx_packets"]), uplink_tx, "a loopback wire sends nothing on the uplink");
+    h.assert_no_mbuf_leak(idle);
     assert!(h.stop().success());
     drop((vm1, vm2, ul));
 }
@@ -214,7 +203,7 @@ fn b_loopback_wire_is_transparent_and_leaves_the_uplink_silent() {
 #[test]
 fn c_disconnect_stops_traffic_and_connect_restores_it() {
     let Some(env) = setup("disconnect", &[]) else { return };
-    let t = two_hosts(&env, "vwire", 7);
+    let mut t = two_hosts(&env, "vwire", 7);
     t.h1.ctl_ok(&["disconnect", "7"]);
     assert!(t.h1.wire(7).is_null(), "wire 7 is gone from the list");
     let no_wire = t.h1.drops("no_wire");
@@ -272,11 +261,21 @@ fn c_disconnect_stops_traffic_and_connect_restores_it() {
     assert!(t.vm1.wait_reachable("192.168.7.2"), "connect restores the traffic\n{}", t.logs());
     assert_eq!(t.vm1.ping("192.168.7.2", 10, 56), Ping { sent: 10, received: 10 });
 
+    // Held and timed-out frames went back to the pool.
+    t.assert_no_mbuf_leak();
+
     // An endpoint with a wire cannot be removed; without one it can.
     assert_eq!(t.h1.ctl(&["endpoint", "del", "vm1"]).status.code(), Some(1));
     t.h1.ctl_ok(&["disconnect", "7"]);
     t.h1.ctl_ok(&["endpoint", "del", "vm1"]);
     assert!(t.vm1.ns.run(&["ip", "link", "show", &t.vm1.iface]).stdout.is_empty(), "the tap went with the endpoint");
+    let idle = t.h1.mbufs_idle();
+    assert!(
+        idle < t.idle.0,
+        "the removed endpoint's RX ring went back to the pool ({idle} in use, {} before)",
+        t.idle.0
+    );
+    t.idle.0 = idle;
     t.stop();
 }
 
@@ -416,6 +415,7 @@ fn e_vxlan_wire_to_a_linux_vxlan_device() {
     let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.9.1/24", 1400);
     h1.ctl_ok(&["connect", "4242", "vm1", "10.0.0.2", "--encap", "vxlan"]);
     assert!(vm1.wait_reachable("192.168.9.2"), "no ping to the Linux VXLAN device\n{}", h1.log_text());
+    let idle = h1.mbufs_idle();
     assert_eq!(vm1.ping("192.168.9.2", 20, 1372), Ping { sent: 20, received: 20 });
     let (sent, got) = tcp_transfer(&env, &vm1.ns, &linux, "192.168.9.2", 8 << 20);
     assert_eq!(sent, got, "TCP to the Linux VXLAN device");
@@ -423,6 +423,7 @@ fn e_vxlan_wire_to_a_linux_vxlan_device() {
     assert_eq!(sent, got, "TCP from the Linux VXLAN device");
     let w = h1.wire(4242);
     assert!(u(&w["reverse"]["bytes"]) > 8 << 20, "{w}");
+    h1.assert_no_mbuf_leak(idle);
     assert!(h1.stop().success());
     drop((vm1, linux, ul));
 }
@@ -521,6 +522,7 @@ fn h_peers_outside_the_subnet_are_reached_through_the_gateway() {
     h1.ctl_ok(&["connect", "5", "vm1", "10.1.0.2"]);
     h2.ctl_ok(&["connect", "5", "vm2", "10.0.0.1"]);
     assert!(vm1.wait_reachable("192.168.7.2"), "no ping through the router\n{}\n{}", h1.log_text(), h2.log_text());
+    let idle = (h1.mbufs_idle(), h2.mbufs_idle());
     assert_eq!(vm1.ping("192.168.7.2", 10, 56), Ping { sent: 10, received: 10 });
     let (sent, got) = tcp_transfer(&env, &vm1.ns, &vm2.ns, "192.168.7.2", 4 << 20);
     assert_eq!(sent, got);
@@ -532,6 +534,8 @@ fn h_peers_outside_the_subnet_are_reached_through_the_gateway() {
         assert_eq!(n[0]["state"], "reachable");
         assert_eq!(h.json(&["wire", "list"])[0]["peer"], peer);
     }
+    h1.assert_no_mbuf_leak(idle.0);
+    h2.assert_no_mbuf_leak(idle.1);
     // Without a gateway, a peer off the subnet is refused with a clear error.
     let mut h3 = Fabric::start(
         &env,
@@ -581,7 +585,9 @@ fn i_a_restart_restores_the_configuration_and_keeps_what_it_cannot_restore() {
     // The taps were recreated; the VMs get them again and the wire works.
     let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.8.1/24", 1500);
     let vm2 = Vm::new(&format!("vw{t}vm2"), &e2, "192.168.8.2/24", 1500);
+    let idle = h.mbufs_idle();
     assert!(vm1.wait_reachable("192.168.8.2"), "{}", h.log_text());
+    h.assert_no_mbuf_leak(idle);
     // A later change keeps the entries that could not be restored.
     h.ctl_ok(&["disconnect", "9"]);
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
@@ -590,4 +596,85 @@ fn i_a_restart_restores_the_configuration_and_keeps_what_it_cannot_restore() {
     assert_eq!(saved["wires"].as_array().unwrap().len(), 1, "wire 9 is gone, wire 10 kept: {saved}");
     assert!(h.stop().success());
     drop((vm1, vm2));
+}
+
+#[test]
+fn j_a_fabric_killed_with_sigkill_comes_back_and_every_wire_carries_traffic_again() {
+    let Some(env) = setup("sigkill", &[]) else { return };
+    let t = &env.tag;
+    let mut ul = Underlay::new(&env);
+    let state = env.dir.join("state.json");
+    let (up1, up2) = (format!("vw{t}u1"), format!("vw{t}u2"));
+    // The uplink and the VMs' NICs keep their MACs across the restart, as
+    // a NIC and a VM's virtual NIC do.
+    let opts1 = FabricOpts {
+        uplink: Some((up1.clone(), "10.0.0.1/24".into())),
+        uplink_mac: Some("02:00:5e:10:00:01".into()),
+        extra: vec!["--state".into(), state.display().to_string()],
+        ..Default::default()
+    };
+    let mut h1 = Fabric::start(&env, "h1", opts1.clone());
+    let mut h2 = Fabric::start(
+        &env,
+        "h2",
+        FabricOpts { uplink: Some((up2.clone(), "10.0.0.2/24".into())), ..Default::default() },
+    );
+    ul.plug(&up1);
+    ul.plug(&up2);
+    let taps: Vec<String> = (1..=4).map(|i| format!("vw{t}e{i}")).collect();
+    h1.add_tap_mac("vm1", &taps[0], "02:00:5e:20:00:01");
+    h2.add_tap("vm2", &taps[1]);
+    h1.add_tap_mac("vm3", &taps[2], "02:00:5e:20:00:03");
+    h1.add_tap_mac("vm4", &taps[3], "02:00:5e:20:00:04");
+    let addrs = ["192.168.7.1/24", "192.168.7.2/24", "192.168.8.3/24", "192.168.8.4/24"];
+    let vms: Vec<Vm> = (0..4).map(|i| Vm::new(&format!("vw{t}vm{}", i + 1), &taps[i], addrs[i], 1400)).collect();
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.2", "--encap", "vxlan"]);
+    h2.ctl_ok(&["connect", "7", "vm2", "10.0.0.1", "--encap", "vxlan"]);
+    h1.ctl_ok(&["connect", "9", "vm3", "vm4"]);
+    let both_wires = |what: &str, h1: &Fabric| {
+        for (vm, dst) in [(&vms[0], "192.168.7.2"), (&vms[2], "192.168.8.4")] {
+            assert!(vm.wait_reachable(dst), "{what}: {dst} unreachable\n{}", h1.log_text());
+            assert_eq!(vm.ping(dst, 20, 1000), Ping { sent: 20, received: 20 }, "{what}: ping {dst}");
+        }
+    };
+    both_wires("before the crash", &h1);
+    let config = |h: &Fabric| -> Vec<(Value, Value, Value, Value, Value)> {
+        let l = h.json(&["wire", "list"]);
+        l.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (w["wire"].clone(), w["kind"].clone(), w["endpoint"].clone(), w["peer"].clone(), w["encap"].clone())
+            })
+            .collect()
+    };
+    let (wires_before, endpoints_before) = (config(&h1), h1.json(&["endpoint", "list"]).as_array().unwrap().len());
+
+    // A crash: no SIGTERM handler, no cleanup, the taps vanish with the
+    // process and its socket file stays behind.
+    h1.kill9();
+    assert!(h1.socket.exists(), "SIGKILL leaves the socket file");
+    assert_eq!(h2.wire(7)["state"], "up", "the peer keeps its wire");
+
+    // Started again with the same command line: it replaces the stale
+    // socket, restores endpoints and wires from the state file, and the
+    // VMs get their NICs back (the taps are recreated with the same names).
+    let h1 = Fabric::start(&env, "h1", opts1);
+    assert!(h1.log_text().contains("restored 5 endpoints and wires"), "{}", h1.log_text());
+    let st = h1.json(&["status"]);
+    assert_eq!(st["unrestored"], serde_json::json!([]), "{st}");
+    assert_eq!(config(&h1), wires_before, "the same wires, with the same ends");
+    assert_eq!(h1.json(&["endpoint", "list"]).as_array().unwrap().len(), endpoints_before);
+    ul.plug(&up1);
+    for i in [0, 2, 3] {
+        vms[i].reattach(addrs[i], 1400);
+    }
+    let idle = h1.mbufs_idle();
+    both_wires("after the restart", &h1);
+    assert_eq!(h1.wire(7)["state"], "up");
+    assert_eq!(h1.wire(9)["kind"], "loopback");
+    h1.assert_no_mbuf_leak(idle);
+    let mut h1 = h1;
+    assert!(h1.stop().success() && h2.stop().success());
+    drop((vms, ul));
 }
