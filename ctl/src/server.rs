@@ -99,6 +99,22 @@ pub struct Server {
     acceptor: Option<JoinHandle<()>>,
 }
 
+/// Checks that a server could take `path`: nothing is there, or a socket
+/// nobody answers on (returns true: a stale socket to replace). A process
+/// serving the path, or a file that is not a socket, is an error. Changes
+/// nothing, so a program can check before it starts anything else.
+pub fn check_path(path: &Path) -> Result<bool, ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(false) };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket(path.to_owned()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::InUse(path.to_owned())),
+        Err(_) => Ok(true),
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
     move |source| ServerError::Io { path: path.to_owned(), source }
 }
@@ -107,16 +123,9 @@ impl Server {
     /// Binds the socket and starts serving; valid requests go to `jobs`.
     pub fn start(cfg: ServerConfig, jobs: Sender<Job>) -> Result<Server, ServerError> {
         let path = cfg.path.clone();
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(ServerError::NotASocket(path));
-            }
-            match UnixStream::connect(&path) {
-                Ok(_) => return Err(ServerError::InUse(path)),
-                // Nobody listens: a stale socket from a process that died.
-                Err(_) => std::fs::remove_file(&path).map_err(io_err(&path))?,
-            }
+        if check_path(&path)? {
+            // Nobody listens: a stale socket from a process that died.
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {

@@ -4,6 +4,7 @@
 //! socket; every other lcore runs a data-path worker (`worker.rs`). See
 //! `docs/architecture.md`.
 
+mod claim;
 mod control;
 mod migrate;
 mod neighbour;
@@ -87,6 +88,10 @@ struct Args {
     /// Control socket path (vwctl --socket).
     #[arg(long, default_value = vw_ctl::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Group that owns the control socket (a name or a number). The socket
+    /// is mode 0660: its owner and this group may drive the fabric.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
     /// Underlay device, as DPDK devargs: a PCI address or e.g. `net_tap0,iface=up0`.
     #[arg(long, value_name = "DEVARGS", requires = "vtep")]
     uplink: Option<String>,
@@ -281,6 +286,21 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     if args.max_wires == 0 {
         return Err(StartError::Config("--max-wires must be at least 1".into()));
     }
+    // Claims first, before DPDK or any device: a second fabric on the same
+    // socket or the same file prefix stops here with a clear message.
+    let socket_group = match &args.socket_group {
+        None => None,
+        Some(g) => Some(
+            claim::group_id(g, &std::fs::read_to_string("/etc/group").unwrap_or_default())
+                .map_err(StartError::Config)?,
+        ),
+    };
+    vw_ctl::server::check_path(&args.socket)?;
+    let prefix = claim::file_prefix(&args.eal);
+    let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
+    let _prefix_lock =
+        claim::lock_prefix(&claim::runtime_dir(&prefix, claim::is_root(), xdg.as_deref()), &prefix, &args.socket)
+            .map_err(StartError::Config)?;
     let mut eal_args = vec!["vwfabric".to_owned()];
     eal_args.extend(args.eal.iter().cloned());
     let eal = Eal::init(&eal_args).map_err(StartError::Eal)?;
@@ -369,7 +389,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         while !control.workers().iter().all(|w| w.mailbox.is_alive()) && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        result = serve(&args, &mut control, &stop);
+        result = serve(&args, socket_group, &mut control, &stop);
     }
 
     // Stop the workers; a worker that does not stop within 2 s is stuck and
@@ -402,11 +422,13 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     result
 }
 
-fn serve(args: &Args, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(), StartError> {
+fn serve(args: &Args, group: Option<u32>, control: &mut Control, stop: &Arc<AtomicBool>) -> Result<(), StartError> {
     let (jobs_tx, jobs_rx) = crossbeam::channel::unbounded();
     // Claim the socket first: a second fabric on the same path stops here,
     // before it touches a device. Requests wait until the restore is done.
-    let server = Server::start(ServerConfig::new(&args.socket), jobs_tx)?;
+    let mut cfg = ServerConfig::new(&args.socket);
+    cfg.group = group;
+    let server = Server::start(cfg, jobs_tx)?;
     control.announce();
     match control.restore() {
         Ok(0) => {}
