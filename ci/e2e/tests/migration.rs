@@ -190,6 +190,7 @@ fn wire_follows_its_end_through_three_hosts_without_loss() {
     let mut underlay = Underlay::new(&env);
     let mut h =
         [host(&env, &mut underlay, 1, &key), host(&env, &mut underlay, 2, &key), host(&env, &mut underlay, 3, &key)];
+    let bare: Vec<u64> = h.iter().map(Fabric::mbufs_idle).collect();
     let vtep = |i: usize| format!("10.77.0.{}", i + 1);
     // A Linux host on the underlay, to play a frame in flight.
     let wire_tap = underlay.linux_host(&format!("vw{}-ul1", env.tag), "10.77.0.98/24");
@@ -322,6 +323,9 @@ fn wire_follows_its_end_through_three_hosts_without_loss() {
         let s = f.json(&["stats"]);
         assert_eq!(s["drops"]["migration_backlog"], 0);
     }
+    for (f, bare) in h.iter().zip(bare) {
+        f.assert_teardown_frees_every_mbuf(bare);
+    }
     let _ = vmb.run(&["true"]);
     let _ = std::io::stderr().flush();
 }
@@ -334,6 +338,7 @@ fn forged_replayed_stale_and_misdirected_updates_are_refused() {
     let h1 = host(&env, &mut underlay, 1, &key);
     let mut h2 = host(&env, &mut underlay, 2, &key);
     let mut h1 = h1;
+    let bare = (h1.mbufs_idle(), h2.mbufs_idle());
     let attacker = underlay.linux_host(&format!("vw{}-evil", env.tag), "10.77.0.99/24");
     let (t1, t2) = (format!("vw{}a", env.tag), format!("vw{}b", env.tag));
     h1.add_tap("vma", &t1);
@@ -417,5 +422,7 @@ fn forged_replayed_stale_and_misdirected_updates_are_refused() {
     h2.ctl_ok(&["connect", WIRE, "vmb", "10.77.0.1"]);
     wait_for("the wire back on host 2", || h1.wire(7)["peer"] == "10.77.0.2");
     assert!(vma.wait_reachable("10.9.0.2"));
+    h1.assert_teardown_frees_every_mbuf(bare.0);
+    h2.assert_teardown_frees_every_mbuf(bare.1);
     let _ = &mut h1;
 }

@@ -42,6 +42,7 @@ fn vhost_loopback_wire_survives_a_vm_restart() {
     assert!(a.exists() && b.exists(), "server mode: the fabric owns the sockets");
     assert_eq!(endpoint(&f, "a")["link_up"], false, "no VM yet");
     f.ctl_ok(&["connect", "1", "a", "b"]);
+    let idle = f.mbufs_idle();
 
     let args = ["--bidir", "--rate", "100k", "--flows", "8", "--duration", "2", "--warmup", "0.5"];
     let s = vwperf(&env, "vm", &[&a, &b], &args);
@@ -65,8 +66,8 @@ fn vhost_loopback_wire_survives_a_vm_restart() {
     assert_clean(&s, "after the VM restarted", &[&f]);
     wait_down(&f);
     assert_eq!(u(&endpoint(&f, "a")["link_changes"]), 4);
-    let idle = u(&f.json(&["status"])["mempool"]["in_use"]);
-    assert_eq!(idle, 0, "vhost ports hold no mbufs when idle; none leaked");
+    f.assert_no_mbuf_leak(idle);
+    assert_eq!(idle, 0, "vhost ports hold no mbufs when idle");
 
     f.ctl_ok(&["disconnect", "1"]);
     f.ctl_ok(&["endpoint", "del", "a"]);
@@ -94,6 +95,7 @@ fn vhost_encap(encap: &str) {
     );
     ul.plug(&up1);
     ul.plug(&up2);
+    let bare = (h1.mbufs_idle(), h2.mbufs_idle());
     let (a, b) = (sock(&env, "vm1"), sock(&env, "vm2"));
     h1.ctl_ok(&["endpoint", "add", "vm1", "--vhost-user", a.to_str().unwrap()]);
     h2.ctl_ok(&["endpoint", "add", "vm2", "--vhost-user", b.to_str().unwrap()]);
@@ -121,6 +123,8 @@ fn vhost_encap(encap: &str) {
         let w = h.wire(7);
         assert!(u(&w["forward"]["frames"]) > 100_000 && u(&w["reverse"]["frames"]) > 100_000, "{w}");
     }
+    h1.assert_teardown_frees_every_mbuf(bare.0);
+    h2.assert_teardown_frees_every_mbuf(bare.1);
     drop((h1, h2, ul));
 }
 
@@ -185,6 +189,8 @@ fn vhost_client_mode_finds_its_vms_after_a_fabric_crash() {
     assert!(out.status.success(), "vwperf: {}", String::from_utf8_lossy(&out.stderr));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(u(&s["rx_frames"]) > 0, "{s}");
+    // A fabric without an uplink holds no mbuf once its ports are gone.
+    f.assert_teardown_frees_every_mbuf(0);
     drop(f);
 }
 
@@ -197,6 +203,7 @@ fn multiqueue_endpoints_spread_over_workers() {
     // Two workers (lcores 1 and 2) on this machine's two CPUs.
     let opts = FabricOpts { lcores: Some("0@0,1@1,2@0".into()), ..Default::default() };
     let f = Fabric::start(&env, "h1", opts.clone());
+    let bare = f.mbufs_idle();
     let (a, b) = (sock(&env, "a"), sock(&env, "b"));
     f.ctl_ok(&["endpoint", "add", "a", "--vhost-user", a.to_str().unwrap(), "--queues", "2"]);
     f.ctl_ok(&["endpoint", "add", "b", "--vhost-user", b.to_str().unwrap(), "--queues", "2"]);
@@ -214,6 +221,7 @@ fn multiqueue_endpoints_spread_over_workers() {
     for w in workers {
         assert!(u(&w["rx_frames"]) > 10_000, "every worker polls one of each port's queues: {w}");
     }
+    f.assert_teardown_frees_every_mbuf(bare);
     drop(f);
 
     // Single-queue endpoints on two workers: each port's RX is polled by one
@@ -228,5 +236,6 @@ fn multiqueue_endpoints_spread_over_workers() {
     assert_clean(&s, "1-queue endpoints on 2 workers (TX handoff)", &[&f]);
     let e = endpoint(&f, "c");
     assert_eq!((u(&e["rx_queues"]), u(&e["tx_queues"])), (1, 1));
+    f.assert_teardown_frees_every_mbuf(bare);
     drop(f);
 }
