@@ -111,7 +111,10 @@ pub fn check_path(path: &Path) -> Result<bool, ServerError> {
     }
     match UnixStream::connect(path) {
         Ok(_) => Err(ServerError::InUse(path.to_owned())),
-        Err(_) => Ok(true),
+        // Nobody listens (or the file went away meanwhile).
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => Ok(true),
+        // Anything else (no permission, a full backlog) proves nothing.
+        Err(source) => Err(ServerError::Io { path: path.to_owned(), source }),
     }
 }
 
@@ -125,7 +128,10 @@ impl Server {
         let path = cfg.path.clone();
         if check_path(&path)? {
             // Nobody listens: a stale socket from a process that died.
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+                _ => {}
+            }
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -137,7 +143,10 @@ impl Server {
         listener.set_nonblocking(true).map_err(io_err(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode)).map_err(io_err(&path))?;
         if let Some(gid) = cfg.group {
-            std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err(&path))?;
+            if let Err(e) = std::os::unix::fs::chown(&path, None, Some(gid)) {
+                let _ = std::fs::remove_file(&path);
+                return Err(ServerError::Io { path, source: e });
+            }
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();

@@ -30,57 +30,120 @@ pub fn runtime_dir(prefix: &str, root: bool, xdg: Option<&str>) -> PathBuf {
     Path::new(&base).join("dpdk").join(prefix)
 }
 
-/// True when the effective user is root.
+/// True when the real user is root (DPDK picks its runtime directory by
+/// `getuid()`, the real uid).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0")
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).map(|u| u == "0")
         })
         .unwrap_or(false)
 }
 
-/// Holds the prefix lock for as long as it lives (the kernel drops it when
-/// the process dies, whatever the way).
+/// Holds a lock for as long as it lives (the kernel drops it when the
+/// process dies, whatever the way).
 #[derive(Debug)]
-pub struct PrefixLock {
+pub struct Lock {
     _file: File,
 }
 
-/// Takes the lock file `vwfabric.lock` in the runtime directory `dir` of
-/// file prefix `prefix` and writes our pid and control socket into it. If
-/// another fabric holds it, says which one.
-pub fn lock_prefix(dir: &Path, prefix: &str, socket: &Path) -> Result<PrefixLock, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create DPDK's runtime directory {}: {e}", dir.display()))?;
-    let path = dir.join("vwfabric.lock");
+/// Why a lock was not taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; its record (pid, then control socket).
+    Held {
+        /// Pid of the holder, as it wrote it.
+        pid: String,
+        /// Control socket of the holder.
+        socket: String,
+    },
+    /// The lock file could not be created or locked.
+    Io(String),
+}
+
+/// Takes an exclusive lock on `path` (created mode 0600, never through a
+/// symlink) and records our pid and control socket in it.
+pub fn lock(path: &Path, socket: &Path) -> Result<Lock, LockError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", path.display())))?;
     match f.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = f.read_to_string(&mut holder);
             let mut lines = holder.lines();
-            let (pid, sock) = (lines.next().unwrap_or("?"), lines.next().unwrap_or("?"));
-            return Err(format!(
-                "another vwfabric (pid {pid}, control socket {sock}) is running with --file-prefix {prefix}; \
-                 each fabric on a machine needs its own --file-prefix (an EAL argument, after `--`)"
-            ));
+            let (pid, socket) = (lines.next().unwrap_or("?"), lines.next().unwrap_or("?"));
+            return Err(LockError::Held { pid: pid.to_owned(), socket: socket.to_owned() });
         }
-        Err(TryLockError::Error(e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+        Err(TryLockError::Error(e)) => return Err(LockError::Io(format!("cannot lock {}: {e}", path.display()))),
     }
     let record = format!("{}\n{}\n", std::process::id(), socket.display());
     f.set_len(0)
         .and_then(|_| f.rewind())
         .and_then(|_| f.write_all(record.as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(PrefixLock { _file: f })
+        .map_err(|e| LockError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(Lock { _file: f })
+}
+
+/// Claims file prefix `prefix`: the lock file `vwfabric.lock` in its DPDK
+/// runtime directory `dir` (created mode 0700, as the EAL does).
+pub fn lock_prefix(dir: &Path, socket: &Path) -> Result<Lock, LockError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LockError::Io(format!("cannot create DPDK's runtime directory {}: {e}", dir.display())))?;
+    lock(&dir.join("vwfabric.lock"), socket)
+}
+
+/// The refusal when another fabric holds file prefix `prefix`.
+pub fn prefix_in_use(prefix: &str, pid: &str, socket: &str) -> String {
+    format!(
+        "another vwfabric (pid {pid}, control socket {socket}) is running with --file-prefix {prefix}; \
+         each fabric on a machine needs its own --file-prefix (an EAL argument, after `--`)"
+    )
+}
+
+/// Claims control socket `socket`: the lock file `SOCKET.lock` beside it,
+/// so two fabrics starting at once cannot both take the path.
+pub fn lock_socket(socket: &Path) -> Result<Lock, String> {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    lock(Path::new(&name), socket).map_err(|e| match e {
+        LockError::Held { pid, .. } => format!(
+            "another vwfabric (pid {pid}) is starting or running on control socket {}; stop it or choose another --socket",
+            socket.display()
+        ),
+        LockError::Io(m) => m,
+    })
+}
+
+/// The group id of `group`: a number, a name in /etc/group, or a name the
+/// system's other group databases know (`getent group`, e.g. LDAP).
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    group_id(group, &std::fs::read_to_string("/etc/group").unwrap_or_default()).or_else(|e| {
+        std::process::Command::new("getent")
+            .args(["group", group])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| group_id(group, &String::from_utf8_lossy(&o.stdout)).ok())
+            .ok_or(e)
+    })
 }
 
 /// The group id of `group` (a name in `group_file`'s format, or a number).
@@ -96,7 +159,7 @@ pub fn group_id(group: &str, group_file: &str) -> Result<u32, String> {
         })
         .find(|(name, _)| *name == group)
         .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| format!("--socket-group {group}: no such group (not a number, not in /etc/group)"))
+        .ok_or_else(|| format!("--socket-group {group}: no such group (not a number, not in /etc/group or getent)"))
 }
 
 #[cfg(test)]
@@ -122,15 +185,34 @@ mod tests {
     fn a_second_claim_of_a_prefix_names_the_holder_and_a_released_one_is_taken_again() {
         let dir = std::env::temp_dir().join(format!("vw-claim-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = lock_prefix(&dir, "p", Path::new("/run/first.sock")).expect("first claim");
-        let err = lock_prefix(&dir, "p", Path::new("/run/second.sock")).unwrap_err();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
-        assert!(err.contains("/run/first.sock") && err.contains("--file-prefix p"), "{err}");
+        let first = lock_prefix(&dir, Path::new("/run/first.sock")).expect("first claim");
+        let Err(LockError::Held { pid, socket }) = lock_prefix(&dir, Path::new("/run/second.sock")) else {
+            panic!("a second claim must be refused")
+        };
+        assert_eq!((pid, socket.as_str()), (std::process::id().to_string(), "/run/first.sock"));
+        let msg = prefix_in_use("p", "42", "/run/first.sock");
+        assert!(msg.starts_with("another vwfabric (pid 42, control socket /run/first.sock)"), "{msg}");
+        assert!(msg.contains("--file-prefix p;"), "{msg}");
         drop(first);
-        let again = lock_prefix(&dir, "p", Path::new("/run/second.sock")).expect("claim after release");
+        let again = lock_prefix(&dir, Path::new("/run/second.sock")).expect("claim after release");
         let record = std::fs::read_to_string(dir.join("vwfabric.lock")).unwrap();
         assert_eq!(record, format!("{}\n/run/second.sock\n", std::process::id()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(dir.join("vwfabric.lock")).unwrap().permissions().mode() & 0o777, 0o600);
         drop(again);
+
+        // The socket's lock, and a lock file that is a symlink is not followed.
+        let sock = dir.join("ctl.sock");
+        let held = lock_socket(&sock).expect("socket claim");
+        let err = lock_socket(&sock).unwrap_err();
+        assert!(err.contains(&format!("pid {}", std::process::id())) && err.contains("ctl.sock"), "{err}");
+        drop(held);
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("evil.sock.lock")).unwrap();
+        assert!(lock_socket(&dir.join("evil.sock")).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -238,6 +238,8 @@ pub struct Control {
     /// frames that arrive during a restart wait in the uplink's RX ring
     /// instead of being dropped as `unknown_connector`).
     uplink_polled: bool,
+    /// `oversize` drops already reported in the log, and when last.
+    oversize_logged: (u64, Option<Instant>),
 }
 
 impl Control {
@@ -269,6 +271,7 @@ impl Control {
             last_tick: Instant::now(),
             mig: None,
             uplink_polled: false,
+            oversize_logged: (0, None),
         };
         c.mig = c.settings.migration.clone().map(Channel::new);
         c.current = Arc::new(c.build(&c.state, 1));
@@ -997,7 +1000,26 @@ impl Control {
         self.watch_vms();
         self.expire_moves();
         self.send_arp_requests();
+        self.report_oversize();
         Ok(())
+    }
+
+    /// Says in the log, at most once a minute, that underlay frames were
+    /// dropped for their size: nearly always an MTU mismatch between hosts.
+    fn report_oversize(&mut self) {
+        let Some(u) = &self.uplink else { return };
+        let i = FabricDrop::Oversize.index();
+        let total: u64 = self.workers.iter().map(|w| w.stats.drops[i].load(Ordering::Relaxed)).sum();
+        let (seen, last) = self.oversize_logged;
+        if total > seen && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            crate::log(&format!(
+                "dropped {} underlay frames longer than the underlay MTU ({}) plus 14 bytes (`oversize` in \
+                 vwctl stats); do the other fabrics use a larger --underlay-mtu?",
+                total - seen,
+                u.mtu
+            ));
+            self.oversize_logged = (total, Some(Instant::now()));
+        }
     }
 
     /// Takes the ARP sightings the workers passed up; publishes a changed

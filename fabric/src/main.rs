@@ -290,17 +290,26 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     // socket or the same file prefix stops here with a clear message.
     let socket_group = match &args.socket_group {
         None => None,
-        Some(g) => Some(
-            claim::group_id(g, &std::fs::read_to_string("/etc/group").unwrap_or_default())
-                .map_err(StartError::Config)?,
-        ),
+        Some(g) => Some(claim::resolve_group(g).map_err(StartError::Config)?),
     };
+    let _socket_lock = claim::lock_socket(&args.socket).map_err(StartError::Config)?;
     vw_ctl::server::check_path(&args.socket)?;
     let prefix = claim::file_prefix(&args.eal);
     let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
-    let _prefix_lock =
-        claim::lock_prefix(&claim::runtime_dir(&prefix, claim::is_root(), xdg.as_deref()), &prefix, &args.socket)
-            .map_err(StartError::Config)?;
+    let runtime = claim::runtime_dir(&prefix, claim::is_root(), xdg.as_deref());
+    let _prefix_lock = match claim::lock_prefix(&runtime, &args.socket) {
+        Ok(l) => Some(l),
+        Err(claim::LockError::Held { pid, socket }) => {
+            return Err(StartError::Config(claim::prefix_in_use(&prefix, &pid, &socket)))
+        }
+        // Without shared config the EAL itself needs no runtime directory
+        // and only warns when it cannot make one; so do we.
+        Err(claim::LockError::Io(m)) if args.eal.iter().any(|a| a == "--in-memory" || a == "--no-shconf") => {
+            log(&format!("warning: {m}; cannot tell whether another fabric uses --file-prefix {prefix}"));
+            None
+        }
+        Err(claim::LockError::Io(m)) => return Err(StartError::Config(m)),
+    };
     let mut eal_args = vec!["vwfabric".to_owned()];
     eal_args.extend(args.eal.iter().cloned());
     let eal = Eal::init(&eal_args).map_err(StartError::Eal)?;

@@ -618,17 +618,17 @@ impl Fabric {
     }
 
     /// Asserts that, traffic having stopped, the mbufs in use return to
-    /// `idle` within 5 s: nothing leaked or stayed queued.
+    /// `idle` (or fewer: frames that were passing through when `idle` was
+    /// read have gone) within 5 s: nothing leaked or stayed queued.
     pub fn assert_no_mbuf_leak(&self, idle: u64) {
         let t = Instant::now();
         let mut now = self.mbufs_in_use();
-        while now != idle && t.elapsed() < Duration::from_secs(5) {
+        while now > idle && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(50));
             now = self.mbufs_in_use();
         }
-        assert_eq!(
-            now,
-            idle,
+        assert!(
+            now <= idle,
             "{}: {now} mbufs in use 5 s after the traffic stopped, {idle} when idle before it\n{}",
             self.name,
             self.ctl(&["stats"]).stdout.iter().map(|&b| b as char).collect::<String>()

@@ -82,7 +82,9 @@ fn refused_start(env: &Env, args: &[String]) -> String {
     let out = Command::new(env.bin.join("vwfabric")).args(args).stdin(Stdio::null()).output().expect("run vwfabric");
     assert_eq!(out.status.code(), Some(1), "vwfabric {args:?} must refuse to start: {out:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "the refusal is quick");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("EAL:"), "refused before DPDK started (no device touched): {err}");
+    err
 }
 
 #[test]
@@ -125,7 +127,13 @@ fn socket_permissions_group_and_second_fabrics() {
 
     // The same socket, another prefix.
     let err = run_refused(cmd(&f.socket, &format!("{prefix}-x"), &[]));
-    assert!(err.contains("another process is already serving") && err.contains(f.socket.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another vwfabric (pid {pid}) is starting or running on control socket {}",
+            f.socket.display()
+        )),
+        "{err}"
+    );
     // The same prefix, another socket: the message names the running fabric.
     let err = run_refused(cmd(&other_socket, &prefix, &[]));
     assert!(
@@ -189,6 +197,7 @@ fn garbage_oversized_half_sent_slow_and_concurrent_requests() {
         assert_eq!(code(&c.request(bad)), want, "{bad}");
     }
     assert_eq!(c.request(r#"{"cmd":"status"}"#)["ok"], true, "the connection still works");
+    drop(c);
 
     // Oversized: refused at the limit and the connection closed.
     let mut big = Raw::connect(&socket);
@@ -244,8 +253,23 @@ fn garbage_oversized_half_sent_slow_and_concurrent_requests() {
     }
     // Past the client limit: a clear refusal, then service again once
     // clients leave.
-    let held: Vec<Raw> = (0..64).map(|_| Raw::connect(&socket)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // (The threads of the clients that just left may take a moment to end:
+    // until then a newcomer is still refused, so each one retries.)
+    let served = |i: usize| -> Raw {
+        let t = Instant::now();
+        loop {
+            let mut c = Raw::connect(&socket);
+            c.send(b"{\"cmd\":\"status\"}\n");
+            let r = c.reply();
+            if r["ok"] == true {
+                return c;
+            }
+            assert_eq!(code(&r), "too_many_clients", "held client {i}: {r}");
+            assert!(t.elapsed() < Duration::from_secs(3), "held client {i} never served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let held: Vec<Raw> = (0..64).map(served).collect();
     let mut extra = Raw::connect(&socket);
     let r = extra.reply();
     assert_eq!(code(&r), "too_many_clients", "{r}");

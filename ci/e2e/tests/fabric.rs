@@ -669,6 +669,9 @@ fn j_a_fabric_killed_with_sigkill_comes_back_and_every_wire_carries_traffic_agai
     for i in [0, 2, 3] {
         vms[i].reattach(addrs[i], 1400);
     }
+    for (vm, dst) in [(&vms[0], "192.168.7.2"), (&vms[2], "192.168.8.4")] {
+        assert!(vm.wait_reachable(dst), "after the restart: {dst} unreachable\n{}", h1.log_text());
+    }
     let idle = h1.mbufs_idle();
     both_wires("after the restart", &h1);
     assert_eq!(h1.wire(7)["state"], "up");

@@ -456,7 +456,9 @@ fn hostile_underlay_capture_is_delivered_or_dropped_by_reason_and_adds_up() {
     let peer = st["neighbours"].as_array().unwrap().iter().find(|n| n["ip"] == "10.0.0.2").cloned().unwrap();
     assert_eq!((peer["mac"].as_str(), peer["state"].as_str()), (Some(PEER_A_MAC), Some("permanent")), "{peer}");
     f.assert_no_mbuf_leak(idle);
-    assert!(f.stop().success(), "{}", f.log_text());
+    let log = f.log_text();
+    assert!(log.contains("dropped 3 underlay frames longer than the underlay MTU (1500) plus 14 bytes"), "{log}");
+    assert!(f.stop().success(), "{log}");
 
     // Each endpoint got exactly its wire's frames, in order, without the
     // Ethernet padding; the uplink sent the answers.
