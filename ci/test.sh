@@ -24,6 +24,9 @@ cargo build --release --workspace
 step "unit and property tests"
 cargo test --release --workspace --exclude vw-e2e
 
+step "fuzzing (20 s per target)"
+ci/fuzz.sh 20
+
 step "end-to-end tests"
 # One at a time: each starts fabrics that share this machine's cores.
 cargo test --release -p vw-e2e -- --test-threads=1

@@ -167,7 +167,7 @@ const FRAME_HEADERS: usize = ICMP + HEADER_LEN;
 #[inline]
 pub fn echo_reply_in_place(frame: &mut [u8], our_mac: MacAddr) -> bool {
     let frame_len = frame.len();
-    let Some((h, _)) = frame.split_first_chunk_mut::<FRAME_HEADERS>() else {
+    let Some((h, data)) = frame.split_first_chunk_mut::<FRAME_HEADERS>() else {
         return false;
     };
     let total_len = usize::from(u16::from_be_bytes([h[IP + 2], h[IP + 3]]));
@@ -201,7 +201,15 @@ pub fn echo_reply_in_place(frame: &mut [u8], our_mac: MacAddr) -> bool {
     h[ICMP + field::TYPE] = message::ECHO_REPLY;
     let new_word = u16::from_be_bytes([h[ICMP], h[ICMP + 1]]);
     let old_csum = u16::from_be_bytes([h[ICMP + 2], h[ICMP + 3]]);
-    let icmp_csum = checksum::update16(old_csum, old_word, new_word);
+    let mut icmp_csum = checksum::update16(old_csum, old_word, new_word);
+    // The update gives 0x0000 when the reply sums to zero; but a reply that is all zeros
+    // (ident, sequence number and data 0) has checksum 0xffff: 0x0000 would not verify.
+    if icmp_csum == 0
+        && h[ICMP + 4..].iter().all(|&b| b == 0)
+        && data.get(..IP + total_len - FRAME_HEADERS).is_some_and(|d| d.iter().all(|&b| b == 0))
+    {
+        icmp_csum = 0xffff;
+    }
     h[ICMP + 2..ICMP + 4].copy_from_slice(&icmp_csum.to_be_bytes());
     true
 }
@@ -301,6 +309,39 @@ mod tests {
             let mut frame = REQUEST;
             let ok = echo_reply_in_place(&mut frame[..len], OUR_MAC);
             assert!(!ok, "truncated to {len}");
+        }
+    }
+
+    #[test]
+    fn echo_reply_to_an_all_zero_request_has_a_valid_checksum() {
+        // Ident 0, sequence number 0, no data or zero data: the reply's ICMP message is all
+        // zeros, whose checksum is 0xffff, not the 0x0000 of the incremental update (found by
+        // fuzz target `arp_icmp`). With ident 0xffff the message is not all zeros and sums to
+        // 0xffff: its checksum is 0x0000.
+        use crate::underlay::{classify, Underlay, UnderlayConfig};
+        let cfg = UnderlayConfig {
+            vtep_ip: std::net::Ipv4Addr::new(192, 168, 100, 2),
+            mac: OUR_MAC,
+            vwire_port: crate::vwire::DEFAULT_PORT,
+            vxlan_port: crate::vxlan::PORT,
+            migration_port: 0,
+        };
+        for (data_len, padded_to, ident, reply_csum) in
+            [(0, 42, 0, 0xffff), (16, 58, 0, 0xffff), (0, 60, 0, 0xffff), (16, 64, 0xffff, 0x0000)]
+        {
+            let mut frame = vec![0u8; padded_to];
+            frame[..34].copy_from_slice(&REQUEST[..34]);
+            frame[16..18].copy_from_slice(&(28 + data_len as u16).to_be_bytes());
+            ipv4::Packet::new_unchecked(&mut frame[14..34]).fill_checksum();
+            let mut icmp = Packet::new_unchecked(&mut frame[34..42 + data_len]);
+            icmp.set_msg_type(message::ECHO_REQUEST);
+            icmp.set_ident(ident);
+            icmp.fill_checksum();
+            assert_eq!(classify(&frame, frame.len(), &cfg), Ok(Underlay::IcmpEcho));
+            assert!(echo_reply_in_place(&mut frame, OUR_MAC));
+            let reply = Packet::new_checked(&frame[34..42 + data_len]).unwrap();
+            assert_eq!((reply.msg_type(), reply.checksum()), (message::ECHO_REPLY, reply_csum), "{data_len} {ident}");
+            assert!(reply.verify_checksum(), "{data_len} {ident}");
         }
     }
 }

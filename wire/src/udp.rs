@@ -102,7 +102,9 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         }
         let len = self.len();
         let data = &self.buffer.as_ref()[..usize::from(len)];
-        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + checksum::sum(data);
+        // The data's partial sum may use all 32 bits: fold it before adding the pseudo-header.
+        let data_sum = u32::from(checksum::fold(checksum::sum(data)));
+        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + data_sum;
         checksum::fold(total) == 0xffff
     }
 
@@ -139,7 +141,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
         self.set_checksum(0);
         let len = self.len();
         let data = &self.buffer.as_ref()[..usize::from(len)];
-        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + checksum::sum(data);
+        let data_sum = u32::from(checksum::fold(checksum::sum(data)));
+        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + data_sum;
         let csum = match !checksum::fold(total) {
             0 => 0xffff,
             c => c,
@@ -210,5 +213,28 @@ mod tests {
         short[5] = 8;
         let d = Datagram::new_checked(&short[..]).unwrap();
         assert!(d.is_empty() && d.payload().is_empty());
+    }
+
+    #[test]
+    fn checksum_of_a_datagram_whose_partial_sum_fills_32_bits() {
+        // Ports 0xfff7 -> 0xffff, length 8: the 32-bit partial sum of the datagram is 0xffffffff,
+        // so adding the pseudo-header to it unfolded overflowed (found by fuzz target `headers`).
+        let mut buf = [0xff, 0xf7, 0xff, 0xff, 0x00, 0x08, 0x00, 0x00];
+        assert_eq!(checksum::sum(&buf), 0xffff_ffff);
+        let mut d = Datagram::new_unchecked(&mut buf[..]);
+        d.fill_checksum(SRC, DST);
+        assert!(d.verify_checksum(SRC, DST));
+        // RFC 768: the checksum of pseudo-header + datagram, bytes summed one word at a time.
+        let mut whole = Vec::new();
+        whole.extend_from_slice(&SRC.octets());
+        whole.extend_from_slice(&DST.octets());
+        whole.extend_from_slice(&[0, ipv4::protocol::UDP, 0, 8, 0xff, 0xf7, 0xff, 0xff, 0, 8, 0, 0]);
+        let expected = match checksum::checksum(&whole) {
+            0 => 0xffff,
+            c => c,
+        };
+        assert_eq!(d.checksum(), expected);
+        d.set_checksum(expected ^ 1);
+        assert!(!d.verify_checksum(SRC, DST));
     }
 }
