@@ -138,6 +138,14 @@ struct Args {
     /// Mbufs in the pool.
     #[arg(long, default_value_t = 32768)]
     mbufs: u32,
+    /// Receive descriptors per queue (at most 1024 on vhost-user ports, their ring size).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..=4096))]
+    rx_desc: u16,
+    /// Transmit descriptors per queue: the most frames a port can have
+    /// waiting for the peer. Below --rx-desc, a burst that queued up while the
+    /// peer stalled always fits the receiving ring when the peer catches up.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..=4096))]
+    tx_desc: u16,
     /// Seconds to wait for every port's link to come up.
     #[arg(long, default_value_t = 30.0)]
     link_timeout: f64,
@@ -586,8 +594,8 @@ fn main() -> ExitCode {
         let cfg = PortConfig {
             rx_queues: args.queues,
             tx_queues: args.queues,
-            rx_desc: 1024,
-            tx_desc: 1024,
+            rx_desc: args.rx_desc,
+            tx_desc: args.tx_desc,
             pool,
             mtu: None,
             promiscuous: true,
