@@ -70,7 +70,7 @@ CHURN_PERIOD_US=100000 # one wire change per 100 ms
 CHURN_MIN_SHARE=0.95   # of SECONDS*10 changes that must have been made
 RSS_BOUND_KB=1024      # allowed growth of VmRSS after the warm-up
 MBUF_WAIT_S=10         # time for the fabric's mbufs to return to idle
-HELPER_CPU=0           # CPU of vwperf, vwctl and the samplers; the worker has CPU 1
+HELPER_CPU=0           # CPU of vwperf, ci/soak-driver.py and the control plane; the worker has CPU 1
 PREFIX="vwsoak-$$"
 if ! [[ $SOAK_FRACTION =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]]; then
     echo "soak: VW_SOAK_FRACTION=$SOAK_FRACTION: a fraction of the NDR, above 0 and at most 1" >&2
@@ -509,6 +509,11 @@ if len(ok) < expected * float(E["CHURN_MIN_SHARE"]):
     fails.append(f"only {len(ok)} wire changes made, {expected} expected (one per 100 ms)")
 if int(E["RESTORE_FAILED"]):
     fails.append(f"{E['RESTORE_FAILED']} disconnects after the soak failed")
+wires_after = load("wires-after.json")
+if wires_after is None:
+    fails.append("no wire list after the soak")
+elif sorted(w["wire"] for w in wires_after) != [1]:
+    fails.append(f"wires after the soak: {sorted(w['wire'] for w in wires_after)}, only wire 1 expected")
 if after is not None and updates < len(ok):
     fails.append(f"the worker took {updates} configurations, fewer than the {len(ok)} wire changes")
 
@@ -557,8 +562,8 @@ for n in range(len(samples)):
     if prev and cur and cur[0] > prev[0]:
         per_s.append((cur[1] - prev[1]) / (cur[0] - prev[0]))
     prev = cur
-# CPU: what the machine spent besides the fabric and vwperf (the samplers and
-# vwctl included), in CPUs; the perf process's last sample is before it exits.
+# CPU: what the machine spent besides the fabric and vwperf (ci/soak-driver.py
+# included), in CPUs; the perf process's last sample is before it exits.
 hz = os.sysconf("SC_CLK_TCK")
 cpu = None
 live = [x for x in samples if x[5] > 0]
@@ -584,6 +589,7 @@ report = {
                    "max_rate_received_mpps": mpps(int(E["MAX_PPS"])), "trials": trials},
     "soak_rate_mpps": mpps(int(E["SOAK_PPS"])),
     "soak_fraction": float(E["SOAK_FRACTION"]),
+    "sent_share": round(soak.get("tx_pps", 0) / max(1, int(E["SOAK_PPS"])), 4),
     "steady_wire": {k: soak.get(k) for k in ("seconds", "tx_frames", "rx_frames", "lost", "reordered",
                                              "duplicated", "foreign", "tx_refused")}
     | {"tx_mpps": mpps(soak.get("tx_pps", 0)), "rx_mpps": mpps(soak.get("rx_pps", 0)),
@@ -613,7 +619,7 @@ print(f"  maximum: NDR {mpps(int(E['NDR_PPS']))} Mpps sent without loss ({len(tr
 print(f"  soak rate: {report['soak_rate_mpps']} Mpps ({float(E['SOAK_FRACTION']):.0%} of the NDR), 64-byte frames, wire 1 (vhost-user a -> b)")
 print(f"  steady wire: sent {s['tx_frames']}, received {s['rx_frames']}, lost {s['lost']}, reordered {s['reordered']}, "
       f"duplicated {s['duplicated']}, foreign {s['foreign']} (vwperf, {s['seconds'] or 0:.1f} s after {E['PERF_WARMUP']} s warm-up)")
-print(f"    achieved {s['tx_mpps']} Mpps sent, {s['rx_mpps']} Mpps received; refused by the TX ring (backpressure) {s['tx_refused']}; "
+print(f"    achieved {s['tx_mpps']} Mpps sent ({report['sent_share']:.1%} of the soak rate), {s['rx_mpps']} Mpps received; refused by the TX ring (backpressure) {s['tx_refused']}; "
       f"fabric forwarded {fwd}; per second {s['per_second_mpps_min']}-{s['per_second_mpps_max']} Mpps")
 print(f"    fabric drops during the soak: {drop_delta or 'none'}")
 print(f"  wire changes: {wc['made']} made ({wc['connects']} connects, {wc['disconnects']} disconnects), {wc['failed']} failed, "

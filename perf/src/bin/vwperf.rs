@@ -141,8 +141,8 @@ struct Args {
     /// Receive descriptors per queue (at most 1024 on vhost-user ports, their ring size).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..=4096))]
     rx_desc: u16,
-    /// Transmit descriptors per queue: the most frames a port can have
-    /// waiting for the peer. Below --rx-desc, a burst that queued up while the
+    /// Transmit descriptors per queue (at most 1024 on vhost-user ports): the
+    /// most frames a port can have waiting for the peer. Below --rx-desc, a burst that queued up while the
     /// peer stalled always fits the receiving ring when the peer catches up.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(32..=4096))]
     tx_desc: u16,
