@@ -100,12 +100,17 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         if self.checksum() == 0 {
             return true;
         }
+        self.sum_with_pseudo_header(src, dst) == 0xffff
+    }
+
+    /// The folded ones' complement sum of the IPv4 pseudo-header and the
+    /// datagram (header and payload, to `len`).
+    fn sum_with_pseudo_header(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u16 {
         let len = self.len();
         let data = &self.buffer.as_ref()[..usize::from(len)];
         // The data's partial sum may use all 32 bits: fold it before adding the pseudo-header.
         let data_sum = u32::from(checksum::fold(checksum::sum(data)));
-        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + data_sum;
-        checksum::fold(total) == 0xffff
+        checksum::fold(checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + data_sum)
     }
 
     /// The payload: from the end of the header to `len`.
@@ -139,11 +144,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
     /// zero is sent as 0xffff, RFC 768).
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
-        let len = self.len();
-        let data = &self.buffer.as_ref()[..usize::from(len)];
-        let data_sum = u32::from(checksum::fold(checksum::sum(data)));
-        let total = checksum::pseudo_header_v4(src, dst, ipv4::protocol::UDP, len) + data_sum;
-        let csum = match !checksum::fold(total) {
+        let csum = match !self.sum_with_pseudo_header(src, dst) {
             0 => 0xffff,
             c => c,
         };
