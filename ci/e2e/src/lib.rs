@@ -561,15 +561,17 @@ impl Fabric {
 
     /// Adds a net_tap endpoint `name` whose kernel interface is `iface`.
     pub fn add_tap(&mut self, name: &str, iface: &str) {
-        let dev = format!("net_tap{},iface={iface}", self.next_tap);
-        self.next_tap += 1;
-        self.ctl_ok(&["endpoint", "add", name, &dev]);
+        self.add_tap_devargs(name, &format!("iface={iface}"));
     }
 
     /// Adds a net_tap endpoint like `add_tap`, with a fixed MAC (a VM's NIC
     /// keeps its MAC when the fabric restarts and recreates the tap).
     pub fn add_tap_mac(&mut self, name: &str, iface: &str, mac: &str) {
-        let dev = format!("net_tap{},iface={iface},mac={mac}", self.next_tap);
+        self.add_tap_devargs(name, &format!("iface={iface},mac={mac}"));
+    }
+
+    fn add_tap_devargs(&mut self, name: &str, devargs: &str) {
+        let dev = format!("net_tap{},{devargs}", self.next_tap);
         self.next_tap += 1;
         self.ctl_ok(&["endpoint", "add", name, &dev]);
     }
