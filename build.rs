@@ -83,9 +83,6 @@ fn main() {
     }
     build.compile("vw_dpdk_wrappers");
 
-    // PMD-specific APIs (rte_eth_vhost_get_queue_event) live in the PMD's own
-    // library, which EAL otherwise only loads as a plugin.
-    println!("cargo:rustc-link-lib=dylib=rte_net_vhost");
     for lib in &libs {
         if let Some(dir) = lib.strip_prefix("-L") {
             println!("cargo:rustc-link-search=native={dir}");

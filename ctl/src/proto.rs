@@ -129,6 +129,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many clients are connected.
     TooManyClients,
+    /// The fabric holds as many endpoints of this kind as it can.
+    EndpointLimit,
 }
 
 impl ErrorCode {
@@ -148,6 +150,7 @@ impl ErrorCode {
             ErrorCode::DeviceError => "device_error",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyClients => "too_many_clients",
+            ErrorCode::EndpointLimit => "endpoint_limit",
         }
     }
 }
@@ -283,13 +286,13 @@ pub struct EndpointInfo {
     pub name: String,
     /// How it was created.
     pub spec: EndpointSpec,
-    /// DPDK port id.
-    pub port: u16,
-    /// ethdev name.
+    /// Index in the fabric's port table (0 is the uplink); not a DPDK port id.
+    pub port: u32,
+    /// ethdev name, or the vhost-user socket path.
     pub device: String,
-    /// PMD.
+    /// PMD, or `vhost-user`.
     pub driver: String,
-    /// MAC address of the port.
+    /// MAC address of the port (empty for vhost-user: the VM's NIC has its own).
     pub mac: String,
     /// Link up.
     pub link_up: bool,
@@ -394,8 +397,8 @@ pub struct MigrationStats {
 pub struct PortCounters {
     /// Endpoint name, or `uplink`.
     pub name: String,
-    /// DPDK port id.
-    pub port: u16,
+    /// Index in the fabric's port table (0 is the uplink).
+    pub port: u32,
     /// Device counters.
     pub rx_packets: u64,
     /// Device counters.

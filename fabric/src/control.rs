@@ -12,12 +12,12 @@ use crate::migrate::{self, now_ns, Channel, Departed, Pending, WireMove};
 use crate::neighbour::Neighbours;
 use crate::persist::{self, Saved, SavedEndpoint, SavedWire};
 use crate::snapshot::{
-    self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortPlan, Role, Snapshot,
-    UplinkPlan,
+    self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortIndex, PortPlan, Role,
+    Snapshot, UplinkPlan,
 };
-use crate::stats::{drop_name, FabricDrop, Handled, WireTotals, WorkerStats, DROP_REASONS};
+use crate::stats::{drop_name, FabricDrop, Handled, PortTotals, WireTotals, WorkerStats, DROP_REASONS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vw_ctl::proto::{self, EncapName, EndpointSpec, ErrorCode, Reply, Request};
 use vw_ctl::server::Job;
-use vw_pmd::{port, Mempool, PortConfig, PortId, PortInfo};
+use vw_pmd::{port, vhost, Mempool, PortConfig, PortId, PortInfo, PortIo, VhostSocket};
 use vw_wire::migration::{kind, Message};
 use vw_wire::table::{Peer, TableError, WireTable};
 use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr, UnderlayConfig};
@@ -40,12 +40,18 @@ const NO_SLOT: u32 = u32::MAX;
 /// How often the control plane looks for migration messages.
 const MIGRATION_POLL: Duration = Duration::from_micros(200);
 
+/// Size of the port table: the uplink, every vhost-user socket librte_vhost
+/// can hold and every ethdev port DPDK can hold.
+pub fn max_ports() -> usize {
+    1 + vhost::MAX_SOCKETS + port::max_ports() as usize
+}
+
 /// The uplink's settings.
 #[derive(Debug, Clone)]
 pub struct Uplink {
     /// Device arguments.
     pub devargs: String,
-    /// Port id.
+    /// DPDK port id (its index in the fabric is [`PortIndex::UPLINK`]).
     pub port: PortId,
     /// MAC address.
     pub mac: MacAddr,
@@ -106,36 +112,55 @@ pub struct Settings {
     pub migration: Option<MigrationSettings>,
 }
 
+/// What is behind an endpoint.
+#[derive(Clone)]
+enum Device {
+    /// A DPDK device: one ethdev port.
+    Eth {
+        /// Its port.
+        port: PortId,
+        /// Static facts.
+        info: PortInfo,
+        /// Its MAC address.
+        mac: MacAddr,
+    },
+    /// A vhost-user socket on librte_vhost; its link and usable queues
+    /// follow the VM. Shared by the states that refer to it; the socket is
+    /// unregistered when the last one goes.
+    Vhost(Arc<VhostSocket>),
+}
+
 #[derive(Clone)]
 struct Endpoint {
     spec: EndpointSpec,
-    port: PortId,
-    info: PortInfo,
-    mac: MacAddr,
-    /// RX and TX queues configured on the device.
+    /// Its index in the port table.
+    ix: PortIndex,
+    dev: Device,
+    /// RX and TX queues configured on the device (vhost-user: queue pairs offered).
     queues: u16,
-    /// A vhost-user port: its link and usable TX queues follow the VM.
-    vhost: bool,
     /// Handoff rings when the port may have fewer TX queues than workers.
     handoff: Option<Handoff>,
-    tx_dropped_base: u64,
+    /// The port index's counters when the endpoint was added (an index is reused).
+    base: PortTotals,
 }
 
-/// What the control plane tracks of a vhost-user port's VM.
-#[derive(Debug, Clone, Copy, Default)]
-struct VmLink {
-    up: bool,
-    /// Link-state-change events seen (the VM connecting or going away).
-    changes: u64,
-    /// Bit q: TX queue q (the VM's RX vring) enabled by the VM.
-    tx_enabled: u64,
-}
-
-impl VmLink {
-    /// TX queues usable: the enabled ones counted from queue 0 (at least one).
-    fn txq(&self, queues: u16) -> u16 {
-        ((!self.tx_enabled).trailing_zeros() as u16).clamp(1, queues.max(1))
+impl Endpoint {
+    fn io(&self) -> PortIo {
+        match &self.dev {
+            Device::Eth { port, .. } => PortIo::Eth(*port),
+            Device::Vhost(s) => PortIo::Vhost(s.port().clone()),
+        }
     }
+}
+
+/// TX queues of a vhost-user device usable now: the VM's RX rings (even
+/// virtqueues) enabled from queue 0 up, at least one.
+fn vhost_txq(vrings: u64, queues: u16) -> u16 {
+    let mut n = 0;
+    while n < queues && vrings & (1u64 << (2 * n)) != 0 {
+        n += 1;
+    }
+    n.max(1)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,10 +246,8 @@ pub struct Control {
     republish: bool,
     fatal: Option<Fatal>,
     next_slot: u32,
-    /// vhost-user ports: link and queue state, by port.
-    vm_links: HashMap<PortId, VmLink>,
-    /// Counter for unique vhost device names.
-    next_vhost: u32,
+    /// Port indexes not in use (the uplink's is never free), lowest first.
+    free_ports: std::collections::BTreeSet<u32>,
     /// Frames freed from handoff rings of removed endpoints.
     removed_in_flight: u64,
     /// Saved entries that could not be restored at start: kept in the state
@@ -258,13 +281,12 @@ impl Control {
             mailboxes,
             uplink,
             state,
-            current: Arc::new(Snapshot::empty(port::max_ports() as usize, nworkers)),
+            current: Arc::new(Snapshot::empty(max_ports(), nworkers)),
             next_version: 2,
             republish: false,
             fatal: None,
             next_slot: 0,
-            vm_links: HashMap::new(),
-            next_vhost: 0,
+            free_ports: (1..max_ports() as u32).collect(),
             removed_in_flight: 0,
             unrestored: Saved::default(),
             started: Instant::now(),
@@ -333,8 +355,11 @@ impl Control {
             mb.reclaim();
         }
         for (name, ep) in std::mem::take(&mut self.state.endpoints) {
-            if let Err(e) = port::remove(ep.port) {
-                crate::log(&format!("removing endpoint {name}: {e}"));
+            // A vhost-user socket is unregistered when its last state goes.
+            if let Device::Eth { port, .. } = ep.dev {
+                if let Err(e) = port::remove(port) {
+                    crate::log(&format!("removing endpoint {name}: {e}"));
+                }
             }
         }
         if let Some(u) = self.uplink.take() {
@@ -366,28 +391,42 @@ impl Control {
 
     fn build(&self, st: &State, version: u64) -> Snapshot {
         let nworkers = self.workers.len();
-        let mut s = Snapshot::empty(port::max_ports() as usize, nworkers);
+        let mut s = Snapshot::empty(max_ports(), nworkers);
         s.version = version;
         let all = nworkers as u16;
-        let poll = |s: &mut Snapshot, p: PortId, rxq: u16| {
-            for q in 0..rxq {
-                s.polls[rx_worker(p, q, nworkers)].push((p, q));
-            }
-        };
+        let poll = |s: &mut Snapshot, p: PortIndex, q: u16| s.polls[rx_worker(p, q, nworkers)].push((p, q));
         for ep in st.endpoints.values() {
-            let (txq, up) = match (ep.vhost, self.vm_links.get(&ep.port)) {
-                (true, Some(l)) => (l.txq(ep.queues), l.up),
-                (true, None) => (1, false),
-                (false, _) => (ep.queues.min(all), true),
+            let (txq, up) = match &ep.dev {
+                Device::Vhost(v) => {
+                    // Only the rings the VM enabled are polled: an absent or
+                    // idle VM costs the workers nothing.
+                    let vs = v.port().state();
+                    if vs.up {
+                        for q in (0..ep.queues).filter(|q| vs.vrings & (1u64 << (2 * q + 1)) != 0) {
+                            poll(&mut s, ep.ix, q);
+                        }
+                    }
+                    (vhost_txq(vs.vrings, ep.queues), vs.up)
+                }
+                Device::Eth { .. } => {
+                    for q in 0..ep.queues {
+                        poll(&mut s, ep.ix, q);
+                    }
+                    (ep.queues.min(all), true)
+                }
             };
-            s.ports[ep.port.0 as usize] =
-                PortPlan { role: Role::Endpoint(EndpointAction::NoWire), txq, up, handoff: ep.handoff.clone() };
-            poll(&mut s, ep.port, ep.queues);
+            s.ports[ep.ix.ix()] = PortPlan {
+                role: Role::Endpoint(EndpointAction::NoWire),
+                io: ep.io(),
+                txq,
+                up,
+                handoff: ep.handoff.clone(),
+            };
             if ep.handoff.is_some() {
                 // Every ring always has a drainer, so frames pushed just
                 // before a change of txq are never stranded.
                 for k in 0..nworkers {
-                    s.drains[k % txq as usize].push((ep.port, k));
+                    s.drains[k % txq as usize].push((ep.ix, k));
                 }
             }
         }
@@ -395,12 +434,16 @@ impl Control {
         // and comes straight back (a forced-encap loop) is decapsulated in
         // the same iteration.
         if let Some(u) = &self.uplink {
-            s.ports[u.port.0 as usize] = PortPlan { role: Role::Uplink, txq: all, up: true, handoff: None };
+            let ix = PortIndex::UPLINK;
+            s.ports[ix.ix()] =
+                PortPlan { role: Role::Uplink, io: PortIo::Eth(u.port), txq: all, up: true, handoff: None };
             if self.uplink_polled {
-                poll(&mut s, u.port, all);
+                for q in 0..all {
+                    poll(&mut s, ix, q);
+                }
             }
             s.uplink = Some(UplinkPlan {
-                port: u.port,
+                port: ix,
                 underlay: UnderlayConfig {
                     vtep_ip: u.vtep,
                     mac: u.mac,
@@ -412,16 +455,18 @@ impl Control {
                 max_frame: u32::from(u.mtu) + 14,
             });
         }
-        let set = |s: &mut Snapshot, p: PortId, a: EndpointAction| s.ports[p.0 as usize].role = Role::Endpoint(a);
+        let set = |s: &mut Snapshot, p: PortIndex, a: EndpointAction| s.ports[p.ix()].role = Role::Endpoint(a);
         // Ends that left, first: a wire of the table overrides them.
         for (id, (d, ws)) in &st.departed {
             match &d.peer {
                 Peer::Remote { vtep, encap } => {
-                    let Some(u) = &self.uplink else { continue };
-                    if let Some(ep) = st.endpoints.get(&d.endpoint) {
-                        set(&mut s, ep.port, self.encap_action(st, *id, *vtep, *encap, ws.slot));
+                    if self.uplink.is_none() {
+                        continue;
                     }
-                    let fwd = DecapTarget { forward: true, ..DecapTarget::deliver(u.port, ws.slot, *vtep) };
+                    if let Some(ep) = st.endpoints.get(&d.endpoint) {
+                        set(&mut s, ep.ix, self.encap_action(st, *id, *vtep, *encap, ws.slot));
+                    }
+                    let fwd = DecapTarget { forward: true, ..DecapTarget::deliver(PortIndex::UPLINK, ws.slot, *vtep) };
                     s.decap.insert(decap_key(*encap, id.0), fwd);
                     if let Some(t) = self.forward_template(st, *id, d.to) {
                         s.forwards.insert(ws.slot, t);
@@ -429,7 +474,7 @@ impl Control {
                 }
                 Peer::Local(other) => {
                     if let (Some(ep), Some(o)) = (st.endpoints.get(&d.endpoint), st.endpoints.get(other)) {
-                        set(&mut s, ep.port, EndpointAction::Loopback { peer: o.port, slot: ws.slot, dir: 0 });
+                        set(&mut s, ep.ix, EndpointAction::Loopback { peer: o.ix, slot: ws.slot, dir: 0 });
                     }
                 }
             }
@@ -452,24 +497,28 @@ impl Control {
                                 u.vwire_port,
                                 u.mtu,
                             );
-                            set(&mut s, a.port, EndpointAction::Encap { template, uplink: u.port, slot: ws.slot });
+                            set(
+                                &mut s,
+                                a.ix,
+                                EndpointAction::Encap { template, uplink: PortIndex::UPLINK, slot: ws.slot },
+                            );
                             s.decap
-                                .insert(decap_key(Encap::Vwire, w.id.0), DecapTarget::deliver(b.port, NO_SLOT, u.vtep));
+                                .insert(decap_key(Encap::Vwire, w.id.0), DecapTarget::deliver(b.ix, NO_SLOT, u.vtep));
                         }
-                        _ => set(&mut s, a.port, EndpointAction::Loopback { peer: b.port, slot: ws.slot, dir: 0 }),
+                        _ => set(&mut s, a.ix, EndpointAction::Loopback { peer: b.ix, slot: ws.slot, dir: 0 }),
                     }
-                    set(&mut s, b.port, EndpointAction::Loopback { peer: a.port, slot: ws.slot, dir: 1 });
+                    set(&mut s, b.ix, EndpointAction::Loopback { peer: a.ix, slot: ws.slot, dir: 1 });
                     // Just co-located: frames the arriving end (a) sent from
                     // its old host still reach b; frames for it that its old
                     // host passes on reach a.
                     if let Some(m) = st.moves.get(&w.id) {
                         if let Some((ip, encap, _)) = m.old {
-                            s.decap.insert(decap_key(encap, w.id.0), DecapTarget::deliver(b.port, ws.slot, ip));
+                            s.decap.insert(decap_key(encap, w.id.0), DecapTarget::deliver(b.ix, ws.slot, ip));
                         }
                         if m.arrival_until.is_some() {
                             let t = DecapTarget {
                                 any_src: true,
-                                ..DecapTarget::deliver(a.port, ws.slot, Ipv4Addr::UNSPECIFIED)
+                                ..DecapTarget::deliver(a.ix, ws.slot, Ipv4Addr::UNSPECIFIED)
                             };
                             s.decap.insert(decap_key(Encap::Forward, w.id.0), t);
                         }
@@ -485,8 +534,8 @@ impl Control {
                     } else {
                         self.encap_action(st, w.id, *vtep, *encap, ws.slot)
                     };
-                    set(&mut s, a.port, action);
-                    let mut t = DecapTarget::deliver(a.port, ws.slot, *vtep);
+                    set(&mut s, a.ix, action);
+                    let mut t = DecapTarget::deliver(a.ix, ws.slot, *vtep);
                     if let Some(m) = st.moves.get(&w.id) {
                         // The remote end just moved: its old host may still send.
                         if let Some((ip, _, _)) = m.old {
@@ -496,7 +545,7 @@ impl Control {
                         if m.arrival_until.is_some() {
                             let f = DecapTarget {
                                 any_src: true,
-                                ..DecapTarget::deliver(a.port, ws.slot, Ipv4Addr::UNSPECIFIED)
+                                ..DecapTarget::deliver(a.ix, ws.slot, Ipv4Addr::UNSPECIFIED)
                             };
                             s.decap.insert(decap_key(Encap::Forward, w.id.0), f);
                         }
@@ -550,7 +599,7 @@ impl Control {
         match st.neighbours.mac(next_hop) {
             Some(mac) => EndpointAction::Encap {
                 template: EncapTemplate::new(encap, id, u.mac, mac, u.vtep, vtep, self.udp_port(encap), u.mtu),
-                uplink: u.port,
+                uplink: PortIndex::UPLINK,
                 slot,
             },
             None => EndpointAction::Unresolved { slot },
@@ -592,62 +641,185 @@ impl Control {
         if self.uplink.as_ref().is_some_and(|u| u.port == p) {
             return Some("the uplink".into());
         }
-        self.state.endpoints.iter().find(|(_, e)| e.port == p).map(|(n, _)| format!("endpoint {n}"))
+        self.state
+            .endpoints
+            .iter()
+            .find(|(_, e)| matches!(e.dev, Device::Eth { port, .. } if port == p))
+            .map(|(n, _)| format!("endpoint {n}"))
     }
 
-    /// The DPDK devargs for an endpoint spec, validated.
-    fn devargs_for(&mut self, spec: &EndpointSpec) -> Result<(String, u16, bool), Refusal> {
-        let nworkers = self.workers.len() as u16;
+    /// Refuses an endpoint of `spec`'s kind when the fabric holds as many as
+    /// it can (librte_vhost's sockets and poll-set slots, DPDK's ethdev
+    /// ports), naming the limit rather than letting DPDK fail deep inside.
+    fn check_limits(&self, spec: &EndpointSpec) -> Result<(), Refusal> {
+        let limit = |m: String| Err(Refusal::new(ErrorCode::EndpointLimit, m));
         match spec {
+            EndpointSpec::VhostUser { client, .. } => {
+                let (mut servers, mut clients) = (0, 0);
+                for e in self.state.endpoints.values() {
+                    if let Device::Vhost(v) = &e.dev {
+                        if v.port().client() {
+                            clients += 1;
+                        } else {
+                            servers += 1;
+                        }
+                    }
+                }
+                if servers + clients >= vhost::MAX_SOCKETS {
+                    return limit(format!(
+                        "endpoint_limit: this fabric holds at most {} vhost-user endpoints (librte_vhost's \
+                         MAX_VHOST_SOCKET) and has {}",
+                        vhost::MAX_SOCKETS,
+                        servers + clients
+                    ));
+                }
+                // Each connected VM takes a slot of librte_vhost's poll set; a
+                // server-mode socket also its listener.
+                let used = 2 * servers + clients;
+                let need = if *client { 1 } else { 2 };
+                if used + need > vhost::FDSET_SLOTS {
+                    return limit(format!(
+                        "endpoint_limit: librte_vhost polls at most {} sockets and connections, and this fabric's \
+                         {servers} server-mode and {clients} client-mode vhost-user endpoints use {used} of them \
+                         (a server-mode endpoint takes 2, a client-mode one 1); use client mode (--client) for \
+                         more endpoints",
+                        vhost::FDSET_SLOTS
+                    ));
+                }
+            }
+            EndpointSpec::Dpdk { .. } => {
+                let eth = self.state.endpoints.values().filter(|e| matches!(e.dev, Device::Eth { .. })).count();
+                let max = port::max_ports() as usize - usize::from(self.uplink.is_some());
+                if eth >= max {
+                    return limit(format!(
+                        "endpoint_limit: this fabric holds at most {max} DPDK-device endpoints (this DPDK is built \
+                         with RTE_MAX_ETHPORTS = {}{}); use vhost-user endpoints for VMs",
+                        port::max_ports(),
+                        if self.uplink.is_some() { ", one is the uplink" } else { "" }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a vhost-user socket path; in server mode removes a stale
+    /// socket there (librte_vhost cannot bind over it).
+    fn check_vhost_path(&self, path: &str, client: bool, queues: u16) -> Result<(), Refusal> {
+        let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
+        if !path.starts_with('/') || path.len() > 107 {
+            return invalid(format!("vhost-user socket path {path:?} must be absolute and at most 107 bytes"));
+        }
+        if !(1..=vhost::MAX_QUEUE_PAIRS).contains(&queues) {
+            return invalid(format!(
+                "--queues {queues}: a vhost-user endpoint has 1 to {} queue pairs",
+                vhost::MAX_QUEUE_PAIRS
+            ));
+        }
+        if self
+            .state
+            .endpoints
+            .values()
+            .any(|e| matches!(&e.spec, EndpointSpec::VhostUser { path: p, .. } if p == path))
+        {
+            return invalid(format!("vhost-user socket {path} is already used by another endpoint"));
+        }
+        if !client {
+            let p = std::path::Path::new(path);
+            if let Ok(meta) = std::fs::symlink_metadata(p) {
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return invalid(format!("{path} exists and is not a socket"));
+                }
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return invalid(format!("{path} is in use: another process listens on it"));
+                }
+                // A stale socket from a process that died.
+                let _ = std::fs::remove_file(p);
+            }
+            if let Some(dir) = p.parent() {
+                if !dir.is_dir() {
+                    return invalid(format!("directory {} does not exist", dir.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the device behind an endpoint at port index `ix`. Returns it
+    /// with its queue count and an undo for a change that is not committed.
+    fn open_device(&self, spec: &EndpointSpec, ix: PortIndex) -> Result<(Device, u16), Refusal> {
+        match spec {
+            EndpointSpec::VhostUser { path, client, queues } => {
+                self.check_vhost_path(path, *client, *queues)?;
+                let sock = VhostSocket::start(path, *client, *queues, ix.0).map_err(device_error)?;
+                Ok((Device::Vhost(Arc::new(sock)), *queues))
+            }
             EndpointSpec::Dpdk { devargs } => {
                 if devargs.trim().is_empty() {
                     return Err(Refusal::new(ErrorCode::InvalidArgument, "device arguments are empty"));
                 }
-                Ok((devargs.clone(), nworkers, false))
-            }
-            EndpointSpec::VhostUser { path, client, queues } => {
-                let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
-                if !path.starts_with('/') || path.contains(',') || path.len() > 100 {
-                    return invalid(format!(
-                        "vhost-user socket path {path:?} must be absolute, without commas, at most 100 bytes"
+                for p in port::ports_matching(devargs).unwrap_or_default() {
+                    if let Some(owner) = self.port_owner(p) {
+                        return Err(Refusal::new(
+                            ErrorCode::InvalidArgument,
+                            format!("device {devargs:?} is already in use as {owner}"),
+                        ));
+                    }
+                }
+                let queues = self.workers.len() as u16;
+                let probed = port::probe(devargs).map_err(device_error)?;
+                let ports = probed.ports.clone();
+                // Undo only what this request created.
+                let undo = |ports: &[PortId]| {
+                    if probed.created {
+                        for p in ports {
+                            let _ = port::remove(*p);
+                        }
+                    }
+                };
+                if ports.len() != 1 {
+                    undo(&ports);
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("device {devargs:?} has {} ports; an endpoint is exactly one port", ports.len()),
                     ));
                 }
-                if !(1..=16).contains(queues) {
-                    return invalid(format!("--queues {queues}: a vhost-user endpoint has 1 to 16 queue pairs"));
-                }
-                if self
-                    .state
-                    .endpoints
-                    .values()
-                    .any(|e| matches!(&e.spec, EndpointSpec::VhostUser { path: p, .. } if p == path))
-                {
-                    return invalid(format!("vhost-user socket {path} is already used by another endpoint"));
-                }
-                if !client {
-                    let p = std::path::Path::new(path);
-                    if let Ok(meta) = std::fs::symlink_metadata(p) {
-                        use std::os::unix::fs::FileTypeExt;
-                        if !meta.file_type().is_socket() {
-                            return invalid(format!("{path} exists and is not a socket"));
-                        }
-                        if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                            return invalid(format!("{path} is in use: another process listens on it"));
-                        }
-                        // A stale socket from a process that died.
-                        let _ = std::fs::remove_file(p);
-                    }
-                    if let Some(dir) = p.parent() {
-                        if !dir.is_dir() {
-                            return invalid(format!("directory {} does not exist", dir.display()));
-                        }
+                let p = ports[0];
+                let setup = || -> Result<(PortInfo, MacAddr), vw_pmd::Error> {
+                    port::configure_and_start(
+                        p,
+                        &PortConfig {
+                            rx_queues: queues,
+                            tx_queues: queues,
+                            rx_desc: self.settings.rx_desc,
+                            tx_desc: self.settings.tx_desc,
+                            pool: self.pool,
+                            mtu: None,
+                            promiscuous: true,
+                        },
+                    )?;
+                    Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
+                };
+                match setup() {
+                    Ok((info, mac)) => Ok((Device::Eth { port: p, info, mac }, queues)),
+                    Err(e) => {
+                        undo(&ports);
+                        Err(device_error(e))
                     }
                 }
-                self.next_vhost += 1;
-                let devargs =
-                    format!("net_vhost{},iface={path},queues={queues},client={}", self.next_vhost, u8::from(*client));
-                Ok((devargs, *queues, true))
             }
         }
+    }
+
+    fn port_totals(&self, ix: PortIndex) -> PortTotals {
+        let mut t = PortTotals::default();
+        for w in &self.workers {
+            if let Some(c) = w.stats.ports.get(ix.ix()) {
+                t.add(c);
+            }
+        }
+        t
     }
 
     fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec) -> Result<proto::EndpointInfo, Refusal> {
@@ -662,78 +834,42 @@ impl Control {
     ) -> Result<proto::EndpointInfo, Refusal> {
         let mut next = self.state.clone();
         next.table.add_endpoint(name)?;
-        let (devargs, queues, vhost) = self.devargs_for(spec)?;
-        for p in port::ports_matching(&devargs).unwrap_or_default() {
-            if let Some(owner) = self.port_owner(p) {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidArgument,
-                    format!("device {devargs:?} is already in use as {owner}"),
-                ));
-            }
-        }
-        let probed = port::probe(&devargs).map_err(device_error)?;
-        let ports = probed.ports.clone();
-        // Undo only what this request created, and never once a publish
-        // failed (a worker may still poll the port; the fabric is stopping).
-        let undo = |ports: &[PortId]| {
-            if probed.created {
-                for p in ports {
-                    let _ = port::remove(*p);
-                }
-            }
-        };
-        if ports.len() != 1 {
-            undo(&ports);
+        self.check_limits(spec)?;
+        let Some(&ix) = self.free_ports.first() else {
             return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                format!("device {devargs:?} has {} ports; an endpoint is exactly one port", ports.len()),
+                ErrorCode::EndpointLimit,
+                format!("endpoint_limit: all {} ports of this fabric are in use", max_ports() - 1),
             ));
-        }
-        let p = ports[0];
-        let setup = || -> Result<(PortInfo, MacAddr), vw_pmd::Error> {
-            port::configure_and_start(
-                p,
-                &PortConfig {
-                    rx_queues: queues,
-                    tx_queues: queues,
-                    rx_desc: self.settings.rx_desc,
-                    tx_desc: self.settings.tx_desc,
-                    pool: self.pool,
-                    mtu: None,
-                    promiscuous: true,
-                    lsc: vhost,
-                },
-            )?;
-            Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
         };
-        let (info, mac) = match setup() {
-            Ok(x) => x,
-            Err(e) => {
-                undo(&ports);
-                return Err(device_error(e));
-            }
+        let ix = PortIndex(ix);
+        let (dev, queues) = self.open_device(spec, ix)?;
+        let eth = match &dev {
+            Device::Eth { port, .. } => Some(*port),
+            Device::Vhost(_) => None,
         };
-        let tx_dropped_base = self.port_tx_dropped(p);
+        let vhost = eth.is_none();
         let handoff = (vhost || queues < self.workers.len() as u16).then(|| new_handoff(self.workers.len()));
-        if vhost {
-            if let Err(e) = port::watch_link_changes(p) {
-                undo(&ports);
-                return Err(device_error(e));
-            }
-            self.vm_links.insert(p, VmLink::default());
-        }
-        next.endpoints.insert(
-            name.to_owned(),
-            Endpoint { spec: spec.clone(), port: p, info, mac, queues, vhost, handoff, tx_dropped_base },
-        );
+        let base = self.port_totals(ix);
+        next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), ix, dev, queues, handoff, base });
         if let Err(e) = self.apply_with(next, save) {
+            // Never undo once a publish failed (a worker may still poll the
+            // port; the fabric is stopping). A vhost-user socket goes with
+            // the uncommitted state.
             if self.fatal.is_none() {
-                self.vm_links.remove(&p);
-                undo(&ports);
+                if let Some(p) = eth {
+                    let _ = port::remove(p);
+                }
             }
             return Err(e);
         }
-        crate::log(&format!("endpoint {name} added: port {p} ({devargs})"));
+        self.free_ports.remove(&ix.0);
+        let what = match &self.state.endpoints[name].dev {
+            Device::Eth { port, .. } => format!("port {port} ({spec:?})"),
+            Device::Vhost(v) => {
+                format!("vhost-user {} ({} mode)", v.port().path(), if v.port().client() { "client" } else { "server" })
+            }
+        };
+        crate::log(&format!("endpoint {name} added: {what}"));
         Ok(self.endpoint_info(name, &self.state.endpoints[name]))
     }
 
@@ -744,7 +880,6 @@ impl Control {
             return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("endpoint {name} does not exist")));
         };
         self.apply_with(next, true)?;
-        self.vm_links.remove(&ep.port);
         if let Some(h) = &ep.handoff {
             for ring in h.iter() {
                 while ring.pop().is_some() {
@@ -754,9 +889,19 @@ impl Control {
         }
         // No worker polls or sends to the port any more. Frames still in
         // its handoff rings are freed with them.
-        if let Err(e) = port::remove(ep.port) {
-            crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
+        match &ep.dev {
+            Device::Eth { port, .. } => {
+                if let Err(e) = port::remove(*port) {
+                    crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
+                }
+            }
+            // The last reference: unregistering destroys a connected VM's
+            // device and, in server mode, removes the socket file.
+            Device::Vhost(_) => {}
         }
+        let ix = ep.ix;
+        drop(ep);
+        self.free_ports.insert(ix.0);
         crate::log(&format!("endpoint {name} removed"));
         Ok(())
     }
@@ -1046,35 +1191,14 @@ impl Control {
         }
     }
 
-    /// Follows vhost-user VMs: link up/down and the TX queues they enable.
-    /// A change is published so workers stop queueing to a VM that is gone
-    /// and spread TX over the queues it uses.
+    /// Follows vhost-user VMs: devices coming and going and the rings they
+    /// enable (librte_vhost's callbacks queue the ports that changed). A
+    /// change is published so workers poll only enabled rings, stop queueing
+    /// to a VM that is gone and spread TX over the queues it uses.
     fn watch_vms(&mut self) {
-        let mut changed = false;
-        for (port, l) in self.vm_links.iter_mut() {
-            let before = *l;
-            // A link change means a VM left or (re)connected: DPDK resets its
-            // queue state then without "disabled" events, so forget which
-            // queues were enabled and take the events that follow.
-            let n = port::link_changes(*port);
-            if n != l.changes {
-                l.changes = n;
-                l.tx_enabled = 0;
-            }
-            while let Some(ev) = port::vhost_queue_event(*port) {
-                if !ev.rx && ev.queue < 64 {
-                    let bit = 1u64 << ev.queue;
-                    l.tx_enabled = if ev.enable { l.tx_enabled | bit } else { l.tx_enabled & !bit };
-                }
-            }
-            l.up = port::link(*port).map(|s| s.up).unwrap_or(false);
-            changed |= l.up != before.up || l.tx_enabled != before.tx_enabled || l.changes != before.changes;
-        }
-        if changed {
+        if !vhost::take_events().is_empty() || self.republish {
             let next = self.state.clone();
-            if self.apply(next).is_err() {
-                self.republish = true;
-            }
+            self.republish = self.apply(next).is_err();
         }
     }
 
@@ -1516,27 +1640,37 @@ impl Control {
         t
     }
 
-    fn port_tx_dropped(&self, p: PortId) -> u64 {
-        self.workers.iter().map(|w| w.stats.port_tx_dropped[p.0 as usize].load(Ordering::Relaxed)).sum()
-    }
-
     fn link_up(p: PortId) -> bool {
         port::link(p).map(|l| l.up).unwrap_or(false)
     }
 
     fn endpoint_info(&self, name: &str, ep: &Endpoint) -> proto::EndpointInfo {
+        let (device, driver, mac, link_up, mtu, link_changes) = match &ep.dev {
+            Device::Eth { port, info, mac } => (
+                info.name.clone(),
+                info.driver.clone(),
+                mac.to_string(),
+                Self::link_up(*port),
+                port::mtu(*port).unwrap_or(0),
+                0,
+            ),
+            Device::Vhost(v) => {
+                let vs = v.port().state();
+                (v.port().path().to_owned(), "vhost-user".to_owned(), String::new(), vs.up, vs.mtu, vs.link_changes)
+            }
+        };
         proto::EndpointInfo {
             name: name.to_owned(),
             spec: ep.spec.clone(),
-            port: ep.port.0,
-            device: ep.info.name.clone(),
-            driver: ep.info.driver.clone(),
-            mac: ep.mac.to_string(),
-            link_up: Self::link_up(ep.port),
-            mtu: port::mtu(ep.port).unwrap_or(0),
+            port: ep.ix.0,
+            device,
+            driver,
+            mac,
+            link_up,
+            mtu,
             rx_queues: ep.queues,
-            tx_queues: self.current.ports.get(ep.port.0 as usize).map_or(0, |p| p.txq),
-            link_changes: self.vm_links.get(&ep.port).map_or(0, |l| l.changes),
+            tx_queues: self.current.ports.get(ep.ix.ix()).map_or(0, |p| p.txq),
+            link_changes,
             wire: self.state.table.wire_of(name).map(|w| w.id.0),
         }
     }
@@ -1674,30 +1808,48 @@ impl Control {
         }
     }
 
-    fn port_counters(&self, name: &str, p: PortId, tx_dropped_base: u64) -> proto::PortCounters {
-        let s = port::stats(p).unwrap_or_default();
-        proto::PortCounters {
+    /// A port's counters: the device's own for an ethdev, the workers' for a
+    /// vhost-user device (librte_vhost keeps none unless asked to, at a cost).
+    fn port_counters(&self, name: &str, ix: PortIndex, eth: Option<PortId>, base: &PortTotals) -> proto::PortCounters {
+        let t = self.port_totals(ix).since(base);
+        let mut c = proto::PortCounters {
             name: name.to_owned(),
-            port: p.0,
-            rx_packets: s.ipackets,
-            rx_bytes: s.ibytes,
-            tx_packets: s.opackets,
-            tx_bytes: s.obytes,
-            rx_missed: s.imissed,
-            rx_errors: s.ierrors,
-            rx_nombuf: s.rx_nombuf,
-            tx_errors: s.oerrors,
-            tx_dropped: self.port_tx_dropped(p).wrapping_sub(tx_dropped_base),
+            port: ix.0,
+            rx_packets: t.rx_frames,
+            rx_bytes: t.rx_bytes,
+            tx_packets: t.tx_frames,
+            tx_bytes: t.tx_bytes,
+            rx_missed: 0,
+            rx_errors: 0,
+            rx_nombuf: 0,
+            tx_errors: 0,
+            tx_dropped: t.tx_dropped,
+        };
+        if let Some(p) = eth {
+            let s = port::stats(p).unwrap_or_default();
+            c.rx_packets = s.ipackets;
+            c.rx_bytes = s.ibytes;
+            c.tx_packets = s.opackets;
+            c.tx_bytes = s.obytes;
+            c.rx_missed = s.imissed;
+            c.rx_errors = s.ierrors;
+            c.rx_nombuf = s.rx_nombuf;
+            c.tx_errors = s.oerrors;
         }
+        c
     }
 
     fn stats(&self) -> proto::Stats {
         let mut ports = Vec::new();
         if let Some(u) = &self.uplink {
-            ports.push(self.port_counters("uplink", u.port, 0));
+            ports.push(self.port_counters("uplink", PortIndex::UPLINK, Some(u.port), &PortTotals::default()));
         }
         for (n, e) in &self.state.endpoints {
-            ports.push(self.port_counters(n, e.port, e.tx_dropped_base));
+            let eth = match &e.dev {
+                Device::Eth { port, .. } => Some(*port),
+                Device::Vhost(_) => None,
+            };
+            ports.push(self.port_counters(n, e.ix, eth, &e.base));
         }
         let mut drops: BTreeMap<String, u64> = (0..DROP_REASONS).map(|i| (drop_name(i).to_owned(), 0)).collect();
         let mut handled: BTreeMap<String, u64> = Handled::ALL.iter().map(|h| (h.name().to_owned(), 0)).collect();

@@ -243,7 +243,6 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             pool,
             mtu: None,
             promiscuous: false,
-            lsc: false,
         },
     )
     .map_err(err)?;
@@ -310,16 +309,16 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         }
         Err(claim::LockError::Io(m)) => return Err(StartError::Config(m)),
     };
+    let files = vw_pmd::eal::raise_fd_limit();
+    if files < 8192 {
+        log(&format!(
+            "warning: at most {files} open files (ulimit -n); each vhost-user VM takes about 6, \
+             so raise it for hundreds of VMs"
+        ));
+    }
     let mut eal_args = vec!["vwfabric".to_owned()];
     eal_args.extend(args.eal.iter().cloned());
     let eal = Eal::init(&eal_args).map_err(StartError::Eal)?;
-    if port::max_ports() as usize > stats::MAX_PORTS {
-        return Err(StartError::Config(format!(
-            "this DPDK supports {} ports; vwfabric at most {}",
-            port::max_ports(),
-            stats::MAX_PORTS
-        )));
-    }
     let lcores = eal.worker_lcores().to_vec();
     if lcores.is_empty() {
         return Err(StartError::NoWorkers);
@@ -339,7 +338,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             index,
             lcore,
             mailbox: Arc::new(Mailbox::new()),
-            stats: Arc::new(WorkerStats::new(args.max_wires)),
+            stats: Arc::new(WorkerStats::new(args.max_wires, control::max_ports())),
         })
         .collect();
     let settings = Settings {
@@ -372,6 +371,14 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     if args.force_encap && uplink.is_none() {
         return Err(StartError::Config("--force-encap needs an --uplink (one that returns what it sends)".into()));
     }
+    // librte_vhost calls this when a VM's device goes away, on its own
+    // thread, so that no worker still uses the device when it is freed.
+    let mailboxes: Vec<Arc<Mailbox>> = workers.iter().map(|w| w.mailbox.clone()).collect();
+    vw_pmd::vhost::set_quiesce(move || {
+        if !snapshot::quiesce(&mailboxes, Duration::from_secs(2)) {
+            log("a worker did not pass a quiescent point within 2 s while a vhost-user device went away");
+        }
+    });
     let mut control = Control::new(settings, pool, workers, uplink.clone());
     let idle_sleep = (args.idle_sleep_us > 0).then(|| Duration::from_micros(args.idle_sleep_us));
     let mut launched = Vec::new();
@@ -384,6 +391,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             stop: workers_stop.clone(),
             idle_sleep,
             initial: control.current(),
+            pool,
         };
         match eal.launch(w.lcore, move || worker::run(ctx)) {
             Ok(()) => launched.push(w.lcore),

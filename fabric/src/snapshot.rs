@@ -15,8 +15,31 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vw_pmd::{Mbuf, PortId};
+use vw_pmd::{Mbuf, PortIo};
 use vw_wire::{EncapTemplate, MacAddr, UnderlayConfig};
+
+/// Index of a port in the fabric's port table: the uplink, DPDK-device
+/// endpoints and vhost-user endpoints alike. Not a DPDK port id: a
+/// vhost-user endpoint has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortIndex(pub u32);
+
+impl PortIndex {
+    /// The uplink's index.
+    pub const UPLINK: PortIndex = PortIndex(0);
+
+    /// As an index into the snapshot's and the workers' per-port tables.
+    #[inline(always)]
+    pub const fn ix(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for PortIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// What a worker does with frames received on an endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +49,7 @@ pub enum EndpointAction {
     /// Loopback wire: send the frames untouched on `peer`.
     Loopback {
         /// The other endpoint's port.
-        peer: PortId,
+        peer: PortIndex,
         /// Wire counter slot.
         slot: u32,
         /// Direction index for the counters (0 forward, 1 reverse).
@@ -37,7 +60,7 @@ pub enum EndpointAction {
         /// Outer headers.
         template: EncapTemplate,
         /// Uplink port.
-        uplink: PortId,
+        uplink: PortIndex,
         /// Wire counter slot.
         slot: u32,
     },
@@ -72,6 +95,8 @@ pub type Handoff = Arc<[ArrayQueue<Mbuf>]>;
 pub struct PortPlan {
     /// What the port is.
     pub role: Role,
+    /// Its queues: an ethdev's or a vhost-user device's.
+    pub io: PortIo,
     /// TX queues usable now. Worker `w` sends on queue `w` if `w < txq`,
     /// else through `handoff` (a vhost-user port has as many queues as the
     /// VM enabled, which may be fewer than the workers).
@@ -85,14 +110,14 @@ pub struct PortPlan {
 
 impl PortPlan {
     /// A port that is not part of the fabric.
-    pub const UNUSED: PortPlan = PortPlan { role: Role::Unused, txq: 0, up: false, handoff: None };
+    pub const UNUSED: PortPlan = PortPlan { role: Role::Unused, io: PortIo::None, txq: 0, up: false, handoff: None };
 }
 
 /// Where a decapsulated frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecapTarget {
     /// Endpoint port.
-    pub port: PortId,
+    pub port: PortIndex,
     /// Wire counter slot.
     pub slot: u32,
     /// The VTEP allowed to send on this wire.
@@ -110,7 +135,7 @@ pub struct DecapTarget {
 
 impl DecapTarget {
     /// A target that delivers to `port` frames from `peer_ip` only.
-    pub fn deliver(port: PortId, slot: u32, peer_ip: Ipv4Addr) -> DecapTarget {
+    pub fn deliver(port: PortIndex, slot: u32, peer_ip: Ipv4Addr) -> DecapTarget {
         DecapTarget { port, slot, peer_ip, alt_ip: Ipv4Addr::UNSPECIFIED, any_src: false, forward: false }
     }
 
@@ -124,8 +149,8 @@ impl DecapTarget {
 /// The uplink as the workers see it.
 #[derive(Debug, Clone)]
 pub struct UplinkPlan {
-    /// Port id.
-    pub port: PortId,
+    /// Its port.
+    pub port: PortIndex,
     /// Addresses and UDP ports for classification.
     pub underlay: UnderlayConfig,
     /// Next hops the control plane resolves (ARP from them is passed up).
@@ -144,12 +169,14 @@ pub fn decap_key(encap: vw_wire::Encap, connector: u32) -> u64 {
 pub struct Snapshot {
     /// Monotonic version.
     pub version: u64,
-    /// Per port id.
+    /// Per port index (the same length in every snapshot).
     pub ports: Vec<PortPlan>,
-    /// Per worker: the (port, RX queue) pairs it polls.
-    pub polls: Vec<Vec<(PortId, u16)>>,
+    /// Per worker: the (port, RX queue) pairs it polls. Only queues that
+    /// can carry frames are listed (a vhost-user device's rings the VM
+    /// enabled), so idle and absent VMs cost nothing per iteration.
+    pub polls: Vec<Vec<(PortIndex, u16)>>,
     /// Per worker: the (port, handoff entry) pairs it drains into its TX queue.
-    pub drains: Vec<Vec<(PortId, usize)>>,
+    pub drains: Vec<Vec<(PortIndex, usize)>>,
     /// The uplink, if any.
     pub uplink: Option<UplinkPlan>,
     /// (format, connector) -> endpoint.
@@ -160,7 +187,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// An empty configuration (nothing polled) for `max_ports` port ids and
+    /// An empty configuration (nothing polled) for `max_ports` ports and
     /// `workers` workers.
     pub fn empty(max_ports: usize, workers: usize) -> Snapshot {
         Snapshot {
@@ -177,7 +204,7 @@ impl Snapshot {
 
 /// The worker that polls RX queue `queue` of `port` (spread so that
 /// single-queue ports do not all land on worker 0).
-pub fn rx_worker(port: PortId, queue: u16, workers: usize) -> usize {
+pub fn rx_worker(port: PortIndex, queue: u16, workers: usize) -> usize {
     (queue as usize + port.0 as usize) % workers
 }
 
@@ -201,6 +228,8 @@ pub struct Mailbox {
     retired: ArrayQueue<Arc<Snapshot>>,
     running: AtomicU64,
     alive: AtomicBool,
+    /// Poll loop iterations begun (see [`Mailbox::quiescent`]).
+    epoch: AtomicU64,
     /// Frames the control plane wants sent on the uplink (ARP requests).
     pub inject: ArrayQueue<Mbuf>,
     /// ARP sightings for the control plane.
@@ -237,6 +266,7 @@ impl Mailbox {
             retired: ArrayQueue::new(4),
             running: AtomicU64::new(0),
             alive: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             inject: ArrayQueue::new(256),
             events: ArrayQueue::new(1024),
             migration: ArrayQueue::new(128),
@@ -259,6 +289,15 @@ impl Mailbox {
         let _ = self.retired.push(old);
         self.running.store(version, Ordering::Release);
         true
+    }
+
+    /// Worker side: marks a quiescent point, at the top of every poll loop
+    /// iteration, where the worker holds no device id read before. SeqCst,
+    /// so that a device id cleared before [`quiesce`] reads this counter is
+    /// seen cleared by every read after the counter moves on.
+    #[inline(always)]
+    pub fn quiescent(&self) {
+        self.epoch.store(self.epoch.load(Ordering::Relaxed).wrapping_add(1), Ordering::SeqCst);
     }
 
     /// Worker side: mark running/stopped.
@@ -288,6 +327,25 @@ impl Mailbox {
     pub fn reclaim(&self) {
         while self.retired.pop().is_some() {}
     }
+}
+
+/// Waits until every live worker has passed a quiescent point after this
+/// call began (or `timeout`): afterwards no worker uses anything it read
+/// before the call, such as a vhost-user device id cleared just before.
+/// Returns false on a timeout. Safe from any thread; workers do not wait for
+/// the caller.
+pub fn quiesce(mailboxes: &[Arc<Mailbox>], timeout: Duration) -> bool {
+    let start: Vec<u64> = mailboxes.iter().map(|m| m.epoch.load(Ordering::SeqCst)).collect();
+    let deadline = Instant::now() + timeout;
+    for (mb, e0) in mailboxes.iter().zip(start) {
+        while mb.is_alive() && mb.epoch.load(Ordering::SeqCst) == e0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(10));
+        }
+    }
+    true
 }
 
 /// Control side: publishes `snap` to every mailbox and waits until every
@@ -397,10 +455,10 @@ mod tests {
     #[test]
     fn rx_queues_are_spread_over_workers() {
         // A 4-queue port on 2 workers: two queues each.
-        let w: Vec<usize> = (0..4).map(|q| rx_worker(PortId(3), q, 2)).collect();
+        let w: Vec<usize> = (0..4).map(|q| rx_worker(PortIndex(3), q, 2)).collect();
         assert_eq!(w, vec![1, 0, 1, 0]);
         // Single-queue ports 0..4 on 2 workers alternate.
-        let w: Vec<usize> = (0..4).map(|p| rx_worker(PortId(p), 0, 2)).collect();
+        let w: Vec<usize> = (0..4).map(|p| rx_worker(PortIndex(p), 0, 2)).collect();
         assert_eq!(w, vec![0, 1, 0, 1]);
     }
 

@@ -180,9 +180,59 @@ impl WireTotals {
     }
 }
 
-/// Largest port id + 1 the counters cover (RTE_MAX_ETHPORTS is 32 in Debian's
-/// DPDK; this leaves room for builds with more).
-pub const MAX_PORTS: usize = 64;
+/// Counters of one port in one worker. Workers count every endpoint's
+/// received frames; bytes and sent frames only where the device keeps no
+/// counters of its own (vhost-user; ethdev ports report `rte_eth_stats`).
+#[derive(Default)]
+pub struct PortCounters {
+    /// Frames received.
+    pub rx_frames: AtomicU64,
+    /// Bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Frames sent.
+    pub tx_frames: AtomicU64,
+    /// Bytes sent.
+    pub tx_bytes: AtomicU64,
+    /// Frames the port's TX queue refused.
+    pub tx_dropped: AtomicU64,
+}
+
+/// A plain copy of [`PortCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortTotals {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames refused by the TX queue.
+    pub tx_dropped: u64,
+}
+
+impl PortTotals {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, c: &PortCounters) {
+        self.rx_frames += c.rx_frames.load(Relaxed);
+        self.rx_bytes += c.rx_bytes.load(Relaxed);
+        self.tx_frames += c.tx_frames.load(Relaxed);
+        self.tx_bytes += c.tx_bytes.load(Relaxed);
+        self.tx_dropped += c.tx_dropped.load(Relaxed);
+    }
+
+    /// `self - base`, for counters of a port index that was reused.
+    pub fn since(&self, base: &PortTotals) -> PortTotals {
+        PortTotals {
+            rx_frames: self.rx_frames.wrapping_sub(base.rx_frames),
+            rx_bytes: self.rx_bytes.wrapping_sub(base.rx_bytes),
+            tx_frames: self.tx_frames.wrapping_sub(base.tx_frames),
+            tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
+            tx_dropped: self.tx_dropped.wrapping_sub(base.tx_dropped),
+        }
+    }
+}
 
 /// All counters of one worker.
 #[repr(align(64))]
@@ -209,15 +259,15 @@ pub struct WorkerStats {
     pub drops: [AtomicU64; DROP_REASONS],
     /// Frames handled by the VTEP, by [`Handled`] kind.
     pub handled: [AtomicU64; Handled::ALL.len()],
-    /// Per port: frames the TX queue refused.
-    pub port_tx_dropped: [AtomicU64; MAX_PORTS],
+    /// Per port index.
+    pub ports: Box<[PortCounters]>,
     /// Per wire slot.
     pub wires: Box<[WireCounters]>,
 }
 
 impl WorkerStats {
-    /// Zeroed counters for `max_wires` wire slots.
-    pub fn new(max_wires: usize) -> WorkerStats {
+    /// Zeroed counters for `max_wires` wire slots and `max_ports` ports.
+    pub fn new(max_wires: usize, max_ports: usize) -> WorkerStats {
         WorkerStats {
             polls: AtomicU64::new(0),
             busy_polls: AtomicU64::new(0),
@@ -229,7 +279,7 @@ impl WorkerStats {
             arp_events_lost: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             handled: std::array::from_fn(|_| AtomicU64::new(0)),
-            port_tx_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
             wires: (0..max_wires).map(|_| WireCounters::default()).collect(),
         }
     }
@@ -265,7 +315,7 @@ mod tests {
 
     #[test]
     fn slot_counters_rebase() {
-        let s = WorkerStats::new(4);
+        let s = WorkerStats::new(4, 2);
         bump(&s.wires[2].frames[1], 5);
         let base = s.wire(2);
         bump(&s.wires[2].frames[1], 3);

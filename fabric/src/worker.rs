@@ -23,12 +23,14 @@
 //! and counted per worker by reason. The only syscall is the optional idle
 //! back-off sleep, taken when the worker has been idle for a while.
 
-use crate::snapshot::{decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, Role, Snapshot, UplinkPlan};
-use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats, MAX_PORTS};
+use crate::snapshot::{
+    decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, PortIndex, Role, Snapshot, UplinkPlan,
+};
+use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use vw_pmd::{Burst, FreeBatch, Mbuf, PortId, TxBuffer};
+use vw_pmd::{Burst, FreeBatch, Mbuf, Mempool, PortIo, TxBuffer};
 use vw_wire::underlay::{classify, Underlay, UnderlayError};
 use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
 
@@ -43,7 +45,7 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A frame waiting for its wire's next hop to be resolved.
 struct Held {
-    port: PortId,
+    port: PortIndex,
     slot: u32,
     since: u64,
     m: Mbuf,
@@ -61,8 +63,11 @@ pub struct WorkerContext {
     pub stop: Arc<AtomicBool>,
     /// Sleep this long when idle (None: busy polling).
     pub idle_sleep: Option<Duration>,
-    /// The configuration to start with.
+    /// The configuration to start with (its port table's length is the
+    /// fabric's port capacity, the same in every snapshot).
     pub initial: Arc<Snapshot>,
+    /// Pool for frames copied out of vhost-user rings.
+    pub pool: Mempool,
 }
 
 /// Handed-off frames a worker moves to its TX queue per port and iteration.
@@ -73,9 +78,14 @@ struct Io {
     index: usize,
     queue: u16,
     rx: Burst,
+    /// One TX buffer per port index.
     tx: Vec<TxBuffer>,
-    dirty: u64,
+    /// Ports whose TX buffer got frames this iteration (each once: see
+    /// `in_dirty`), flushed together; never longer than the port table.
+    dirty: Vec<u32>,
+    in_dirty: Vec<bool>,
     free: FreeBatch,
+    pool: Mempool,
     stats: Arc<WorkerStats>,
     mailbox: Arc<Mailbox>,
     /// Frames for unresolved next hops, oldest first (like the kernel's
@@ -90,15 +100,18 @@ struct Io {
 
 /// Runs the poll loop until `stop` is set. Returns 0.
 pub fn run(ctx: WorkerContext) -> i32 {
-    let WorkerContext { index, mailbox, stats, stop, idle_sleep, initial } = ctx;
+    let WorkerContext { index, mailbox, stats, stop, idle_sleep, initial, pool } = ctx;
     let queue = index as u16;
+    let nports = initial.ports.len();
     let mut io = Io {
         index,
         queue,
         rx: Burst::new(),
-        tx: (0..MAX_PORTS as u16).map(|p| TxBuffer::new(PortId(p), queue)).collect(),
-        dirty: 0,
+        tx: (0..nports).map(|_| TxBuffer::new()).collect(),
+        dirty: Vec::with_capacity(nports),
+        in_dirty: vec![false; nports],
         free: FreeBatch::new(),
+        pool,
         stats: stats.clone(),
         mailbox: mailbox.clone(),
         held: std::array::from_fn(|_| None),
@@ -111,6 +124,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
     let _alive = mailbox.alive_guard(snap.version);
     let mut idle_polls = 0u32;
     while !stop.load(Relaxed) {
+        mailbox.quiescent();
         let updated = mailbox.take_update(&mut snap);
         if updated {
             bump(&stats.config_updates, 1);
@@ -132,7 +146,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
         }
         let mut received = 0usize;
         for &(port, q) in &snap.polls[index] {
-            let n = match snap.ports[port.0 as usize].role {
+            let n = match snap.ports[port.ix()].role {
                 Role::Endpoint(action) => io.poll_endpoint(&snap, port, q, action),
                 Role::Uplink => match &snap.uplink {
                     Some(up) => io.poll_uplink(&snap, up, q),
@@ -169,6 +183,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
     for tx in io.tx.iter_mut() {
         tx.discard();
     }
+    io.dirty.clear();
     while mailbox.inject.pop().is_some() {}
     0
 }
@@ -177,18 +192,49 @@ impl Io {
     /// Queues a frame for `port`: on this worker's TX queue, or through the
     /// port's handoff ring if this worker has no queue there.
     #[inline(always)]
-    fn send(&mut self, snap: &Snapshot, port: PortId, m: Mbuf) {
-        if self.queue < snap.ports[port.0 as usize].txq {
-            self.tx[port.0 as usize].push(m);
-            self.dirty |= 1u64 << port.0;
+    fn send(&mut self, snap: &Snapshot, port: PortIndex, m: Mbuf) {
+        let ix = port.ix();
+        if self.queue < snap.ports[ix].txq {
+            if self.tx[ix].room() == 0 {
+                self.flush_port(snap, ix);
+            }
+            self.tx[ix].push(m);
+            self.mark_dirty(ix);
         } else {
             self.send_slow(snap, port, m);
         }
     }
 
+    /// Moves a whole burst to `port`'s TX buffer (this worker has a queue
+    /// there), or frame by frame through `send`.
+    #[inline(always)]
+    fn send_burst(&mut self, snap: &Snapshot, port: PortIndex, burst: &mut Burst) {
+        let ix = port.ix();
+        if self.queue < snap.ports[ix].txq {
+            if self.tx[ix].room() < burst.len() {
+                self.flush_port(snap, ix);
+            }
+            // A burst (at most BURST_SIZE) always fits an empty buffer.
+            self.tx[ix].push_burst(burst);
+            self.mark_dirty(ix);
+        } else {
+            while let Some(m) = burst.pop() {
+                self.send_slow(snap, port, m);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn mark_dirty(&mut self, ix: usize) {
+        if !self.in_dirty[ix] {
+            self.in_dirty[ix] = true;
+            self.dirty.push(ix as u32);
+        }
+    }
+
     #[cold]
-    fn send_slow(&mut self, snap: &Snapshot, port: PortId, m: Mbuf) {
-        let plan = &snap.ports[port.0 as usize];
+    fn send_slow(&mut self, snap: &Snapshot, port: PortIndex, m: Mbuf) {
+        let plan = &snap.ports[port.ix()];
         let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
         let refused = match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
             Some(ring) => ring.push(m).err(),
@@ -196,14 +242,14 @@ impl Io {
         };
         if let Some(m) = refused {
             self.drop_frame(m, reason.index());
-            bump(&self.stats.port_tx_dropped[port.0 as usize], 1);
+            bump(&self.stats.ports[port.ix()].tx_dropped, 1);
         }
     }
 
     /// Moves frames other workers handed off for `port` to this worker's TX queue.
     #[inline]
-    fn drain_handoff(&mut self, snap: &Snapshot, port: PortId, k: usize) {
-        let plan = &snap.ports[port.0 as usize];
+    fn drain_handoff(&mut self, snap: &Snapshot, port: PortIndex, k: usize) {
+        let plan = &snap.ports[port.ix()];
         let Some(ring) = plan.handoff.as_ref().and_then(|h| h.get(k)) else { return };
         // Checked first: `is_empty` is plain loads, while `pop` on an empty
         // ArrayQueue ends in a full fence, once per ring per iteration.
@@ -237,23 +283,21 @@ impl Io {
 
     /// Polls an endpoint's RX queue and applies its wire's action.
     #[inline(always)]
-    fn poll_endpoint(&mut self, snap: &Snapshot, port: PortId, queue: u16, action: EndpointAction) -> usize {
-        let n = self.rx.rx(port, queue);
+    fn poll_endpoint(&mut self, snap: &Snapshot, port: PortIndex, queue: u16, action: EndpointAction) -> usize {
+        let n = self.rx.rx_from(&snap.ports[port.ix()].io, queue, &self.pool);
         if n == 0 {
             return 0;
         }
+        let bytes = self.rx.bytes();
+        let pc = &self.stats.ports[port.ix()];
+        bump(&pc.rx_frames, n as u64);
+        bump(&pc.rx_bytes, bytes);
         match action {
             EndpointAction::Loopback { peer, slot, dir } => {
-                let bytes = self.rx.bytes();
-                if self.queue < snap.ports[peer.0 as usize].txq {
-                    // The whole burst moves untouched: pointer copies only.
-                    self.tx[peer.0 as usize].push_burst(&mut self.rx);
-                    self.dirty |= 1u64 << peer.0;
-                } else {
-                    while let Some(m) = self.rx.pop() {
-                        self.send(snap, peer, m);
-                    }
-                }
+                // The whole burst moves untouched: pointer copies only.
+                let mut rx = std::mem::take(&mut self.rx);
+                self.send_burst(snap, peer, &mut rx);
+                self.rx = rx;
                 self.count_wire(slot, dir as usize, n as u64, bytes, 0);
             }
             EndpointAction::Encap { template, uplink, slot } => {
@@ -286,14 +330,9 @@ impl Io {
                     bump(&self.stats.drops[FabricDrop::NoHeadroom.index()], no_room);
                 }
                 let frames = self.rx.len() as u64;
-                if self.queue < snap.ports[uplink.0 as usize].txq {
-                    self.tx[uplink.0 as usize].push_burst(&mut self.rx);
-                    self.dirty |= 1u64 << uplink.0;
-                } else {
-                    while let Some(m) = self.rx.pop() {
-                        self.send(snap, uplink, m);
-                    }
-                }
+                let mut rx = std::mem::take(&mut self.rx);
+                self.send_burst(snap, uplink, &mut rx);
+                self.rx = rx;
                 self.count_wire(slot, 0, frames, bytes, too_big + no_room);
             }
             EndpointAction::Unresolved { slot } => {
@@ -313,7 +352,7 @@ impl Io {
     /// Encapsulates one frame and queues it on the uplink. Returns the inner
     /// length, or None if the frame was dropped (and counted).
     #[inline(always)]
-    fn encap(&mut self, snap: &Snapshot, mut m: Mbuf, template: &EncapTemplate, uplink: PortId) -> Option<u64> {
+    fn encap(&mut self, snap: &Snapshot, mut m: Mbuf, template: &EncapTemplate, uplink: PortIndex) -> Option<u64> {
         let len = m.pkt_len() as usize;
         if len > template.max_inner_len() {
             self.drop_frame(m, FabricDrop::EncapTooBig.index());
@@ -337,7 +376,7 @@ impl Io {
     /// Holds a frame for a wire whose next hop is being resolved, or drops
     /// it if the hold queue is full.
     #[cold]
-    fn hold(&mut self, port: PortId, slot: u32, now: u64, m: Mbuf) {
+    fn hold(&mut self, port: PortIndex, slot: u32, now: u64, m: Mbuf) {
         let for_wire = self.held[..self.held_len].iter().flatten().filter(|h| h.slot == slot).count();
         if self.held_len == HOLD_CAPACITY || for_wire >= HOLD_PER_WIRE {
             self.drop_frame(m, FabricDrop::PeerUnresolved.index());
@@ -358,7 +397,7 @@ impl Io {
         self.held_expiry = u64::MAX;
         for i in 0..self.held_len {
             let Some(h) = self.held[i].take() else { continue };
-            match snap.ports[h.port.0 as usize].role {
+            match snap.ports[h.port.ix()].role {
                 Role::Endpoint(EndpointAction::Encap { template, uplink, slot }) if slot == h.slot => {
                     let len = h.m.pkt_len() as u64;
                     match self.encap(snap, h.m, &template, uplink) {
@@ -388,14 +427,14 @@ impl Io {
     #[inline(always)]
     fn poll_uplink(&mut self, snap: &Snapshot, up: &UplinkPlan, queue: u16) -> usize {
         let decap = &snap.decap;
-        let n = self.rx.rx(up.port, queue);
+        let n = self.rx.rx_from(&snap.ports[up.port.ix()].io, queue, &self.pool);
         if n == 0 {
             return 0;
         }
         // Consecutive frames of one wire are looked up once, counted
         // together and handed to the endpoint's TX buffer as one run.
         let (mut cur_slot, mut frames, mut bytes) = (u32::MAX, 0u64, 0u64);
-        let mut cur_port = PortId(u16::MAX);
+        let mut cur_port = PortIndex(u32::MAX);
         let mut run = Burst::new();
         let mut last: Option<(u64, Option<DecapTarget>)> = None;
         self.rx.prefetch_head();
@@ -474,18 +513,11 @@ impl Io {
     /// Hands a run of decapsulated frames for one endpoint to its TX buffer
     /// and counts them.
     #[inline(always)]
-    fn end_run(&mut self, snap: &Snapshot, port: PortId, run: &mut Burst, slot: u32, frames: u64, bytes: u64) {
+    fn end_run(&mut self, snap: &Snapshot, port: PortIndex, run: &mut Burst, slot: u32, frames: u64, bytes: u64) {
         if run.is_empty() {
             return;
         }
-        if self.queue < snap.ports[port.0 as usize].txq {
-            self.tx[port.0 as usize].push_burst(run);
-            self.dirty |= 1u64 << port.0;
-        } else {
-            while let Some(m) = run.pop() {
-                self.send(snap, port, m);
-            }
-        }
+        self.send_burst(snap, port, run);
         self.count_wire(slot, 1, frames, bytes, 0);
     }
 
@@ -540,27 +572,34 @@ impl Io {
         }
     }
 
-    /// Flushes every TX buffer that received frames this iteration. Frames a
-    /// queue refuses are `endpoint_down` if the port's VM is known to be
-    /// gone (the PMD refuses them at once), else `tx_full`.
+    /// Flushes every TX buffer that received frames this iteration.
     #[inline(always)]
     fn flush_all(&mut self, snap: &Snapshot) {
-        let mut d = self.dirty;
-        self.dirty = 0;
-        while d != 0 {
-            let p = d.trailing_zeros() as usize;
-            d &= d - 1;
-            let tx = &mut self.tx[p];
-            tx.flush();
-            let (sent, dropped) = (tx.sent, tx.dropped);
-            tx.sent = 0;
-            tx.dropped = 0;
-            bump(&self.stats.tx_frames, sent);
-            if dropped > 0 {
-                bump(&self.stats.port_tx_dropped[p], dropped);
-                let reason = if snap.ports[p].up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
-                bump(&self.stats.drops[reason.index()], dropped);
-            }
+        for i in 0..self.dirty.len() {
+            let ix = self.dirty[i] as usize;
+            self.in_dirty[ix] = false;
+            self.flush_port(snap, ix);
+        }
+        self.dirty.clear();
+    }
+
+    /// Sends port `ix`'s TX buffer. Frames its queue refuses are
+    /// `endpoint_down` if the port's VM is known to be gone (the device
+    /// refuses them at once), else `tx_full`.
+    #[inline(always)]
+    fn flush_port(&mut self, snap: &Snapshot, ix: usize) {
+        let plan = &snap.ports[ix];
+        let f = self.tx[ix].flush_to(&plan.io, self.queue);
+        bump(&self.stats.tx_frames, f.sent);
+        let pc = &self.stats.ports[ix];
+        if let PortIo::Vhost(_) = plan.io {
+            bump(&pc.tx_frames, f.sent);
+            bump(&pc.tx_bytes, f.bytes);
+        }
+        if f.refused > 0 {
+            bump(&pc.tx_dropped, f.refused);
+            let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+            bump(&self.stats.drops[reason.index()], f.refused);
         }
     }
 }

@@ -140,3 +140,23 @@ pub fn socket_id() -> i32 {
     // SAFETY: reads the calling thread's per-lcore variable.
     unsafe { dpdk_sys::rte_socket_id() as i32 }
 }
+
+/// Raises the soft limit on open files to the hard limit and returns it: a
+/// vhost-user VM takes a socket and an eventfd per ring, so a host with
+/// hundreds of VMs needs thousands of descriptors.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid out pointer; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}

@@ -25,6 +25,10 @@ pub enum Error {
     /// An argument was rejected before calling DPDK.
     #[error("{0}")]
     Invalid(String),
+    /// A librte_vhost call failed; it gives no error code, its reason is in
+    /// DPDK's log.
+    #[error("{0} failed (librte_vhost logs why)")]
+    Vhost(String),
     /// No ethdev port matched a device.
     #[error("device {0:?} was probed but created no ethdev port")]
     NoPort(String),

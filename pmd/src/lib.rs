@@ -18,9 +18,11 @@ pub mod mbuf;
 pub mod mempool;
 pub mod port;
 pub mod time;
+pub mod vhost;
 
 pub use eal::{Eal, LcoreId};
 pub use error::{Error, Result};
-pub use mbuf::{Burst, FreeBatch, Mbuf, TxBuffer, BURST_SIZE};
+pub use mbuf::{Burst, FreeBatch, Mbuf, PortIo, TxBuffer, BURST_SIZE};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, PortConfig, PortId, PortInfo, PortStats, Probed};
+pub use vhost::{VhostPort, VhostSocket, VhostState};

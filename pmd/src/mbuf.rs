@@ -284,6 +284,25 @@ impl Burst {
         self.len
     }
 
+    /// Receives up to [`BURST_SIZE`] packets from queue (pair) `queue` of
+    /// `io`, replacing the previous contents. vhost-user frames are copied
+    /// into mbufs from `pool`.
+    #[inline(always)]
+    pub fn rx_from(&mut self, io: &PortIo, queue: u16, pool: &crate::Mempool) -> usize {
+        match io {
+            PortIo::Eth(port) => self.rx(*port, queue),
+            PortIo::Vhost(v) => {
+                self.clear();
+                self.len = v.dequeue(queue, pool, &mut self.pkts);
+                self.len
+            }
+            PortIo::None => {
+                self.clear();
+                0
+            }
+        }
+    }
+
     /// Packets not yet taken.
     #[inline(always)]
     pub fn len(&self) -> usize {
@@ -455,32 +474,53 @@ impl Drop for Burst {
     }
 }
 
-/// Packets waiting to be sent on one TX queue of one port. Flushes itself
-/// when full; the owner flushes it once per poll iteration. Packets the
-/// queue refuses are freed and counted in `dropped`.
+/// Where a worker's bursts come from and go to: the queues of an ethdev
+/// port, or the rings of a vhost-user device (queue pair `q`). The worker
+/// treats both alike; only this type knows the difference.
+#[derive(Debug, Clone, Default)]
+pub enum PortIo {
+    /// Nothing (an unused port slot): receives nothing, refuses every frame.
+    #[default]
+    None,
+    /// An ethdev port.
+    Eth(PortId),
+    /// A vhost-user socket and the VM device behind it, if any.
+    Vhost(std::sync::Arc<crate::vhost::VhostPort>),
+}
+
+/// What one [`TxBuffer::flush_to`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Packets the queue took.
+    pub sent: u64,
+    /// Packets it refused (freed).
+    pub refused: u64,
+    /// Bytes sent, counted for vhost-user devices only (an ethdev counts
+    /// its own).
+    pub bytes: u64,
+}
+
+/// Packets waiting to be sent on one TX queue of one port. The owner
+/// flushes it once per poll iteration (and before it would overflow) with
+/// [`TxBuffer::flush_to`]; packets the queue refuses are freed and counted.
 pub struct TxBuffer {
-    port: PortId,
-    queue: u16,
     len: usize,
     pkts: [RawMbuf; TX_BUFFER_SIZE],
-    /// Packets the device accepted since the counters were last taken.
-    pub sent: u64,
-    /// Packets the device refused (queue full) and that were freed.
-    pub dropped: u64,
 }
 
 // SAFETY: the buffer owns its mbufs exclusively (see Mbuf).
 unsafe impl Send for TxBuffer {}
 
-impl TxBuffer {
-    /// An empty buffer for `queue` of `port`.
-    pub fn new(port: PortId, queue: u16) -> TxBuffer {
-        TxBuffer { port, queue, len: 0, pkts: [std::ptr::null_mut(); TX_BUFFER_SIZE], sent: 0, dropped: 0 }
+impl Default for TxBuffer {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
-    /// The port this buffer sends on.
-    pub fn port(&self) -> PortId {
-        self.port
+impl TxBuffer {
+    /// An empty buffer.
+    pub const fn new() -> TxBuffer {
+        TxBuffer { len: 0, pkts: [std::ptr::null_mut(); TX_BUFFER_SIZE] }
     }
 
     /// Packets waiting.
@@ -495,54 +535,84 @@ impl TxBuffer {
         self.len == 0
     }
 
-    /// Queues one packet, flushing first if the buffer is full.
+    /// Room left before the buffer must be flushed.
     #[inline(always)]
-    pub fn push(&mut self, m: Mbuf) {
+    pub fn room(&self) -> usize {
+        TX_BUFFER_SIZE - self.len
+    }
+
+    /// Queues one packet; the caller flushes first when there is no room.
+    /// A packet that finds no room anyway is freed and counted as refused.
+    #[inline(always)]
+    pub fn push(&mut self, m: Mbuf) -> bool {
         if self.len == TX_BUFFER_SIZE {
-            self.flush();
+            return false;
         }
         self.pkts[self.len] = m.into_raw();
         self.len += 1;
+        true
     }
 
-    /// Moves every remaining packet of `burst` into this buffer.
+    /// Moves every remaining packet of `burst` into this buffer, which must
+    /// have room for them (see [`TxBuffer::room`]); returns false and takes
+    /// nothing otherwise.
     #[inline(always)]
-    pub fn push_burst(&mut self, burst: &mut Burst) {
+    pub fn push_burst(&mut self, burst: &mut Burst) -> bool {
         let n = burst.len();
         if self.len + n > TX_BUFFER_SIZE {
-            self.flush();
+            return false;
         }
         self.pkts[self.len..self.len + n].copy_from_slice(&burst.pkts[burst.next..burst.len]);
         self.len += n;
         burst.len = 0;
         burst.next = 0;
+        true
     }
 
-    /// Sends what is queued; frees and counts what the device refuses.
+    /// Sends what is queued on `queue` of `io`; frees what the queue
+    /// refuses.
     #[inline]
-    pub fn flush(&mut self) {
-        if self.len == 0 {
-            return;
+    pub fn flush_to(&mut self, io: &PortIo, queue: u16) -> Flushed {
+        let n = self.len;
+        if n == 0 {
+            return Flushed::default();
         }
-        // SAFETY: pkts[..len] are owned mbufs; the port/queue pair is started
-        // and this TX queue is used by this buffer's owner only. The device
-        // takes ownership of the first `sent` packets.
-        let sent =
-            unsafe { dpdk_sys::rte_eth_tx_burst(self.port.0, self.queue, self.pkts.as_mut_ptr(), self.len as u16) }
-                as usize;
-        if sent < self.len {
-            free_bulk(&mut self.pkts[sent..self.len]);
-            self.dropped += (self.len - sent) as u64;
-        }
-        self.sent += sent as u64;
         self.len = 0;
+        let mut bytes = 0;
+        let sent = match io {
+            PortIo::Eth(port) => {
+                // SAFETY: pkts[..n] are owned mbufs; the port/queue pair is
+                // started and this TX queue is used by this buffer's owner
+                // only. The device takes ownership of the first `sent`.
+                let sent =
+                    unsafe { dpdk_sys::rte_eth_tx_burst(port.0, queue, self.pkts.as_mut_ptr(), n as u16) } as usize;
+                free_bulk(&mut self.pkts[sent..n]);
+                sent
+            }
+            PortIo::Vhost(v) => {
+                // librte_vhost copies into the VM's buffers: every mbuf stays
+                // ours and is freed, sent or not.
+                let sent = v.enqueue(queue, &mut self.pkts[..n]);
+                // SAFETY: pkts[..n] are still valid owned mbufs.
+                bytes = self.pkts[..sent].iter().map(|&p| unsafe { (*p).pkt_len } as u64).sum();
+                free_bulk(&mut self.pkts[..n]);
+                sent
+            }
+            PortIo::None => {
+                free_bulk(&mut self.pkts[..n]);
+                0
+            }
+        };
+        Flushed { sent: sent as u64, refused: (n - sent) as u64, bytes }
     }
 
     /// Frees queued packets without sending them (port going away).
-    pub fn discard(&mut self) {
-        free_bulk(&mut self.pkts[..self.len]);
-        self.dropped += self.len as u64;
+    /// Returns how many.
+    pub fn discard(&mut self) -> u64 {
+        let n = self.len;
+        free_bulk(&mut self.pkts[..n]);
         self.len = 0;
+        n as u64
     }
 }
 

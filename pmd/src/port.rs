@@ -6,9 +6,8 @@
 
 use crate::error::{check, Error, Result};
 use crate::mempool::Mempool;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A DPDK ethdev port id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,9 +53,6 @@ pub struct PortConfig {
     pub mtu: Option<u16>,
     /// Receive every frame whatever its destination MAC.
     pub promiscuous: bool,
-    /// Ask for link-state-change events (see [`watch_link_changes`]); only
-    /// for devices that raise them (vhost-user, most NICs).
-    pub lsc: bool,
 }
 
 /// Static facts about a port.
@@ -239,9 +235,6 @@ pub fn configure_and_start(port: PortId, cfg: &PortConfig) -> Result<()> {
         )));
     }
     let mut conf = dpdk_sys::rte_eth_conf::default();
-    if cfg.lsc {
-        conf.intr_conf.set_lsc(1);
-    }
     let rss_hf = RSS_WANTED & di.flow_type_rss_offloads;
     if cfg.rx_queues > 1 && rss_hf != 0 {
         conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
@@ -295,56 +288,10 @@ pub fn stop(port: PortId) -> Result<()> {
     check(|| format!("rte_eth_dev_stop(port {port})"), rc).map(|_| ())
 }
 
-/// Link state changes seen per port id since `watch_link_changes`.
-static LINK_CHANGES: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
-
-extern "C" fn on_link_change(port: u16, _event: u32, _arg: *mut c_void, _ret: *mut c_void) -> i32 {
-    if let Some(c) = LINK_CHANGES.get(port as usize) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    0
-}
-
-/// Counts the port's link-state-change events (raised by DPDK's event
-/// thread, e.g. when a vhost-user VM connects or goes away), so that flaps
-/// shorter than a polling interval are seen too.
-pub fn watch_link_changes(port: PortId) -> Result<()> {
-    if port.0 as usize >= LINK_CHANGES.len() {
-        return Err(Error::Invalid(format!("port {port} is beyond the ports this build tracks")));
-    }
-    LINK_CHANGES[port.0 as usize].store(0, Ordering::Relaxed);
-    // SAFETY: the callback is a plain function that only touches a static
-    // atomic; it stays valid for the life of the process.
-    let rc = unsafe {
-        dpdk_sys::rte_eth_dev_callback_register(
-            port.0,
-            dpdk_sys::RTE_ETH_EVENT_INTR_LSC,
-            Some(on_link_change),
-            std::ptr::null_mut(),
-        )
-    };
-    check(|| format!("rte_eth_dev_callback_register(port {port}, LSC)"), rc).map(|_| ())
-}
-
-/// Link-state-change events seen on `port` since `watch_link_changes`.
-pub fn link_changes(port: PortId) -> u64 {
-    LINK_CHANGES.get(port.0 as usize).map_or(0, |c| c.load(Ordering::Relaxed))
-}
-
 /// Stops and closes the port and removes its device (the reverse of
 /// `probe`). For a `net_tap` device this deletes the kernel interface.
 pub fn remove(port: PortId) -> Result<()> {
     let di = dev_info(port)?;
-    // SAFETY: unregistering a callback that may not be registered is a
-    // harmless error (-ENOENT), ignored.
-    unsafe {
-        dpdk_sys::rte_eth_dev_callback_unregister(
-            port.0,
-            dpdk_sys::RTE_ETH_EVENT_INTR_LSC,
-            Some(on_link_change),
-            std::ptr::null_mut(),
-        );
-    }
     let _ = stop(port);
     // SAFETY: the port is stopped and no worker uses it.
     let rc = unsafe { dpdk_sys::rte_eth_dev_close(port.0) };
@@ -409,24 +356,4 @@ pub fn stats(port: PortId) -> Result<PortStats> {
         oerrors: s.oerrors,
         rx_nombuf: s.rx_nombuf,
     })
-}
-
-/// A vhost-user queue being enabled or disabled by the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VhostQueueEvent {
-    /// Queue index.
-    pub queue: u16,
-    /// True for an RX queue of the port (the VM's TX vring).
-    pub rx: bool,
-    /// Enabled or disabled.
-    pub enable: bool,
-}
-
-/// The next pending queue event of a `net_vhost` port, if any.
-pub fn vhost_queue_event(port: PortId) -> Option<VhostQueueEvent> {
-    let mut ev = dpdk_sys::rte_eth_vhost_queue_event::default();
-    // SAFETY: ev is a valid out pointer; the call returns non-zero when the
-    // port is not a vhost port or no event is pending.
-    let rc = unsafe { dpdk_sys::rte_eth_vhost_get_queue_event(port.0, &mut ev) };
-    (rc == 0).then_some(VhostQueueEvent { queue: ev.queue_id, rx: ev.rx, enable: ev.enable })
 }

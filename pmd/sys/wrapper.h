@@ -11,5 +11,4 @@
 #include <rte_dev.h>
 #include <rte_bus_vdev.h>
 #include <rte_vhost.h>
-#include <rte_eth_vhost.h>
 #include "shim.h"

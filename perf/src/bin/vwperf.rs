@@ -605,7 +605,6 @@ fn main() -> ExitCode {
             pool,
             mtu: None,
             promiscuous: true,
-            lsc: false,
         };
         if let Err(e) = port::configure_and_start(p, &cfg) {
             return fail(format!("{d}: {e}"));
