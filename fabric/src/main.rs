@@ -6,6 +6,7 @@
 
 mod claim;
 mod control;
+mod journal;
 mod migrate;
 mod neighbour;
 mod persist;
