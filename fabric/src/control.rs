@@ -10,7 +10,7 @@
 pub use crate::migrate::MigrationSettings;
 use crate::migrate::{self, now_ns, Channel, Departed, Pending, WireMove};
 use crate::neighbour::Neighbours;
-use crate::persist::{self, Saved, SavedEndpoint, SavedWire};
+use crate::persist::{Change, Saved, SavedWire, Store};
 use crate::snapshot::{
     self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortIndex, PortPlan, Role,
     Snapshot, UplinkPlan,
@@ -182,6 +182,15 @@ struct State {
     departed: BTreeMap<ConnectorId, (Departed, WireSlot)>,
 }
 
+/// What a change touched, to be recorded in the state journal as it is after
+/// the change (present: saved; absent: removed).
+enum Touched {
+    /// An endpoint, by name.
+    Endpoint(String),
+    /// A wire.
+    Wire(ConnectorId),
+}
+
 /// A refused request.
 #[derive(Debug)]
 struct Refusal {
@@ -253,6 +262,10 @@ pub struct Control {
     /// Saved entries that could not be restored at start: kept in the state
     /// file (until replaced) and shown in `status`, retried at next start.
     unrestored: Saved,
+    /// The state file and its journal, with `--state`.
+    store: Option<Store>,
+    /// Restoring the state file: changes are neither recorded nor published.
+    restoring: bool,
     started: Instant,
     last_tick: Instant,
     /// The migration channel, with `--migration-key-file`.
@@ -289,6 +302,8 @@ impl Control {
             free_ports: (1..max_ports() as u32).collect(),
             removed_in_flight: 0,
             unrestored: Saved::default(),
+            store: None,
+            restoring: false,
             started: Instant::now(),
             last_tick: Instant::now(),
             mig: None,
@@ -349,6 +364,12 @@ impl Control {
     /// Releases every port (endpoints, then the uplink) and frees queued
     /// frames. Call after the workers have stopped, before EAL cleanup.
     pub fn release_ports(&mut self) {
+        // A clean stop leaves the state file whole, its journal empty.
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.compact() {
+                crate::log(&format!("cannot rewrite the state file {}: {e}", store.path().display()));
+            }
+        }
         for mb in &self.mailboxes {
             while mb.inject.pop().is_some() {}
             while mb.migration.pop().is_some() {}
@@ -560,14 +581,20 @@ impl Control {
     /// Publishes `next` to the workers and commits it. A worker that does
     /// not switch in time is fatal (see [`Fatal::WorkerStuck`]).
     fn apply(&mut self, next: State) -> Result<(), Refusal> {
-        self.apply_with(next, false)
+        self.apply_with(next, &[])
     }
 
-    /// Like `apply`; with `save`, the state file is written first (and a
-    /// failure to write it refuses the change).
-    fn apply_with(&mut self, next: State, save: bool) -> Result<(), Refusal> {
-        if save {
-            self.save(&next)?;
+    /// Like `apply`; what `save` names (as it is in `next`) is recorded in
+    /// the state journal first, and a failure to record it refuses the
+    /// change. While the saved state is being restored, nothing is recorded
+    /// or published: `restore` publishes everything at once at the end.
+    fn apply_with(&mut self, next: State, save: &[Touched]) -> Result<(), Refusal> {
+        if !save.is_empty() && !self.restoring {
+            self.record(&next, save)?;
+        }
+        if self.restoring {
+            self.state = next;
+            return Ok(());
         }
         let version = self.next_version;
         self.next_version += 1;
@@ -851,7 +878,8 @@ impl Control {
         let handoff = (vhost || queues < self.workers.len() as u16).then(|| new_handoff(self.workers.len()));
         let base = self.port_totals(ix);
         next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), ix, dev, queues, handoff, base });
-        if let Err(e) = self.apply_with(next, save) {
+        let touched = [Touched::Endpoint(name.to_owned())];
+        if let Err(e) = self.apply_with(next, if save { &touched } else { &[] }) {
             // Never undo once a publish failed (a worker may still poll the
             // port; the fabric is stopping). A vhost-user socket goes with
             // the uncommitted state.
@@ -879,7 +907,7 @@ impl Control {
         let Some(ep) = next.endpoints.remove(name) else {
             return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("endpoint {name} does not exist")));
         };
-        self.apply_with(next, true)?;
+        self.apply_with(next, &[Touched::Endpoint(name.to_owned())])?;
         if let Some(h) = &ep.handoff {
             for ring in h.iter() {
                 while ring.pop().is_some() {
@@ -993,7 +1021,8 @@ impl Control {
             }
             _ => None,
         };
-        self.apply_with(next, save)?;
+        let touched = [Touched::Wire(id)];
+        self.apply_with(next, if save { &touched } else { &[] })?;
         self.next_slot = (slot + 1) % max;
         if let Some((vtep, encap, when)) = locate {
             self.announce_location(id, endpoint, vtep, encap, when);
@@ -1018,82 +1047,76 @@ impl Control {
                 next.neighbours.release(hop);
             }
         }
-        self.apply_with(next, true)?;
+        self.apply_with(next, &[Touched::Wire(id)])?;
         crate::log(&format!("wire {id} disconnected"));
         Ok(())
     }
 
     // ---- persistence --------------------------------------------------------
 
-    fn saved(&self, st: &State) -> Saved {
-        let mut s = Self::live(st);
-        // Entries that failed to restore stay in the file, unless the
-        // operator has since reused their name or wire id.
-        for e in &self.unrestored.endpoints {
-            if !s.endpoints.iter().any(|x| x.name == e.name) {
-                s.endpoints.push(e.clone());
-            }
-        }
-        for w in &self.unrestored.wires {
-            if !s.wires.iter().any(|x| x.wire == w.wire) {
-                s.wires.push(w.clone());
-            }
-        }
-        s
-    }
-
-    fn live(st: &State) -> Saved {
-        Saved {
-            version: persist::VERSION,
-            endpoints: st
-                .endpoints
-                .iter()
-                .map(|(n, e)| SavedEndpoint { name: n.clone(), spec: e.spec.clone() })
-                .collect(),
-            wires: st
-                .table
-                .wires()
-                .map(|w| match &w.peer {
-                    Peer::Local(b) => SavedWire {
-                        wire: w.id.0,
-                        endpoint: w.endpoint.clone(),
-                        peer: b.clone(),
-                        encap: None,
-                        local_ns: 0,
-                        remote_ns: 0,
-                    },
-                    Peer::Remote { vtep, encap } => SavedWire {
-                        wire: w.id.0,
-                        endpoint: w.endpoint.clone(),
-                        peer: vtep.to_string(),
-                        encap: Some(encap_name(*encap)),
-                        local_ns: st.moves.get(&w.id).map_or(0, |m| m.local_ns),
-                        remote_ns: st.moves.get(&w.id).map_or(0, |m| m.remote_ns),
-                    },
-                })
-                .collect(),
+    /// A wire as the state file keeps it.
+    fn saved_wire(st: &State, w: &vw_wire::table::Wire) -> SavedWire {
+        match &w.peer {
+            Peer::Local(b) => SavedWire {
+                wire: w.id.0,
+                endpoint: w.endpoint.clone(),
+                peer: b.clone(),
+                encap: None,
+                local_ns: 0,
+                remote_ns: 0,
+            },
+            Peer::Remote { vtep, encap } => SavedWire {
+                wire: w.id.0,
+                endpoint: w.endpoint.clone(),
+                peer: vtep.to_string(),
+                encap: Some(encap_name(*encap)),
+                local_ns: st.moves.get(&w.id).map_or(0, |m| m.local_ns),
+                remote_ns: st.moves.get(&w.id).map_or(0, |m| m.remote_ns),
+            },
         }
     }
 
-    fn save(&self, st: &State) -> Result<(), Refusal> {
-        let Some(path) = &self.settings.state_file else { return Ok(()) };
-        persist::save(path, &self.saved(st)).map_err(|e| {
+    /// Records in the state journal what `touched` names, as it is in `st`:
+    /// one line, synced, whatever the number of other entries.
+    fn record(&mut self, st: &State, touched: &[Touched]) -> Result<(), Refusal> {
+        let Some(store) = &mut self.store else { return Ok(()) };
+        let changes: Vec<Change> = touched
+            .iter()
+            .map(|t| match t {
+                Touched::Endpoint(name) => match st.endpoints.get(name) {
+                    Some(e) => Change::EndpointAdded { name: name.clone(), spec: e.spec.clone() },
+                    None => Change::EndpointRemoved { name: name.clone() },
+                },
+                Touched::Wire(id) => match st.table.wire(*id) {
+                    Some(w) => Change::WireSaved(Self::saved_wire(st, w)),
+                    None => Change::WireRemoved { wire: id.0 },
+                },
+            })
+            .collect();
+        store.record_all(&changes).map_err(|e| {
             Refusal::new(
                 ErrorCode::Unavailable,
-                format!("cannot save the state file {}: {e}; the change was not made", path.display()),
+                format!("cannot save to the state file {}: {e}; the change was not made", store.path().display()),
             )
         })
     }
 
-    /// Recreates the endpoints and wires of the state file (at start).
-    /// An entry that cannot be recreated (its device or directory is gone,
-    /// the fabric now lacks the uplink it needs) is skipped with a log line,
-    /// kept in the state file and listed by `status`; everything else comes
-    /// back. Returns how many entries were restored.
+    /// Recreates the endpoints and wires of the state file (at start), then
+    /// publishes them to the workers in one snapshot. An entry that cannot
+    /// be recreated (its device or directory is gone, the fabric now lacks
+    /// the uplink it needs) is skipped with a log line, kept in the state
+    /// file and listed by `status`; everything else comes back. Returns how
+    /// many entries were restored.
     pub fn restore(&mut self) -> Result<usize, String> {
         let Some(path) = self.settings.state_file.clone() else { return Ok(0) };
-        let Some(saved) = persist::load(&path)? else { return Ok(0) };
+        let (store, saved) = Store::open(&path)?;
+        for w in store.warnings() {
+            crate::log(&format!("state file: {w}"));
+        }
+        self.store = Some(store);
+        let Some(saved) = saved else { return Ok(0) };
         let mut restored = 0;
+        self.restoring = true;
         for e in &saved.endpoints {
             match self.endpoint_add_with(&e.name, &e.spec, false) {
                 Ok(_) => restored += 1,
@@ -1112,6 +1135,15 @@ impl Control {
                     self.unrestored.wires.push(w.clone());
                 }
             }
+        }
+        self.restoring = false;
+        let next = self.state.clone();
+        if self.apply(next).is_err() {
+            return Err(self
+                .fatal
+                .as_ref()
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "publishing the restored state".into()));
         }
         Ok(restored)
     }
@@ -1371,7 +1403,7 @@ impl Control {
 
     /// Applies a move and records how long it took.
     fn apply_move(&mut self, id: ConnectorId, next: State, t0: Instant) -> Result<(), &'static str> {
-        self.apply_with(next, true).map_err(|_| "unresolved")?;
+        self.apply_with(next, &[Touched::Wire(id)]).map_err(|_| "unresolved")?;
         if let Some(m) = self.state.moves.get_mut(&id) {
             m.last_move_us = t0.elapsed().as_micros() as u64;
         }
@@ -1402,7 +1434,7 @@ impl Control {
                     if self.next_hop(s).ok() == Some(s) && msg.location_mac != MacAddr([0; 6]) {
                         next.neighbours.heard(s, msg.location_mac, Instant::now());
                     }
-                    self.apply_with(next, true).map_err(|_| "unresolved")?;
+                    self.apply_with(next, &[Touched::Wire(id)]).map_err(|_| "unresolved")?;
                     self.send_ack(msg, Ipv4Addr::UNSPECIFIED, mv.moves);
                     return Ok(());
                 }
@@ -1599,7 +1631,8 @@ impl Control {
             m.arrival_until = Some(t0 + grace);
         }
         let when = m.local_ns;
-        self.apply_with(next, save)?;
+        let touched = [Touched::Wire(id)];
+        self.apply_with(next, if save { &touched } else { &[] })?;
         if let Some(m) = self.state.moves.get_mut(&id) {
             m.last_move_us = t0.elapsed().as_micros() as u64;
         }
@@ -1802,8 +1835,15 @@ impl Control {
                 .unrestored
                 .endpoints
                 .iter()
+                .filter(|e| !self.state.endpoints.contains_key(&e.name))
                 .map(|e| format!("endpoint {}", e.name))
-                .chain(self.unrestored.wires.iter().map(|w| format!("wire {}", w.wire)))
+                .chain(
+                    self.unrestored
+                        .wires
+                        .iter()
+                        .filter(|w| self.state.table.wire(ConnectorId(w.wire)).is_none())
+                        .map(|w| format!("wire {}", w.wire)),
+                )
                 .collect(),
         }
     }

@@ -19,7 +19,6 @@
 
 // Only the atomic replacement has a caller outside the tests until
 // control.rs persists through `persist::Store`.
-#![cfg_attr(not(test), expect(dead_code, reason = "control.rs still persists through persist::save"))]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -225,6 +224,7 @@ impl Journal {
     }
 
     /// Bytes in the file.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.len
     }

@@ -41,7 +41,6 @@
 // Until control.rs moves from `save`/`load` to `Store`, parts of this
 // module have no caller outside its tests; the expectation fails once they
 // all do, so this line goes then.
-#![cfg_attr(not(test), expect(dead_code, reason = "control.rs still persists through save/load"))]
 
 use crate::journal::{self, Journal};
 use serde::{Deserialize, Serialize};
@@ -112,7 +111,9 @@ pub struct Saved {
 }
 
 /// Writes `state` to `path` atomically (write, fsync, rename, fsync dir),
-/// in the whole-file format (version 1).
+/// in the whole-file format (version 1) that older builds wrote: the tests
+/// check that such files are still read.
+#[cfg(test)]
 pub fn save(path: &Path, state: &Saved) -> io::Result<()> {
     let mut text = serde_json::to_string_pretty(state).map_err(io::Error::other)?;
     text.push('\n');
@@ -120,6 +121,7 @@ pub fn save(path: &Path, state: &Saved) -> io::Result<()> {
 }
 
 /// Reads a whole-file state (version 1); `Ok(None)` if there is none yet.
+#[cfg(test)]
 pub fn load(path: &Path) -> Result<Option<Saved>, String> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
@@ -467,11 +469,13 @@ impl Store {
 
     /// The configuration as it now stands (O(n): for status, not per
     /// change).
+    #[cfg(test)]
     pub fn saved(&self) -> Saved {
         self.live.to_saved()
     }
 
     /// Records one change; it is on disk when this returns `Ok`.
+    #[cfg(test)]
     pub fn record(&mut self, change: &Change) -> io::Result<()> {
         self.record_all(std::slice::from_ref(change))
     }
