@@ -448,11 +448,13 @@ fn serve(args: &Args, group: Option<u32>, control: &mut Control, stop: &Arc<Atom
     cfg.group = group;
     let server = Server::start(cfg, jobs_tx)?;
     control.announce();
+    let t = Instant::now();
     match control.restore() {
         Ok(0) => {}
         Ok(n) => log(&format!(
-            "restored {n} endpoints and wires from {}",
-            args.state.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            "restored {n} endpoints and wires from {} in {} ms",
+            args.state.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            t.elapsed().as_millis()
         )),
         Err(e) => return Err(StartError::Config(e)),
     }
