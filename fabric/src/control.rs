@@ -705,11 +705,12 @@ impl Control {
                 let used = 2 * servers + clients;
                 let need = if *client { 1 } else { 2 };
                 if used + need > vhost::FDSET_SLOTS {
+                    let hint = if servers > 0 { "; client-mode endpoints (--client) take half as many" } else { "" };
                     return limit(format!(
-                        "endpoint_limit: librte_vhost polls at most {} sockets and connections, and this fabric's \
-                         {servers} server-mode and {clients} client-mode vhost-user endpoints use {used} of them \
-                         (a server-mode endpoint takes 2, a client-mode one 1); use client mode (--client) for \
-                         more endpoints",
+                        "endpoint_limit: this fabric holds at most {} vhost-user endpoints in client mode (librte_vhost \
+                         polls at most {} sockets and connections; a server-mode endpoint takes 2, a client-mode one \
+                         1), and its {servers} server-mode and {clients} client-mode endpoints use {used}{hint}",
+                        vhost::FDSET_SLOTS,
                         vhost::FDSET_SLOTS
                     ));
                 }

@@ -644,11 +644,19 @@ impl Fabric {
     pub fn assert_teardown_frees_every_mbuf(&self, bare: u64) {
         // A wire whose end moved away is listed until its grace period
         // ends; it is not connected here and goes by itself.
+        // One control connection for all of it (a fabric may hold a
+        // thousand endpoints).
+        use vw_ctl::proto::Request;
+        let mut c = vw_ctl::client::Client::connect(&self.socket).expect("connect to the control socket");
+        let mut call = |r: Request| {
+            let reply = c.call(&r).unwrap_or_else(|e| panic!("{r:?}: {e}"));
+            assert!(reply.ok, "{r:?} refused: {:?}", reply.error);
+        };
         for w in self.json(&["wire", "list"]).as_array().unwrap().iter().filter(|w| w["kind"] != "moved") {
-            self.ctl_ok(&["disconnect", &w["wire"].to_string()]);
+            call(Request::Disconnect { wire: w["wire"].as_u64().unwrap() as u32 });
         }
         for e in self.json(&["endpoint", "list"]).as_array().unwrap() {
-            self.ctl_ok(&["endpoint", "del", e["name"].as_str().unwrap()]);
+            call(Request::EndpointDel { name: e["name"].as_str().unwrap().to_owned() });
         }
         self.assert_no_mbuf_leak(bare);
     }
