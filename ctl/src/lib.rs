@@ -7,6 +7,7 @@
 //!   hands each valid request to the fabric's control thread over a channel.
 //!   It owns no fabric state and makes no DPDK call.
 //! * [`client`]: a blocking client, used by `vwctl` and the tests.
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod proto;

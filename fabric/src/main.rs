@@ -3,6 +3,7 @@
 //! The EAL main lcore runs the control plane (`control.rs`) and the control
 //! socket; every other lcore runs a data-path worker (`worker.rs`). See
 //! `docs/architecture.md`.
+#![forbid(unsafe_code)]
 
 mod claim;
 mod control;

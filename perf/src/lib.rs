@@ -9,6 +9,7 @@
 //!
 //! This library holds what both share and what can be tested without DPDK:
 //! the test frame format and the result types.
+#![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod report;

@@ -17,7 +17,7 @@
 //! [`arp::reply_in_place`], [`icmpv4::echo_reply_in_place`]): those are `#[inline]`,
 //! allocation-free and never panic, whatever bytes they are given. Only the wire table and
 //! the test/tool builders allocate.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod arp;

@@ -9,6 +9,7 @@
 //! Prerequisites (root, `/dev/net/tun`, `ip`, the release binaries) are
 //! checked first. Outside CI a missing one skips the test with a message
 //! saying what is missing; with `CI=true` it fails the test.
+#![forbid(unsafe_code)]
 
 use serde_json::Value;
 use std::fmt::Write as _;

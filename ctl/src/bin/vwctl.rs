@@ -1,10 +1,22 @@
 //! `vwctl`: command-line client of a VirtualWire fabric.
+#![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use vw_ctl::proto::{EncapName, EndpointInfo, EndpointSpec, Stats, Status, WireInfo};
 use vw_ctl::{Client, ClientError, Request};
+
+/// `println!` that ends the program quietly when stdout is gone (`vwctl
+/// stats | head`), as command-line tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 
 /// Control a VirtualWire fabric (vwfabric) through its control socket.
 ///
@@ -157,7 +169,7 @@ fn main() -> ExitCode {
     if cli.json {
         let out =
             if reply.ok { reply.result.clone().unwrap_or_default() } else { serde_json::to_value(&reply).unwrap() };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap());
         return if reply.ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
     if !reply.ok {
@@ -180,11 +192,11 @@ fn main() -> ExitCode {
         Command::Wire(WireCmd::List) => serde_json::from_value(result).map(|v: Vec<WireInfo>| print_wires(&v)),
         Command::Stats => serde_json::from_value(result).map(|s| print_stats(&s)),
         Command::Endpoint(EndpointCmd::Del { name }) => {
-            println!("endpoint {name} removed");
+            out!("endpoint {name} removed");
             Ok(())
         }
         Command::Disconnect { wire } => {
-            println!("wire {wire} disconnected");
+            out!("wire {wire} disconnected");
             Ok(())
         }
     };
@@ -205,7 +217,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", s.join("  ").trim_end());
+        out!("{}", s.join("  ").trim_end());
     };
     line(headers.to_vec());
     for r in rows {
@@ -214,14 +226,14 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 fn print_status(s: &Status) {
-    println!("vwfabric {} pid {} up {}s, socket {}", s.version, s.pid, s.uptime_s, s.socket);
+    out!("vwfabric {} pid {} up {}s, socket {}", s.version, s.pid, s.uptime_s, s.socket);
     let lcores: Vec<String> = s.workers.iter().map(|w| w.lcore.to_string()).collect();
     let mode =
         if s.idle_sleep_us == 0 { "busy polling".to_string() } else { format!("idle back-off {}us", s.idle_sleep_us) };
-    println!("workers: {} on lcores {} ({mode})", s.workers.len(), lcores.join(","));
+    out!("workers: {} on lcores {} ({mode})", s.workers.len(), lcores.join(","));
     match &s.uplink {
         Some(u) => {
-            println!(
+            out!(
                 "uplink: port {} {} mac {} link {} mtu {}",
                 u.port,
                 u.devargs,
@@ -229,7 +241,7 @@ fn print_status(s: &Status) {
                 if u.link_up { "up" } else { "down" },
                 u.mtu
             );
-            println!(
+            out!(
                 "vtep: {} gateway {} udp ports vwire {} vxlan {}",
                 u.vtep,
                 u.gateway.as_deref().unwrap_or("-"),
@@ -237,14 +249,11 @@ fn print_status(s: &Status) {
                 u.vxlan_port
             );
         }
-        None => println!("uplink: none (loopback wires only)"),
+        None => out!("uplink: none (loopback wires only)"),
     }
-    println!(
-        "endpoints: {}  wires: {}  mbufs in use: {} of {}",
-        s.endpoints, s.wires, s.mempool.in_use, s.mempool.size
-    );
+    out!("endpoints: {}  wires: {}  mbufs in use: {} of {}", s.endpoints, s.wires, s.mempool.in_use, s.mempool.size);
     if !s.neighbours.is_empty() {
-        println!();
+        out!();
         let rows: Vec<Vec<String>> = s
             .neighbours
             .iter()
@@ -384,9 +393,9 @@ fn print_stats(s: &Stats) {
         ],
         &rows,
     );
-    println!();
+    out!();
     print_wires(&s.wires);
-    println!();
+    out!();
     let rows: Vec<Vec<String>> = s
         .workers
         .iter()
@@ -408,19 +417,19 @@ fn print_stats(s: &Stats) {
     table(&["WORKER", "LCORE", "POLLS", "BUSY", "RX-FRAMES", "TX-FRAMES", "DROPS", "SLEEPS"], &rows);
     let handled = nonzero(&s.handled);
     if !handled.is_empty() {
-        println!();
+        out!();
         table(&["HANDLED", "FRAMES"], &handled);
     }
     let drops = nonzero(&s.drops);
-    println!();
+    out!();
     if drops.is_empty() {
-        println!("drops: none");
+        out!("drops: none");
     } else {
         table(&["DROP-REASON", "FRAMES"], &drops);
     }
     if let Some(m) = &s.migration {
-        println!();
-        println!(
+        out!();
+        out!(
             "migration (UDP {}, grace {} ms): {} messages sent, {} received, {} taken, {} waiting for an answer, {} frames forwarded",
             m.port, m.grace_ms, m.sent, m.received, m.accepted, m.pending, m.forwarded
         );
@@ -429,7 +438,7 @@ fn print_stats(s: &Stats) {
             table(&["REFUSED-MESSAGE-REASON", "MESSAGES"], &refused);
         }
     }
-    println!();
-    println!("control frames sent: {}", s.control_frames_sent);
-    println!("mbufs in use: {} of {}", s.mempool.in_use, s.mempool.size);
+    out!();
+    out!("control frames sent: {}", s.control_frames_sent);
+    out!("mbufs in use: {} of {}", s.mempool.in_use, s.mempool.size);
 }

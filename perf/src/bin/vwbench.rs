@@ -22,6 +22,7 @@
 //!
 //! `--smoke` runs each scenario once for a second and only checks that
 //! frames flowed and the fabric's mbufs returned to their idle count.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};

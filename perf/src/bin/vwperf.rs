@@ -14,6 +14,7 @@
 //! Traffic runs on the second lcore; the main lcore prints a line per
 //! second and the summary. `--ndr`/`--pdr PCT` search the highest rate with
 //! loss at or under a threshold (RFC 2544 style).
+#![forbid(unsafe_code)]
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;

@@ -19,6 +19,7 @@
 //!   DST:4796, COPIES times (default 1): how the tests play an attacker who
 //!   can send UDP to a fabric. SEQ, SENT_NS and WHEN_NS of `now` mean the
 //!   clock; SRC may be `FROM/BIND` (claim FROM, send from BIND).
+#![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
