@@ -131,6 +131,8 @@ pub enum ErrorCode {
     TooManyClients,
     /// The fabric holds as many endpoints of this kind as it can.
     EndpointLimit,
+    /// Every wire slot (`--max-wires`) is in use.
+    WireLimit,
 }
 
 impl ErrorCode {
@@ -151,6 +153,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyClients => "too_many_clients",
             ErrorCode::EndpointLimit => "endpoint_limit",
+            ErrorCode::WireLimit => "wire_limit",
         }
     }
 }

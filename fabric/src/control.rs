@@ -1004,8 +1004,8 @@ impl Control {
         let max = self.settings.max_wires as u32;
         let Some(slot) = (0..max).map(|i| (self.next_slot + i) % max).find(|s| !used.contains(s)) else {
             return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                format!("all {max} wire slots are in use; start the fabric with a larger --max-wires"),
+                ErrorCode::WireLimit,
+                format!("wire_limit: all {max} wire slots are in use; start the fabric with a larger --max-wires"),
             ));
         };
         next.wires.insert(id, WireSlot { slot, base: self.wire_totals(slot) });

@@ -131,8 +131,9 @@ struct Args {
     /// Most wires at once (sizes the per-worker wire counters).
     #[arg(long, default_value_t = 4096)]
     max_wires: usize,
-    /// Save endpoints and wires to this file on every change and restore
-    /// them at start (written atomically: write, fsync, rename).
+    /// Keep endpoints and wires in this file and restore them at start:
+    /// every change is one synced line in FILE.journal, folded into FILE
+    /// now and then and at a clean stop.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
     /// A static underlay neighbour (never probed), e.g. a gateway that does
