@@ -443,11 +443,19 @@ impl Control {
                 up,
                 handoff: ep.handoff.clone(),
             };
-            if ep.handoff.is_some() {
-                // Every ring always has a drainer, so frames pushed just
-                // before a change of txq are never stranded.
-                for k in 0..nworkers {
-                    s.drains[k % txq as usize].push((ep.ix, k));
+            if let Some(h) = &ep.handoff {
+                // Worker k hands frames to ring k only while k >= txq and the
+                // port is up (frames for a port that is down are dropped at
+                // once). A ring has a drainer while that may happen, in this
+                // snapshot or in the one workers run now, and until it is
+                // empty; no worker refills it after that. Rings that cannot
+                // hold frames cost the workers nothing.
+                let used = |p: &PortPlan| p.up && (p.txq as usize) < nworkers;
+                let before = self.current.ports.get(ep.ix.ix()).is_some_and(|p| p.handoff.is_some() && used(p));
+                if used(&s.ports[ep.ix.ix()]) || before || h.iter().any(|r| !r.is_empty()) {
+                    for k in 0..nworkers {
+                        s.drains[k % txq as usize].push((ep.ix, k));
+                    }
                 }
             }
         }

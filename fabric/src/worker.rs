@@ -236,9 +236,11 @@ impl Io {
     fn send_slow(&mut self, snap: &Snapshot, port: PortIndex, m: Mbuf) {
         let plan = &snap.ports[port.ix()];
         let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+        // Nothing waits in a ring for a port that is down (see the drainers
+        // in the control plane's snapshot builder).
         let refused = match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
-            Some(ring) => ring.push(m).err(),
-            None => Some(m),
+            Some(ring) if plan.up => ring.push(m).err(),
+            _ => Some(m),
         };
         if let Some(m) = refused {
             self.drop_frame(m, reason.index());
