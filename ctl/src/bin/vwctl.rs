@@ -91,7 +91,10 @@ enum EndpointCmd {
         /// DPDK device arguments, e.g. `net_tap0,iface=vm1` or a PCI address.
         devargs: Option<String>,
         /// A vhost-user port on this socket (absolute path). The fabric
-        /// listens on it, or with --client connects to it.
+        /// listens on it, or with --client connects to it. A fabric holds
+        /// up to 1023 client-mode or 511 server-mode vhost-user endpoints
+        /// (and 31 DPDK devices besides its uplink); past that the request
+        /// is refused with endpoint_limit.
         #[arg(long, value_name = "PATH")]
         vhost_user: Option<String>,
         /// Connect to a socket the VM side listens on (reconnecting when it
