@@ -149,8 +149,8 @@ impl Server {
         // (Linux) and needs no socket file (it may have been deleted, so
         // connecting to ourselves is no wake-up). The receive timeout, which
         // Linux applies to accept(), bounds the wait should that ever fail.
-        // poll(2) on a wake-up pipe would do as well but needs unsafe code,
-        // which this crate has none of.
+        // poll(2) on a wake-up pipe would do as well but is an FFI call, and
+        // FFI stays in pmd/.
         let wake = listener.try_clone().map(OwnedFd::from).map(UnixStream::from).map_err(io_err(&path))?;
         wake.set_read_timeout(Some(Duration::from_millis(200))).map_err(io_err(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.mode)).map_err(io_err(&path))?;
