@@ -1,44 +1,48 @@
 //! The control plane: runs on the EAL main lcore, owns all configuration.
 //!
-//! Requests from the control socket are handled one at a time. A change is
-//! made on a copy of the state, turned into a new data-path [`Snapshot`],
-//! published to the workers (who switch at their next quiescent point), and
-//! only then committed; a refused or failed request leaves everything as it
-//! was. A periodic tick resolves underlay neighbours (ARP) and checks that
-//! every worker is alive.
+//! This is the shell around `vw_core`, which holds the configuration and
+//! compiles it into the data-path plan. Requests from the control socket
+//! are handled one at a time. A change is made on a copy of the state (O(1)
+//! with its persistent maps), recorded in the state journal, compiled into
+//! a plan by updating the current one with what the change touched,
+//! published to the workers (who switch at their next quiescent point) with
+//! each port's device handles, and only then committed; a refused or failed
+//! request leaves everything as it was. The shell opens and closes devices,
+//! follows VMs, sends what the migration exchange asks for and answers
+//! reports (`report.rs`). A periodic tick resolves underlay neighbours
+//! (ARP), re-balances receive queues and checks that every worker is alive.
 
-pub use crate::migrate::MigrationSettings;
-use crate::migrate::{self, now_ns, Channel, Departed, Pending, WireMove};
-use crate::neighbour::Neighbours;
+mod report;
+
 use crate::persist::{Change, Saved, SavedWire, Store};
-use crate::snapshot::{
-    self, decap_key, new_handoff, rx_worker, DecapTarget, EndpointAction, Handoff, Mailbox, PortIndex, PortPlan, Role,
-    Snapshot, UplinkPlan,
-};
-use crate::stats::{drop_name, FabricDrop, Handled, PortTotals, WireTotals, WorkerStats, DROP_REASONS};
+use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
+use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vw_core::exchange::{self, ArrivalError, Outcome, Outgoing, Refused};
+pub use vw_core::migrate::MigrationSettings;
+use vw_core::migrate::{self, now_ns, Channel, Pending};
+use vw_core::{compile, Config, Endpoint, EndpointKind, Link, MigrationConfig, State, UplinkConfig};
 use vw_ctl::proto::{self, EncapName, EndpointSpec, ErrorCode, Reply, Request};
 use vw_ctl::server::Job;
 use vw_pmd::{port, vhost, Mempool, PortConfig, PortId, PortInfo, PortIo, VhostSocket};
-use vw_wire::migration::{kind, Message};
-use vw_wire::table::{Peer, TableError, WireTable};
-use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr, UnderlayConfig};
+use vw_wire::migration::kind;
+use vw_wire::table::{Peer, TableError};
+use vw_wire::{arp, ConnectorId, Encap, EncapTemplate, MacAddr};
 
 /// How long a worker may take to switch to a new snapshot.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Control-plane housekeeping period (ARP, worker health, vhost links).
 const TICK: Duration = Duration::from_millis(10);
-/// Wire counter slot meaning "do not count" (the decap half of a forced-encap
-/// loopback wire: its encap half already counted the frame).
-const NO_SLOT: u32 = u32::MAX;
 /// How often the control plane looks for migration messages.
 const MIGRATION_POLL: Duration = Duration::from_micros(200);
+/// How often receive queues are re-balanced over workers by their load.
+const REBALANCE: Duration = Duration::from_secs(10);
 
 /// Size of the port table: the uplink, every vhost-user socket librte_vhost
 /// can hold and every ethdev port DPDK can hold.
@@ -70,9 +74,16 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
-        u32::from(ip) & mask == u32::from(self.vtep) & mask
+    fn config(&self) -> UplinkConfig {
+        UplinkConfig {
+            mac: self.mac,
+            vtep: self.vtep,
+            prefix: self.prefix,
+            gateway: self.gateway,
+            mtu: self.mtu,
+            vwire_port: self.vwire_port,
+            vxlan_port: self.vxlan_port,
+        }
     }
 }
 
@@ -113,7 +124,6 @@ pub struct Settings {
 }
 
 /// What is behind an endpoint.
-#[derive(Clone)]
 enum Device {
     /// A DPDK device: one ethdev port.
     Eth {
@@ -125,61 +135,38 @@ enum Device {
         mac: MacAddr,
     },
     /// A vhost-user socket on librte_vhost; its link and usable queues
-    /// follow the VM. Shared by the states that refer to it; the socket is
-    /// unregistered when the last one goes.
-    Vhost(Arc<VhostSocket>),
+    /// follow the VM. Unregistered when dropped.
+    Vhost(VhostSocket),
 }
 
-#[derive(Clone)]
-struct Endpoint {
-    spec: EndpointSpec,
-    /// Its index in the port table.
-    ix: PortIndex,
-    dev: Device,
-    /// RX and TX queues configured on the device (vhost-user: queue pairs offered).
-    queues: u16,
-    /// Handoff rings when the port may have fewer TX queues than workers.
-    handoff: Option<Handoff>,
-    /// The port index's counters when the endpoint was added (an index is reused).
-    base: PortTotals,
-}
-
-impl Endpoint {
+impl Device {
     fn io(&self) -> PortIo {
-        match &self.dev {
+        match self {
             Device::Eth { port, .. } => PortIo::Eth(*port),
             Device::Vhost(s) => PortIo::Vhost(s.port().clone()),
         }
     }
-}
 
-/// TX queues of a vhost-user device usable now: the VM's RX rings (even
-/// virtqueues) enabled from queue 0 up, at least one.
-fn vhost_txq(vrings: u64, queues: u16) -> u16 {
-    let mut n = 0;
-    while n < queues && vrings & (1u64 << (2 * n)) != 0 {
-        n += 1;
+    /// The VM's side as librte_vhost last reported it (a DPDK device: none).
+    fn link(&self) -> Link {
+        match self {
+            Device::Eth { .. } => Link::default(),
+            Device::Vhost(s) => {
+                let vs = s.port().state();
+                Link { up: vs.up, vrings: vs.vrings }
+            }
+        }
     }
-    n.max(1)
 }
 
-#[derive(Debug, Clone, Copy)]
-struct WireSlot {
-    slot: u32,
-    base: WireTotals,
-}
-
-/// Everything a request may change, cloned for each change.
-#[derive(Clone, Default)]
-struct State {
-    table: WireTable,
-    endpoints: BTreeMap<String, Endpoint>,
-    wires: BTreeMap<ConnectorId, WireSlot>,
-    neighbours: Neighbours,
-    /// What is known of each wire's moves.
-    moves: BTreeMap<ConnectorId, WireMove>,
-    /// Ends that left this host, in their grace period.
-    departed: BTreeMap<ConnectorId, (Departed, WireSlot)>,
+/// A port of the fabric that is an endpoint: what the core does not hold.
+struct Port {
+    name: String,
+    dev: Device,
+    /// Handoff rings when the port may have fewer TX queues than workers.
+    handoff: Option<Handoff>,
+    /// The port index's counters when the endpoint was added (an index is reused).
+    base: PortTotals,
 }
 
 /// What a change touched, to be recorded in the state journal as it is after
@@ -240,6 +227,14 @@ pub enum Fatal {
     },
 }
 
+/// Endpoints by kind, for the limits (kept, not counted, on every add).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    vhost_servers: usize,
+    vhost_clients: usize,
+    eth: usize,
+}
+
 /// The control plane.
 pub struct Control {
     settings: Settings,
@@ -247,17 +242,25 @@ pub struct Control {
     workers: Vec<WorkerHandle>,
     mailboxes: Vec<Arc<Mailbox>>,
     uplink: Option<Uplink>,
+    /// The configuration (committed: what the workers run).
     state: State,
     current: Arc<Snapshot>,
+    /// Per port index: the endpoint's device and what goes with it.
+    ports: Vec<Option<Port>>,
+    counts: Counts,
+    /// Vhost-user socket paths in use.
+    vhost_paths: HashSet<String>,
+    /// DPDK ports in use by endpoints, with the endpoint's name.
+    eth_ports: HashMap<PortId, String>,
+    /// Per wire slot: its counters when its wire was connected.
+    wire_bases: Vec<WireTotals>,
     /// Version of the next snapshot; increases on every build, published or not.
     next_version: u64,
-    /// A neighbour change waits to be published (a publish failed).
-    republish: bool,
     fatal: Option<Fatal>,
-    next_slot: u32,
     /// Port indexes not in use (the uplink's is never free), lowest first.
-    free_ports: std::collections::BTreeSet<u32>,
-    /// Frames freed from handoff rings of removed endpoints.
+    free_ports: BTreeSet<u32>,
+    /// Frames freed from handoff rings of removed endpoints and of ports
+    /// whose VM went away.
     removed_in_flight: u64,
     /// Saved entries that could not be restored at start: kept in the state
     /// file (until replaced) and shown in `status`, retried at next start.
@@ -268,12 +271,10 @@ pub struct Control {
     restoring: bool,
     started: Instant,
     last_tick: Instant,
+    /// Receive frames per port when queues were last re-balanced.
+    last_rebalance: (Instant, HashMap<PortIndex, u64>),
     /// The migration channel, with `--migration-key-file`.
     mig: Option<Channel>,
-    /// Workers poll the uplink (set once the saved wires are back, so
-    /// frames that arrive during a restart wait in the uplink's RX ring
-    /// instead of being dropped as `unknown_connector`).
-    uplink_polled: bool,
     /// `oversize` drops already reported in the log, and when last.
     oversize_logged: (u64, Option<Instant>),
 }
@@ -282,23 +283,41 @@ impl Control {
     /// A control plane with no endpoint and no wire yet.
     pub fn new(settings: Settings, pool: Mempool, workers: Vec<WorkerHandle>, uplink: Option<Uplink>) -> Control {
         let mailboxes = workers.iter().map(|w| w.mailbox.clone()).collect();
-        let mut state = State::default();
+        let config = Config {
+            workers: workers.len(),
+            max_ports: max_ports(),
+            max_wires: settings.max_wires as u32,
+            uplink: uplink.as_ref().map(Uplink::config),
+            force_encap: settings.force_encap,
+            migration: settings.migration.as_ref().map(|m| MigrationConfig { port: m.port, grace: m.grace }),
+        };
+        let mut state = State::new(config);
         for (ip, mac) in &settings.static_neighbours {
-            state.neighbours.add_permanent(*ip, *mac, Instant::now());
+            state.add_permanent(*ip, *mac, Instant::now());
         }
-        let nworkers = workers.len();
-        let mut c = Control {
+        let mut devices = vec![PortDevice::NONE; max_ports()];
+        if let Some(u) = &uplink {
+            devices[PortIndex::UPLINK.ix()] = PortDevice { io: PortIo::Eth(u.port), handoff: None };
+        }
+        let plan = compile::compile(&state);
+        state.take_dirty();
+        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.into() });
+        Control {
+            mig: settings.migration.clone().map(Channel::new),
+            wire_bases: vec![WireTotals::default(); settings.max_wires],
             settings,
             pool,
             workers,
             mailboxes,
             uplink,
             state,
-            current: Arc::new(Snapshot::empty(max_ports(), nworkers)),
+            current,
+            ports: (0..max_ports()).map(|_| None).collect(),
+            counts: Counts::default(),
+            vhost_paths: HashSet::new(),
+            eth_ports: HashMap::new(),
             next_version: 2,
-            republish: false,
             fatal: None,
-            next_slot: 0,
             free_ports: (1..max_ports() as u32).collect(),
             removed_in_flight: 0,
             unrestored: Saved::default(),
@@ -306,13 +325,9 @@ impl Control {
             restoring: false,
             started: Instant::now(),
             last_tick: Instant::now(),
-            mig: None,
-            uplink_polled: false,
+            last_rebalance: (Instant::now(), HashMap::new()),
             oversize_logged: (0, None),
-        };
-        c.mig = c.settings.migration.clone().map(Channel::new);
-        c.current = Arc::new(c.build(&c.state, 1));
-        c
+        }
     }
 
     /// The snapshot workers start with.
@@ -375,11 +390,13 @@ impl Control {
             while mb.migration.pop().is_some() {}
             mb.reclaim();
         }
-        for (name, ep) in std::mem::take(&mut self.state.endpoints) {
-            // A vhost-user socket is unregistered when its last state goes.
-            if let Device::Eth { port, .. } = ep.dev {
+        // The workers' snapshot holds the devices' io handles; a vhost-user
+        // socket is unregistered when its `Port` goes.
+        self.current = Arc::new(Snapshot::empty(0, 0));
+        for p in std::mem::take(&mut self.ports).into_iter().flatten() {
+            if let Device::Eth { port, .. } = p.dev {
                 if let Err(e) = port::remove(port) {
-                    crate::log(&format!("removing endpoint {name}: {e}"));
+                    crate::log(&format!("removing endpoint {}: {e}", p.name));
                 }
             }
         }
@@ -410,203 +427,41 @@ impl Control {
 
     // ---- applying changes -------------------------------------------------
 
-    fn build(&self, st: &State, version: u64) -> Snapshot {
-        let nworkers = self.workers.len();
-        let mut s = Snapshot::empty(max_ports(), nworkers);
-        s.version = version;
-        let all = nworkers as u16;
-        let poll = |s: &mut Snapshot, p: PortIndex, q: u16| s.polls[rx_worker(p, q, nworkers)].push((p, q));
-        for ep in st.endpoints.values() {
-            let (txq, up) = match &ep.dev {
-                Device::Vhost(v) => {
-                    // Only the rings the VM enabled are polled: an absent or
-                    // idle VM costs the workers nothing.
-                    let vs = v.port().state();
-                    if vs.up {
-                        for q in (0..ep.queues).filter(|q| vs.vrings & (1u64 << (2 * q + 1)) != 0) {
-                            poll(&mut s, ep.ix, q);
-                        }
-                    }
-                    (vhost_txq(vs.vrings, ep.queues), vs.up)
-                }
-                Device::Eth { .. } => {
-                    for q in 0..ep.queues {
-                        poll(&mut s, ep.ix, q);
-                    }
-                    (ep.queues.min(all), true)
-                }
-            };
-            s.ports[ep.ix.ix()] = PortPlan {
-                role: Role::Endpoint(EndpointAction::NoWire),
-                io: ep.io(),
-                txq,
-                up,
-                handoff: ep.handoff.clone(),
-            };
-            if let Some(h) = &ep.handoff {
-                // Worker k hands frames to ring k only while k >= txq and the
-                // port is up (frames for a port that is down are dropped at
-                // once). A ring has a drainer while that may happen, in this
-                // snapshot or in the one workers run now, and until it is
-                // empty; no worker refills it after that. Rings that cannot
-                // hold frames cost the workers nothing.
-                let used = |p: &PortPlan| p.up && (p.txq as usize) < nworkers;
-                let before = self.current.ports.get(ep.ix.ix()).is_some_and(|p| p.handoff.is_some() && used(p));
-                if used(&s.ports[ep.ix.ix()]) || before || h.iter().any(|r| !r.is_empty()) {
-                    for k in 0..nworkers {
-                        s.drains[k % txq as usize].push((ep.ix, k));
-                    }
-                }
-            }
-        }
-        // The uplink is polled after the endpoints, so a frame that goes out
-        // and comes straight back (a forced-encap loop) is decapsulated in
-        // the same iteration.
-        if let Some(u) = &self.uplink {
-            let ix = PortIndex::UPLINK;
-            s.ports[ix.ix()] =
-                PortPlan { role: Role::Uplink, io: PortIo::Eth(u.port), txq: all, up: true, handoff: None };
-            if self.uplink_polled {
-                for q in 0..all {
-                    poll(&mut s, ix, q);
-                }
-            }
-            s.uplink = Some(UplinkPlan {
-                port: ix,
-                underlay: UnderlayConfig {
-                    vtep_ip: u.vtep,
-                    mac: u.mac,
-                    vwire_port: u.vwire_port,
-                    vxlan_port: u.vxlan_port,
-                    migration_port: self.settings.migration.as_ref().map_or(0, |m| m.port),
-                },
-                neighbours: st.neighbours.addresses(),
-                max_frame: u32::from(u.mtu) + 14,
-            });
-        }
-        let set = |s: &mut Snapshot, p: PortIndex, a: EndpointAction| s.ports[p.ix()].role = Role::Endpoint(a);
-        // Ends that left, first: a wire of the table overrides them.
-        for (id, (d, ws)) in &st.departed {
-            match &d.peer {
-                Peer::Remote { vtep, encap } => {
-                    if self.uplink.is_none() {
-                        continue;
-                    }
-                    if let Some(ep) = st.endpoints.get(&d.endpoint) {
-                        set(&mut s, ep.ix, self.encap_action(st, *id, *vtep, *encap, ws.slot));
-                    }
-                    let fwd = DecapTarget { forward: true, ..DecapTarget::deliver(PortIndex::UPLINK, ws.slot, *vtep) };
-                    s.decap.insert(decap_key(*encap, id.0), fwd);
-                    if let Some(t) = self.forward_template(st, *id, d.to) {
-                        s.forwards.insert(ws.slot, t);
-                    }
-                }
-                Peer::Local(other) => {
-                    if let (Some(ep), Some(o)) = (st.endpoints.get(&d.endpoint), st.endpoints.get(other)) {
-                        set(&mut s, ep.ix, EndpointAction::Loopback { peer: o.ix, slot: ws.slot, dir: 0 });
-                    }
-                }
-            }
-        }
-        for w in st.table.wires() {
-            let (Some(a), Some(ws)) = (st.endpoints.get(&w.endpoint), st.wires.get(&w.id)) else { continue };
-            match &w.peer {
-                Peer::Local(b) => {
-                    let Some(b) = st.endpoints.get(b) else { continue };
-                    match (&self.uplink, self.settings.force_encap) {
-                        (Some(u), true) => {
-                            // Benchmark aid: a -> encap -> uplink -> decap -> b.
-                            let template = EncapTemplate::new(
-                                Encap::Vwire,
-                                w.id,
-                                u.mac,
-                                u.mac,
-                                u.vtep,
-                                u.vtep,
-                                u.vwire_port,
-                                u.mtu,
-                            );
-                            set(
-                                &mut s,
-                                a.ix,
-                                EndpointAction::Encap { template, uplink: PortIndex::UPLINK, slot: ws.slot },
-                            );
-                            s.decap
-                                .insert(decap_key(Encap::Vwire, w.id.0), DecapTarget::deliver(b.ix, NO_SLOT, u.vtep));
-                        }
-                        _ => set(&mut s, a.ix, EndpointAction::Loopback { peer: b.ix, slot: ws.slot, dir: 0 }),
-                    }
-                    set(&mut s, b.ix, EndpointAction::Loopback { peer: a.ix, slot: ws.slot, dir: 1 });
-                    // Just co-located: frames the arriving end (a) sent from
-                    // its old host still reach b; frames for it that its old
-                    // host passes on reach a.
-                    if let Some(m) = st.moves.get(&w.id) {
-                        if let Some((ip, encap, _)) = m.old {
-                            s.decap.insert(decap_key(encap, w.id.0), DecapTarget::deliver(b.ix, ws.slot, ip));
-                        }
-                        if m.arrival_until.is_some() {
-                            let t = DecapTarget {
-                                any_src: true,
-                                ..DecapTarget::deliver(a.ix, ws.slot, Ipv4Addr::UNSPECIFIED)
-                            };
-                            s.decap.insert(decap_key(Encap::Forward, w.id.0), t);
-                        }
-                    }
-                }
-                Peer::Remote { vtep, encap } => {
-                    if self.uplink.is_none() {
-                        continue;
-                    }
-                    let waiting = st.moves.get(&w.id).is_some_and(|m| m.awaiting_ack.is_some());
-                    let action = if waiting {
-                        EndpointAction::Unresolved { slot: ws.slot }
-                    } else {
-                        self.encap_action(st, w.id, *vtep, *encap, ws.slot)
-                    };
-                    set(&mut s, a.ix, action);
-                    let mut t = DecapTarget::deliver(a.ix, ws.slot, *vtep);
-                    if let Some(m) = st.moves.get(&w.id) {
-                        // The remote end just moved: its old host may still send.
-                        if let Some((ip, _, _)) = m.old {
-                            t.alt_ip = ip;
-                        }
-                        // Our end just arrived: its old host may pass frames on.
-                        if m.arrival_until.is_some() {
-                            let f = DecapTarget {
-                                any_src: true,
-                                ..DecapTarget::deliver(a.ix, ws.slot, Ipv4Addr::UNSPECIFIED)
-                            };
-                            s.decap.insert(decap_key(Encap::Forward, w.id.0), f);
-                        }
-                    }
-                    s.decap.insert(decap_key(*encap, w.id.0), t);
-                }
-            }
-        }
-        s
-    }
-
     /// Publishes `next` to the workers and commits it. A worker that does
     /// not switch in time is fatal (see [`Fatal::WorkerStuck`]).
     fn apply(&mut self, next: State) -> Result<(), Refusal> {
-        self.apply_with(next, &[])
+        self.apply_with(next, &[], None)
     }
 
     /// Like `apply`; what `save` names (as it is in `next`) is recorded in
     /// the state journal first, and a failure to record it refuses the
-    /// change. While the saved state is being restored, nothing is recorded
-    /// or published: `restore` publishes everything at once at the end.
-    fn apply_with(&mut self, next: State, save: &[Touched]) -> Result<(), Refusal> {
+    /// change; `devices`, if given, replaces the device table (a port came
+    /// or goes). While the saved state is being restored, nothing is
+    /// recorded or published: `restore` publishes everything at once.
+    fn apply_with(
+        &mut self,
+        mut next: State,
+        save: &[Touched],
+        devices: Option<Arc<[PortDevice]>>,
+    ) -> Result<(), Refusal> {
         if !save.is_empty() && !self.restoring {
             self.record(&next, save)?;
         }
         if self.restoring {
             self.state = next;
+            if let Some(d) = devices {
+                // Published by `restore`, with the plan.
+                self.current = Arc::new(Snapshot { version: 0, plan: self.current.plan.clone(), devices: d });
+            }
             return Ok(());
         }
+        let touched: Vec<PortIndex> = next.dirty().ports.iter().copied().collect();
+        let mut plan = self.current.plan.clone();
+        compile::update(&mut plan, &mut next);
         let version = self.next_version;
         self.next_version += 1;
-        let snap = Arc::new(self.build(&next, version));
+        let devices = devices.unwrap_or_else(|| self.current.devices.clone());
+        let snap = Arc::new(Snapshot { version, plan, devices });
         if let Err(e) = snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT) {
             let msg = format!("{e}; stopping the fabric");
             crate::log(&msg);
@@ -615,59 +470,32 @@ impl Control {
         }
         self.current = snap;
         self.state = next;
+        self.free_stranded(&touched);
         Ok(())
     }
 
-    fn udp_port(&self, encap: Encap) -> u16 {
-        match (&self.uplink, encap) {
-            (Some(u), Encap::Vwire) => u.vwire_port,
-            (Some(u), Encap::Vxlan) => u.vxlan_port,
-            (_, Encap::Forward) => self.settings.migration.as_ref().map_or(0, |m| m.port),
-            (None, e) => e.default_port(),
+    /// Frees frames left in the handoff rings of ports that went down: no
+    /// worker writes or drains those rings in the plan all of them run now.
+    fn free_stranded(&mut self, touched: &[PortIndex]) {
+        for ix in touched {
+            if self.current.ports.get(ix.ix()).is_some_and(|p| p.up) {
+                continue;
+            }
+            if let Some(h) = self.current.devices.get(ix.ix()).and_then(|d| d.handoff.as_ref()) {
+                for ring in h.iter() {
+                    while ring.pop().is_some() {
+                        self.removed_in_flight += 1;
+                    }
+                }
+            }
         }
     }
 
-    /// What an endpoint whose wire goes to remote `vtep` does with its frames.
-    fn encap_action(&self, st: &State, id: ConnectorId, vtep: Ipv4Addr, encap: Encap, slot: u32) -> EndpointAction {
-        let Some(u) = &self.uplink else { return EndpointAction::NoWire };
-        let next_hop = self.next_hop(vtep).unwrap_or(vtep);
-        match st.neighbours.mac(next_hop) {
-            Some(mac) => EndpointAction::Encap {
-                template: EncapTemplate::new(encap, id, u.mac, mac, u.vtep, vtep, self.udp_port(encap), u.mtu),
-                uplink: PortIndex::UPLINK,
-                slot,
-            },
-            None => EndpointAction::Unresolved { slot },
-        }
-    }
-
-    /// Outer headers of frames forwarded to `to` for wire `id`, if its next
-    /// hop is resolved.
-    fn forward_template(&self, st: &State, id: ConnectorId, to: Ipv4Addr) -> Option<EncapTemplate> {
-        let u = self.uplink.as_ref()?;
-        let mac = st.neighbours.mac(self.next_hop(to).ok()?)?;
-        Some(EncapTemplate::new(Encap::Forward, id, u.mac, mac, u.vtep, to, self.udp_port(Encap::Forward), u.mtu))
-    }
-
-    /// The underlay next hop towards `peer`: the peer itself on the uplink's
-    /// subnet, else the gateway.
-    fn next_hop(&self, peer: Ipv4Addr) -> Result<Ipv4Addr, Refusal> {
-        let Some(u) = &self.uplink else {
-            return Err(Refusal::new(ErrorCode::NoUplink, "this fabric has no uplink (start it with --uplink)"));
-        };
-        if u.in_subnet(peer) {
-            return Ok(peer);
-        }
-        u.gateway.ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "peer {peer} is outside the uplink subnet {}/{} and no --gateway is set",
-                    Ipv4Addr::from(u32::from(u.vtep) & (u32::MAX.checked_shl(32 - u.prefix as u32).unwrap_or(0))),
-                    u.prefix
-                ),
-            )
-        })
+    /// The device table with port `ix` set to `dev`.
+    fn devices_with(&self, ix: PortIndex, dev: PortDevice) -> Arc<[PortDevice]> {
+        let mut d = self.current.devices.to_vec();
+        d[ix.ix()] = dev;
+        d.into()
     }
 
     // ---- requests ---------------------------------------------------------
@@ -676,11 +504,7 @@ impl Control {
         if self.uplink.as_ref().is_some_and(|u| u.port == p) {
             return Some("the uplink".into());
         }
-        self.state
-            .endpoints
-            .iter()
-            .find(|(_, e)| matches!(e.dev, Device::Eth { port, .. } if port == p))
-            .map(|(n, _)| format!("endpoint {n}"))
+        self.eth_ports.get(&p).map(|n| format!("endpoint {n}"))
     }
 
     /// Refuses an endpoint of `spec`'s kind when the fabric holds as many as
@@ -690,16 +514,7 @@ impl Control {
         let limit = |m: String| Err(Refusal::new(ErrorCode::EndpointLimit, m));
         match spec {
             EndpointSpec::VhostUser { client, .. } => {
-                let (mut servers, mut clients) = (0, 0);
-                for e in self.state.endpoints.values() {
-                    if let Device::Vhost(v) = &e.dev {
-                        if v.port().client() {
-                            clients += 1;
-                        } else {
-                            servers += 1;
-                        }
-                    }
-                }
+                let (servers, clients) = (self.counts.vhost_servers, self.counts.vhost_clients);
                 if servers + clients >= vhost::MAX_SOCKETS {
                     return limit(format!(
                         "endpoint_limit: this fabric holds at most {} vhost-user endpoints (librte_vhost's \
@@ -724,9 +539,8 @@ impl Control {
                 }
             }
             EndpointSpec::Dpdk { .. } => {
-                let eth = self.state.endpoints.values().filter(|e| matches!(e.dev, Device::Eth { .. })).count();
                 let max = port::max_ports() as usize - usize::from(self.uplink.is_some());
-                if eth >= max {
+                if self.counts.eth >= max {
                     return limit(format!(
                         "endpoint_limit: this fabric holds at most {max} DPDK-device endpoints (this DPDK is built \
                          with RTE_MAX_ETHPORTS = {}{}); use vhost-user endpoints for VMs",
@@ -752,12 +566,7 @@ impl Control {
                 vhost::MAX_QUEUE_PAIRS
             ));
         }
-        if self
-            .state
-            .endpoints
-            .values()
-            .any(|e| matches!(&e.spec, EndpointSpec::VhostUser { path: p, .. } if p == path))
-        {
+        if self.vhost_paths.contains(path) {
             return invalid(format!("vhost-user socket {path} is already used by another endpoint"));
         }
         if !client {
@@ -782,14 +591,14 @@ impl Control {
         Ok(())
     }
 
-    /// Creates the device behind an endpoint at port index `ix`. Returns it
-    /// with its queue count and an undo for a change that is not committed.
-    fn open_device(&self, spec: &EndpointSpec, ix: PortIndex) -> Result<(Device, u16), Refusal> {
+    /// Creates the device behind an endpoint at port index `ix`, with its
+    /// kind for the core.
+    fn open_device(&self, spec: &EndpointSpec, ix: PortIndex) -> Result<(Device, EndpointKind), Refusal> {
         match spec {
             EndpointSpec::VhostUser { path, client, queues } => {
                 self.check_vhost_path(path, *client, *queues)?;
                 let sock = VhostSocket::start(path, *client, *queues, ix.0).map_err(device_error)?;
-                Ok((Device::Vhost(Arc::new(sock)), *queues))
+                Ok((Device::Vhost(sock), EndpointKind::Vhost { queues: *queues, client: *client }))
             }
             EndpointSpec::Dpdk { devargs } => {
                 if devargs.trim().is_empty() {
@@ -838,7 +647,7 @@ impl Control {
                     Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
                 };
                 match setup() {
-                    Ok((info, mac)) => Ok((Device::Eth { port: p, info, mac }, queues)),
+                    Ok((info, mac)) => Ok((Device::Eth { port: p, info, mac }, EndpointKind::Eth { queues })),
                     Err(e) => {
                         undo(&ports);
                         Err(device_error(e))
@@ -868,8 +677,8 @@ impl Control {
         spec: &EndpointSpec,
         save: bool,
     ) -> Result<proto::EndpointInfo, Refusal> {
-        let mut next = self.state.clone();
-        next.table.add_endpoint(name)?;
+        // The name first: nothing is opened for a request that fails anyway.
+        self.state.table().clone().add_endpoint(name)?;
         self.check_limits(spec)?;
         let Some(&ix) = self.free_ports.first() else {
             return Err(Refusal::new(
@@ -878,67 +687,91 @@ impl Control {
             ));
         };
         let ix = PortIndex(ix);
-        let (dev, queues) = self.open_device(spec, ix)?;
-        let eth = match &dev {
-            Device::Eth { port, .. } => Some(*port),
-            Device::Vhost(_) => None,
+        let (dev, kind) = self.open_device(spec, ix)?;
+        let workers = self.workers.len();
+        let vhost = matches!(kind, EndpointKind::Vhost { .. });
+        let queues = match kind {
+            EndpointKind::Eth { queues } | EndpointKind::Vhost { queues, .. } => queues,
         };
-        let vhost = eth.is_none();
-        let handoff = (vhost || queues < self.workers.len() as u16).then(|| new_handoff(self.workers.len()));
-        let base = self.port_totals(ix);
-        next.endpoints.insert(name.to_owned(), Endpoint { spec: spec.clone(), ix, dev, queues, handoff, base });
+        let handoff = (vhost || (queues as usize) < workers).then(|| new_handoff(workers));
+        let ep = Endpoint { spec: spec.clone(), ix, kind, link: dev.link(), handoff: handoff.is_some() };
+        let mut next = self.state.clone();
+        next.add_endpoint(name, ep)?;
+        let devices = self.devices_with(ix, PortDevice { io: dev.io(), handoff: handoff.clone() });
         let touched = [Touched::Endpoint(name.to_owned())];
-        if let Err(e) = self.apply_with(next, if save { &touched } else { &[] }) {
+        if let Err(e) = self.apply_with(next, if save { &touched } else { &[] }, Some(devices)) {
             // Never undo once a publish failed (a worker may still poll the
             // port; the fabric is stopping). A vhost-user socket goes with
-            // the uncommitted state.
+            // its device.
             if self.fatal.is_none() {
-                if let Some(p) = eth {
-                    let _ = port::remove(p);
+                if let Device::Eth { port, .. } = dev {
+                    let _ = port::remove(port);
                 }
+            } else {
+                std::mem::forget(dev);
             }
             return Err(e);
         }
         self.free_ports.remove(&ix.0);
-        let what = match &self.state.endpoints[name].dev {
-            Device::Eth { port, .. } => format!("port {port} ({spec:?})"),
+        let what = match &dev {
+            Device::Eth { port, .. } => {
+                self.counts.eth += 1;
+                self.eth_ports.insert(*port, name.to_owned());
+                format!("port {port} ({spec:?})")
+            }
             Device::Vhost(v) => {
-                format!("vhost-user {} ({} mode)", v.port().path(), if v.port().client() { "client" } else { "server" })
+                let client = v.port().client();
+                if client {
+                    self.counts.vhost_clients += 1;
+                } else {
+                    self.counts.vhost_servers += 1;
+                }
+                self.vhost_paths.insert(v.port().path().to_owned());
+                format!("vhost-user {} ({} mode)", v.port().path(), if client { "client" } else { "server" })
             }
         };
+        let base = self.port_totals(ix);
+        self.ports[ix.ix()] = Some(Port { name: name.to_owned(), dev, handoff, base });
         crate::log(&format!("endpoint {name} added: {what}"));
-        Ok(self.endpoint_info(name, &self.state.endpoints[name]))
+        Ok(self.endpoint_info(name))
     }
 
     fn endpoint_del(&mut self, name: &str) -> Result<(), Refusal> {
         let mut next = self.state.clone();
-        next.table.remove_endpoint(name)?;
-        let Some(ep) = next.endpoints.remove(name) else {
-            return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("endpoint {name} does not exist")));
-        };
-        self.apply_with(next, &[Touched::Endpoint(name.to_owned())])?;
-        if let Some(h) = &ep.handoff {
+        let ep = next.remove_endpoint(name)?;
+        let devices = self.devices_with(ep.ix, PortDevice::NONE);
+        self.apply_with(next, &[Touched::Endpoint(name.to_owned())], Some(devices))?;
+        // No worker polls or sends to the port any more. Frames still in
+        // its handoff rings are freed with them.
+        let Some(p) = self.ports[ep.ix.ix()].take() else { return Ok(()) };
+        if let Some(h) = &p.handoff {
             for ring in h.iter() {
                 while ring.pop().is_some() {
                     self.removed_in_flight += 1;
                 }
             }
         }
-        // No worker polls or sends to the port any more. Frames still in
-        // its handoff rings are freed with them.
-        match &ep.dev {
+        match &p.dev {
             Device::Eth { port, .. } => {
+                self.counts.eth -= 1;
+                self.eth_ports.remove(port);
                 if let Err(e) = port::remove(*port) {
                     crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
                 }
             }
-            // The last reference: unregistering destroys a connected VM's
-            // device and, in server mode, removes the socket file.
-            Device::Vhost(_) => {}
+            Device::Vhost(v) => {
+                if v.port().client() {
+                    self.counts.vhost_clients -= 1;
+                } else {
+                    self.counts.vhost_servers -= 1;
+                }
+                self.vhost_paths.remove(v.port().path());
+            }
         }
-        let ix = ep.ix;
-        drop(ep);
-        self.free_ports.insert(ix.0);
+        // Dropping the socket unregisters it: that destroys a connected
+        // VM's device and, in server mode, removes the socket file.
+        drop(p);
+        self.free_ports.insert(ep.ix.0);
         crate::log(&format!("endpoint {name} removed"));
         Ok(())
     }
@@ -966,7 +799,7 @@ impl Control {
         let save = restored.is_none();
         // The remote end of an encap wire arriving on this host, next to its
         // local end: the wire becomes loopback.
-        if let Some(w) = self.state.table.wire(id) {
+        if let Some(w) = self.state.table().wire(id) {
             if encap.is_none() && w.kind() == vw_wire::WireKind::Encap && w.endpoint == peer {
                 return self.colocate(id, endpoint, save);
             }
@@ -1002,26 +835,29 @@ impl Control {
                 Peer::Local(peer.to_owned())
             }
         };
-        next.table.connect(id, endpoint, peer.clone())?;
         if let Peer::Remote { vtep, .. } = peer {
-            let hop = self.next_hop(vtep)?;
-            next.neighbours.want(hop, Instant::now());
+            if let Some(u) = &self.uplink {
+                u.config().next_hop(vtep).map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e.to_string()))?;
+            }
         }
-        let used: HashSet<u32> =
-            next.wires.values().map(|w| w.slot).chain(next.departed.values().map(|(_, ws)| ws.slot)).collect();
-        let max = self.settings.max_wires as u32;
-        let Some(slot) = (0..max).map(|i| (self.next_slot + i) % max).find(|s| !used.contains(s)) else {
+        let max = self.settings.max_wires;
+        let Some(slot) = next.free_slot() else {
+            // The table's own refusals (an unknown endpoint, a taken id) first.
+            next.table().clone().connect(id, endpoint, peer)?;
             return Err(Refusal::new(
                 ErrorCode::WireLimit,
                 format!("wire_limit: all {max} wire slots are in use; start the fabric with a larger --max-wires"),
             ));
         };
-        next.wires.insert(id, WireSlot { slot, base: self.wire_totals(slot) });
+        next.connect(id, endpoint, peer.clone(), slot)?;
+        if let Peer::Remote { vtep, .. } = peer {
+            next.want(vtep, None, Instant::now());
+        }
         let (local_ns, remote_ns) = restored.unwrap_or((now_ns(), 0));
         let locate = match (&peer, &self.mig) {
             (Peer::Remote { vtep, encap }, Some(ch)) => {
                 // Our end arrives here: frames its old host passes on are taken.
-                let m = next.moves.entry(id).or_default();
+                let m = next.move_mut(id);
                 m.local_ns = local_ns.max(1);
                 m.remote_ns = remote_ns;
                 m.arrival_until = Some(Instant::now() + ch.settings.grace);
@@ -1030,33 +866,30 @@ impl Control {
             }
             _ => None,
         };
+        let base = self.wire_totals(slot);
         let touched = [Touched::Wire(id)];
-        self.apply_with(next, if save { &touched } else { &[] })?;
-        self.next_slot = (slot + 1) % max;
+        self.apply_with(next, if save { &touched } else { &[] }, None)?;
+        self.wire_bases[slot as usize] = base;
         if let Some((vtep, encap, when)) = locate {
             self.announce_location(id, endpoint, vtep, encap, when);
         }
         // Ask for the next hop's MAC now rather than at the next tick.
         self.send_arp_requests();
-        let w = self.state.table.wire(id).cloned();
+        let w = self.state.table().wire(id).cloned();
         crate::log(&format!("wire {id} connected: {}", w.as_ref().map(describe_wire).unwrap_or_default()));
         Ok(self.wire_info(id))
     }
 
     fn disconnect(&mut self, id: ConnectorId) -> Result<(), Refusal> {
         let mut next = self.state.clone();
-        let w = next.table.disconnect(id)?;
-        next.wires.remove(&id);
-        next.moves.remove(&id);
+        let w = next.disconnect(id)?;
         if let Some(ch) = &mut self.mig {
             ch.pending.retain(|p| p.msg.wire != id);
         }
         if let Peer::Remote { vtep, .. } = w.peer {
-            if let Ok(hop) = self.next_hop(vtep) {
-                next.neighbours.release(hop);
-            }
+            next.release(vtep);
         }
-        self.apply_with(next, &[Touched::Wire(id)])?;
+        self.apply_with(next, &[Touched::Wire(id)], None)?;
         crate::log(&format!("wire {id} disconnected"));
         Ok(())
     }
@@ -1079,8 +912,8 @@ impl Control {
                 endpoint: w.endpoint.clone(),
                 peer: vtep.to_string(),
                 encap: Some(encap_name(*encap)),
-                local_ns: st.moves.get(&w.id).map_or(0, |m| m.local_ns),
-                remote_ns: st.moves.get(&w.id).map_or(0, |m| m.remote_ns),
+                local_ns: st.wire_move(w.id).map_or(0, |m| m.local_ns),
+                remote_ns: st.wire_move(w.id).map_or(0, |m| m.remote_ns),
             },
         }
     }
@@ -1092,11 +925,11 @@ impl Control {
         let changes: Vec<Change> = touched
             .iter()
             .map(|t| match t {
-                Touched::Endpoint(name) => match st.endpoints.get(name) {
+                Touched::Endpoint(name) => match st.endpoint(name) {
                     Some(e) => Change::EndpointAdded { name: name.clone(), spec: e.spec.clone() },
                     None => Change::EndpointRemoved { name: name.clone() },
                 },
-                Touched::Wire(id) => match st.table.wire(*id) {
+                Touched::Wire(id) => match st.table().wire(*id) {
                     Some(w) => Change::WireSaved(Self::saved_wire(st, w)),
                     None => Change::WireRemoved { wire: id.0 },
                 },
@@ -1157,11 +990,13 @@ impl Control {
         Ok(restored)
     }
 
-    /// Lets the workers poll the uplink (after `restore`).
+    /// Lets the workers poll the uplink (after `restore`, so frames that
+    /// arrive during a restart wait in the uplink's RX ring instead of
+    /// being dropped as `unknown_connector`).
     pub fn poll_uplink(&mut self) -> Result<(), Fatal> {
-        if self.uplink.is_some() && !self.uplink_polled {
-            self.uplink_polled = true;
-            let next = self.state.clone();
+        if self.uplink.is_some() && !self.state.uplink_polled() {
+            let mut next = self.state.clone();
+            next.poll_uplink();
             if self.apply(next).is_err() {
                 return Err(self.fatal.clone().unwrap_or(Fatal::WorkerStuck("publishing the uplink".into())));
             }
@@ -1187,6 +1022,7 @@ impl Control {
         self.expire_moves();
         self.send_arp_requests();
         self.report_oversize();
+        self.rebalance();
         Ok(())
     }
 
@@ -1208,27 +1044,70 @@ impl Control {
         }
     }
 
+    /// Re-balances receive queues over workers by the frames each received
+    /// since the last time (a multi-queue port's frames are counted evenly
+    /// over its polled queues). Moved queues are first published parked
+    /// (polled by nobody), then at their new worker, so two workers never
+    /// poll one queue.
+    fn rebalance(&mut self) {
+        let (at, last) = &self.last_rebalance;
+        if self.workers.len() < 2 || at.elapsed() < REBALANCE {
+            return;
+        }
+        let secs = at.elapsed().as_secs_f64().max(0.001);
+        let mut rx: HashMap<PortIndex, u64> = HashMap::new();
+        let mut queues: HashMap<PortIndex, u64> = HashMap::new();
+        for (p, _, _) in self.state.rxqs().iter() {
+            *queues.entry(p).or_default() += 1;
+            rx.entry(p).or_insert_with(|| self.port_totals(p).rx_frames);
+        }
+        let rate: HashMap<PortIndex, u64> = rx
+            .iter()
+            .map(|(p, n)| (*p, ((n - last.get(p).copied().unwrap_or(*n).min(*n)) as f64 / secs) as u64 / queues[p]))
+            .collect();
+        self.last_rebalance = (Instant::now(), rx);
+        let mut next = self.state.clone();
+        let moved = next.rebalance(&|p, _| rate.get(&p).copied().unwrap_or(0));
+        if moved == 0 {
+            // Loads only: nothing for the workers.
+            self.state = next;
+            return;
+        }
+        if self.apply(next).is_err() {
+            return;
+        }
+        let mut next = self.state.clone();
+        next.unpark();
+        if self.apply(next).is_ok() {
+            crate::log(&format!("re-balanced receive queues over workers: {moved} ports moved"));
+        }
+    }
+
     /// Takes the ARP sightings the workers passed up; publishes a changed
     /// next-hop MAC. Called every tick, and as soon as sightings wait when
     /// the control plane polls faster (migration on), so a new peer's first
     /// frames do not wait a whole tick in the hold queue.
     fn take_neighbour_events(&mut self) {
         let now = Instant::now();
-        if self.republish || self.mailboxes.iter().any(|mb| !mb.events.is_empty()) {
+        if self.mailboxes.iter().any(|mb| !mb.events.is_empty()) {
             let mut next = self.state.clone();
-            let mut changed = self.republish;
             for mb in &self.mailboxes {
                 while let Some(ev) = mb.events.pop() {
-                    changed |= next.neighbours.heard(ev.ip, ev.mac, now);
+                    next.heard(ev.ip, ev.mac, now);
                 }
             }
-            if changed {
-                // Until a neighbour change is published, keep retrying it.
-                self.republish = self.apply(next).is_err();
-            } else {
-                // Only timestamps moved: nothing for the workers.
-                self.state = next;
-            }
+            self.commit(next);
+        }
+    }
+
+    /// Commits `next`, publishing it if the workers' plan changes (a publish
+    /// that fails stops the fabric: see [`Fatal::WorkerStuck`]).
+    fn commit(&mut self, next: State) {
+        if next.dirty().is_empty() {
+            // Only timestamps moved: nothing for the workers.
+            self.state = next;
+        } else {
+            let _ = self.apply(next);
         }
     }
 
@@ -1237,15 +1116,22 @@ impl Control {
     /// change is published so workers poll only enabled rings, stop queueing
     /// to a VM that is gone and spread TX over the queues it uses.
     fn watch_vms(&mut self) {
-        if !vhost::take_events().is_empty() || self.republish {
-            let next = self.state.clone();
-            self.republish = self.apply(next).is_err();
+        let changed = vhost::take_events();
+        if changed.is_empty() {
+            return;
         }
+        let mut next = self.state.clone();
+        for tag in changed {
+            if let Some(Some(p)) = self.ports.get(tag as usize) {
+                next.set_link(&p.name, p.dev.link());
+            }
+        }
+        self.commit(next);
     }
 
     fn send_arp_requests(&mut self) {
         let Some(u) = self.uplink.clone() else { return };
-        for ip in self.state.neighbours.due(Instant::now()) {
+        for ip in self.state.due_probes(Instant::now()) {
             let mut buf = [0u8; 60];
             let n = arp::build_request(&mut buf, u.mac, u.vtep, ip);
             self.inject(&buf[..n]);
@@ -1263,27 +1149,11 @@ impl Control {
 
     // ---- migration ----------------------------------------------------------
 
-    fn grace(&self) -> Duration {
-        self.settings.migration.as_ref().map_or(Duration::ZERO, |m| m.grace)
-    }
-
     /// Tells the peer VTEP where our end of wire `id` is (LOCATE, sent
     /// until it is acknowledged).
     fn announce_location(&mut self, id: ConnectorId, end: &str, peer: Ipv4Addr, encap: Encap, when_ns: u64) {
-        let (Some(ch), Some(u)) = (&mut self.mig, &self.uplink) else { return };
-        let msg = Message {
-            kind: kind::LOCATE,
-            wire: id,
-            from: u.vtep,
-            location: u.vtep,
-            location_mac: u.mac,
-            encap,
-            end: end.to_owned(),
-            seq: 0,
-            sent_ns: 0,
-            when_ns,
-            moves: 0,
-        };
+        let Some(msg) = exchange::locate_message(&self.state, id, end, encap, when_ns) else { return };
+        let Some(ch) = &mut self.mig else { return };
         ch.pending.retain(|p| p.msg.wire != id);
         ch.pending.push(Pending { msg, to: peer, tries: 0, next: Instant::now() });
         self.retransmit();
@@ -1295,11 +1165,7 @@ impl Control {
         // A LOCATE waits, without using up a try, until its next hop's MAC
         // is known (ARP for a new peer is in progress).
         let resolved: HashSet<Ipv4Addr> = self.mig.as_ref().map_or_else(HashSet::new, |ch| {
-            ch.pending
-                .iter()
-                .map(|p| p.to)
-                .filter(|to| self.next_hop(*to).ok().and_then(|h| self.state.neighbours.mac(h)).is_some())
-                .collect()
+            ch.pending.iter().map(|p| p.to).filter(|to| self.state.next_hop_mac(*to).is_some()).collect()
         });
         let Some(ch) = &mut self.mig else { return };
         let mut due = Vec::new();
@@ -1313,19 +1179,19 @@ impl Control {
             }
             p.tries += 1;
             p.next = now + Pending::backoff(p.tries);
-            due.push((p.msg.clone(), p.to));
+            due.push(Outgoing { msg: p.msg.clone(), to: p.to, mac: None });
             true
         });
-        for (msg, to) in due {
-            self.send_message(msg, to, None);
+        for o in due {
+            self.send_message(o);
         }
     }
 
-    /// Sends a control message to VTEP `to` (through its next hop, whose MAC
-    /// is `mac` if given, else the resolved one).
-    fn send_message(&mut self, mut msg: Message, to: Ipv4Addr, mac: Option<MacAddr>) {
+    /// Sends a control message.
+    fn send_message(&mut self, o: Outgoing) {
         let Some(u) = self.uplink.clone() else { return };
-        let mac = mac.or_else(|| self.next_hop(to).ok().and_then(|h| self.state.neighbours.mac(h)));
+        let Outgoing { mut msg, to, mac } = o;
+        let mac = mac.or_else(|| self.state.next_hop_mac(to));
         let Some(ch) = &mut self.mig else { return };
         let Some(mac) = mac else {
             ch.unsent += 1;
@@ -1376,12 +1242,22 @@ impl Control {
                 return;
             }
         };
-        let result = match msg.kind {
-            kind::LOCATE => self.on_locate(&msg, t0),
-            kind::ACK => self.on_ack(&msg),
-            kind::MOVED => self.on_moved(&msg, t0),
-            _ => Err("malformed"),
+        let outcome = match msg.kind {
+            kind::LOCATE => exchange::on_locate(&self.state, &msg, t0),
+            kind::ACK => {
+                // Only an ACK of a LOCATE we are sending counts.
+                let before = ch.pending.len();
+                ch.pending.retain(|p| !(p.msg.wire == msg.wire && p.to == msg.from && p.msg.when_ns == msg.when_ns));
+                if ch.pending.len() == before {
+                    Err(Refused::Unexpected)
+                } else {
+                    Ok(exchange::on_ack(&self.state, &msg))
+                }
+            }
+            kind::MOVED => exchange::on_moved(&self.state, &msg, t0),
+            _ => Err(Refused::Malformed),
         };
+        let result = outcome.and_then(|o| self.take_outcome(msg.wire, o, t0).map_err(|_| Refused::Unresolved));
         let Some(ch) = &mut self.mig else { return };
         match result {
             Ok(()) => ch.accepted += 1,
@@ -1392,231 +1268,50 @@ impl Control {
         }
     }
 
-    /// Makes `ip` a wanted neighbour, and takes the MAC an authenticated
-    /// message gave for it if it is on our subnet.
-    fn learn(&self, next: &mut State, ip: Ipv4Addr, mac: MacAddr) {
-        let now = Instant::now();
-        if let Ok(hop) = self.next_hop(ip) {
-            next.neighbours.want(hop, now);
-            if hop == ip && mac != MacAddr([0; 6]) {
-                next.neighbours.heard(ip, mac, now);
+    /// Applies what the exchange decided about wire `id`, records how long
+    /// it took, and sends its messages.
+    fn take_outcome(&mut self, id: ConnectorId, o: Outcome, t0: Instant) -> Result<(), Refusal> {
+        let Outcome { next, send, save, cancel_locates, log } = o;
+        if cancel_locates {
+            if let Some(ch) = &mut self.mig {
+                ch.pending.retain(|p| p.msg.wire != id);
             }
         }
-    }
-
-    fn release(&self, next: &mut State, ip: Ipv4Addr) {
-        if let Ok(hop) = self.next_hop(ip) {
-            next.neighbours.release(hop);
-        }
-    }
-
-    /// Applies a move and records how long it took.
-    fn apply_move(&mut self, id: ConnectorId, next: State, t0: Instant) -> Result<(), &'static str> {
-        self.apply_with(next, &[Touched::Wire(id)]).map_err(|_| "unresolved")?;
-        if let Some(m) = self.state.moves.get_mut(&id) {
-            m.last_move_us = t0.elapsed().as_micros() as u64;
-        }
-        Ok(())
-    }
-
-    /// LOCATE: the sender has connected wire `id` to us; if the end it names
-    /// was elsewhere, re-point the wire there.
-    fn on_locate(&mut self, msg: &Message, t0: Instant) -> Result<(), &'static str> {
-        let id = msg.wire;
-        let s = msg.from;
-        let Some(w) = self.state.table.wire(id).cloned() else { return Err("unknown_wire") };
-        let Some(u) = self.uplink.clone() else { return Err("unresolved") };
-        let grace = self.grace();
-        let mv = self.state.moves.get(&id).cloned().unwrap_or_default();
-        match &w.peer {
-            Peer::Remote { vtep, encap } => {
-                if msg.end == w.endpoint || s == u.vtep {
-                    return Err("conflict");
-                }
-                if *vtep == s {
-                    // Where we already send: a (re)announcement.
-                    if msg.when_ns < mv.remote_ns {
-                        return Err("stale");
-                    }
-                    let mut next = self.state.clone();
-                    next.moves.entry(id).or_default().remote_ns = msg.when_ns;
-                    if self.next_hop(s).ok() == Some(s) && msg.location_mac != MacAddr([0; 6]) {
-                        next.neighbours.heard(s, msg.location_mac, Instant::now());
-                    }
-                    self.apply_with(next, &[Touched::Wire(id)]).map_err(|_| "unresolved")?;
-                    self.send_ack(msg, Ipv4Addr::UNSPECIFIED, mv.moves);
-                    return Ok(());
-                }
-                if msg.when_ns <= mv.remote_ns {
-                    return Err("stale");
-                }
-                // The remote end moved from `vtep` to `s`.
-                let old_mac = self.next_hop(*vtep).ok().and_then(|h| self.state.neighbours.mac(h));
-                let mut next = self.state.clone();
-                next.table.repoint(id, s, msg.encap).map_err(|_| "conflict")?;
-                self.learn(&mut next, s, msg.location_mac);
-                self.release(&mut next, *vtep);
-                let m = next.moves.entry(id).or_default();
-                m.moved();
-                m.remote_ns = msg.when_ns;
-                m.old = Some((*vtep, *encap, Instant::now() + grace));
-                let moves = m.moves;
-                self.apply_move(id, next, t0)?;
-                self.send_ack(msg, *vtep, moves);
-                // Tell the old host, so it passes on what still arrives there.
-                let moved = Message {
-                    kind: kind::MOVED,
-                    from: u.vtep,
-                    location: s,
-                    location_mac: msg.location_mac,
-                    ..msg.clone()
-                };
-                self.send_message(moved, *vtep, old_mac);
-                crate::log(&format!("wire {id}: end {} moved from {vtep} to {s}; wire re-pointed", msg.end));
-                Ok(())
-            }
-            Peer::Local(other) => {
-                // One end of a loopback wire left for `s`.
-                let staying = if msg.end == w.endpoint {
-                    other.clone()
-                } else if msg.end == *other {
-                    w.endpoint.clone()
-                } else {
-                    return Err("conflict");
-                };
-                if msg.when_ns <= mv.local_ns.max(mv.remote_ns) {
-                    return Err("stale");
-                }
-                let mut next = self.state.clone();
-                next.table.split(id, &msg.end, s, msg.encap).map_err(|_| "conflict")?;
-                let ws = *next.wires.get(&id).ok_or("unknown_wire")?;
-                let d = Departed {
-                    endpoint: msg.end.clone(),
-                    peer: Peer::Local(staying.clone()),
-                    to: s,
-                    until: Instant::now() + grace,
-                };
-                next.departed.insert(id, (d, ws));
-                self.learn(&mut next, s, msg.location_mac);
-                let m = next.moves.entry(id).or_default();
-                m.moved();
-                m.remote_ns = msg.when_ns;
-                m.old = None;
-                m.arrival_until = None;
-                let moves = m.moves;
-                self.apply_move(id, next, t0)?;
-                self.send_ack(msg, u.vtep, moves);
-                crate::log(&format!("wire {id}: end {} left for {s}; wire is now encap {staying} -> {s}", msg.end));
-                Ok(())
-            }
-        }
-    }
-
-    fn send_ack(&mut self, locate: &Message, previous: Ipv4Addr, moves: u32) {
-        let Some(u) = &self.uplink else { return };
-        let ack = Message {
-            kind: kind::ACK,
-            from: u.vtep,
-            location: previous,
-            location_mac: MacAddr([0; 6]),
-            moves,
-            ..locate.clone()
-        };
-        self.send_message(ack, locate.from, None);
-    }
-
-    /// ACK: the peer took our LOCATE.
-    fn on_ack(&mut self, msg: &Message) -> Result<(), &'static str> {
-        let Some(ch) = &mut self.mig else { return Err("unexpected") };
-        let before = ch.pending.len();
-        ch.pending.retain(|p| !(p.msg.wire == msg.wire && p.to == msg.from && p.msg.when_ns == msg.when_ns));
-        if ch.pending.len() == before {
-            return Err("unexpected");
-        }
-        let mut next = self.state.clone();
-        let Some(m) = next.moves.get_mut(&msg.wire) else { return Ok(()) };
-        m.moves = m.moves.max(msg.moves);
-        if m.awaiting_ack.take().is_some() {
-            // The peer takes our frames now: release the held ones.
-            self.apply(next).map_err(|_| "unresolved")?;
-        } else {
+        let touched = [Touched::Wire(id)];
+        if next.dirty().is_empty() {
             self.state = next;
+        } else {
+            self.apply_with(next, if save { &touched } else { &[] }, None)?;
+            if log.is_some() {
+                let us = t0.elapsed().as_micros() as u64;
+                let mut next = self.state.clone();
+                next.set_move_time(id, us);
+                self.state = next;
+            }
         }
-        Ok(())
-    }
-
-    /// MOVED: our end of wire `id` is now elsewhere; pass on what still
-    /// arrives for it during the grace period.
-    fn on_moved(&mut self, msg: &Message, t0: Instant) -> Result<(), &'static str> {
-        let id = msg.wire;
-        let Some(w) = self.state.table.wire(id).cloned() else { return Err("unknown_wire") };
-        let Peer::Remote { vtep, encap } = w.peer else { return Err("conflict") };
-        let Some(u) = self.uplink.clone() else { return Err("unresolved") };
-        // Only our end's peer may say so, about our end, to another host.
-        if vtep != msg.from || msg.end != w.endpoint || msg.location == u.vtep {
-            return Err("conflict");
+        for m in send {
+            self.send_message(m);
         }
-        let mv = self.state.moves.get(&id).cloned().unwrap_or_default();
-        if msg.when_ns <= mv.local_ns {
-            return Err("stale");
+        if let Some(l) = log {
+            crate::log(&l);
         }
-        let mut next = self.state.clone();
-        next.table.disconnect(id).map_err(|_| "unknown_wire")?;
-        let ws = next.wires.remove(&id).ok_or("unknown_wire")?;
-        let until = Instant::now() + self.grace();
-        let d = Departed { endpoint: w.endpoint.clone(), peer: Peer::Remote { vtep, encap }, to: msg.location, until };
-        next.departed.insert(id, (d, ws));
-        self.learn(&mut next, msg.location, msg.location_mac);
-        next.moves.entry(id).or_default().moved();
-        if let Some(ch) = &mut self.mig {
-            ch.pending.retain(|p| p.msg.wire != id);
-        }
-        self.apply_move(id, next, t0)?;
-        crate::log(&format!(
-            "wire {id}: end {} moved to {}; passing on its frames for {} ms, then forgetting the wire here",
-            w.endpoint,
-            msg.location,
-            self.grace().as_millis()
-        ));
         Ok(())
     }
 
     /// Ends grace periods that are over.
     fn expire_moves(&mut self) {
-        let now = Instant::now();
-        let due = self.state.departed.values().any(|(d, _)| now >= d.until)
-            || self.state.moves.values().any(|m| {
-                m.old.is_some_and(|o| now >= o.2)
-                    || m.arrival_until.is_some_and(|t| now >= t)
-                    || m.awaiting_ack.is_some_and(|t| now >= t)
-            });
-        if !due {
-            return;
-        }
-        let mut next = self.state.clone();
+        let Some((next, gone)) = exchange::expire(&self.state, Instant::now()) else { return };
         let mut forwarded = 0;
-        let expired: Vec<ConnectorId> =
-            next.departed.iter().filter(|(_, (d, _))| now >= d.until).map(|(id, _)| *id).collect();
-        for id in expired {
-            let Some((d, ws)) = next.departed.remove(&id) else { continue };
-            // A departed remote end holds its old peer and its new host; a
-            // loopback wire's departed end holds nothing (the wire does).
-            if let Peer::Remote { vtep, .. } = d.peer {
-                forwarded += self.wire_totals(ws.slot).since(&ws.base).forwarded;
-                self.release(&mut next, vtep);
-                self.release(&mut next, d.to);
+        for (id, d, slot) in &gone {
+            if let Peer::Remote { .. } = d.peer {
+                forwarded += self.wire_totals(*slot).since(&self.wire_bases[*slot as usize]).forwarded;
             }
             crate::log(&format!("wire {id}: grace period of the end that left ({}) is over", d.endpoint));
         }
-        for m in next.moves.values_mut() {
-            m.expire(now);
-        }
-        if self.apply(next).is_err() {
-            self.republish = true;
-            return;
-        }
-        if let Some(ch) = &mut self.mig {
-            ch.forwarded_before += forwarded;
+        if self.apply(next).is_ok() {
+            if let Some(ch) = &mut self.mig {
+                ch.forwarded_before += forwarded;
+            }
         }
     }
 
@@ -1624,354 +1319,16 @@ impl Control {
     /// the remote end arrived here, and W becomes a loopback wire.
     fn colocate(&mut self, id: ConnectorId, arriving: &str, save: bool) -> Result<proto::WireInfo, Refusal> {
         let t0 = Instant::now();
-        let mut next = self.state.clone();
-        let Some(Peer::Remote { vtep, encap }) = next.table.wire(id).map(|w| w.peer.clone()) else {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, format!("wire {id} is not an encap wire")));
-        };
-        next.table.colocate(id, arriving)?;
-        let old_mac = self.next_hop(vtep).ok().and_then(|h| self.state.neighbours.mac(h));
-        self.release(&mut next, vtep);
-        let grace = self.grace();
-        let m = next.moves.entry(id).or_default();
-        m.moved();
-        m.local_ns = now_ns();
-        if !grace.is_zero() {
-            m.old = Some((vtep, encap, t0 + grace));
-            m.arrival_until = Some(t0 + grace);
-        }
-        let when = m.local_ns;
-        let touched = [Touched::Wire(id)];
-        self.apply_with(next, if save { &touched } else { &[] })?;
-        if let Some(m) = self.state.moves.get_mut(&id) {
-            m.last_move_us = t0.elapsed().as_micros() as u64;
-        }
-        if let (Some(u), true) = (self.uplink.clone(), self.mig.is_some()) {
-            // The arriving end's old host passes on what still arrives there.
-            let moved = Message {
-                kind: kind::MOVED,
-                wire: id,
-                from: u.vtep,
-                location: u.vtep,
-                location_mac: u.mac,
-                encap,
-                end: arriving.to_owned(),
-                seq: 0,
-                sent_ns: 0,
-                when_ns: when,
-                moves: 0,
-            };
-            self.send_message(moved, vtep, old_mac);
-        }
-        crate::log(&format!("wire {id}: end {arriving} arrived from {vtep}; the wire is now loopback"));
+        let o =
+            exchange::colocate(&self.state, id, arriving, t0, now_ns(), self.mig.is_some()).map_err(|e| match e {
+                ArrivalError::NotEncap(id) => {
+                    Refusal::new(ErrorCode::InvalidArgument, format!("wire {id} is not an encap wire"))
+                }
+                ArrivalError::Table(e) => Refusal::from(e),
+            })?;
+        let o = Outcome { save, ..o };
+        self.take_outcome(id, o, t0)?;
         Ok(self.wire_info(id))
-    }
-
-    // ---- reports ----------------------------------------------------------
-
-    fn wire_totals(&self, slot: u32) -> WireTotals {
-        let mut t = WireTotals::default();
-        for w in &self.workers {
-            let x = w.stats.wire(slot);
-            for d in 0..2 {
-                t.frames[d] += x.frames[d];
-                t.bytes[d] += x.bytes[d];
-            }
-            t.dropped += x.dropped;
-            t.forwarded += x.forwarded;
-        }
-        t
-    }
-
-    fn link_up(p: PortId) -> bool {
-        port::link(p).map(|l| l.up).unwrap_or(false)
-    }
-
-    fn endpoint_info(&self, name: &str, ep: &Endpoint) -> proto::EndpointInfo {
-        let (device, driver, mac, link_up, mtu, link_changes) = match &ep.dev {
-            Device::Eth { port, info, mac } => (
-                info.name.clone(),
-                info.driver.clone(),
-                mac.to_string(),
-                Self::link_up(*port),
-                port::mtu(*port).unwrap_or(0),
-                0,
-            ),
-            Device::Vhost(v) => {
-                let vs = v.port().state();
-                (v.port().path().to_owned(), "vhost-user".to_owned(), String::new(), vs.up, vs.mtu, vs.link_changes)
-            }
-        };
-        proto::EndpointInfo {
-            name: name.to_owned(),
-            spec: ep.spec.clone(),
-            port: ep.ix.0,
-            device,
-            driver,
-            mac,
-            link_up,
-            mtu,
-            rx_queues: ep.queues,
-            tx_queues: self.current.ports.get(ep.ix.ix()).map_or(0, |p| p.txq),
-            link_changes,
-            wire: self.state.table.wire_of(name).map(|w| w.id.0),
-        }
-    }
-
-    fn endpoint_list(&self) -> Vec<proto::EndpointInfo> {
-        self.state.endpoints.iter().map(|(n, e)| self.endpoint_info(n, e)).collect()
-    }
-
-    fn wire_info(&self, id: ConnectorId) -> proto::WireInfo {
-        let w = self.state.table.wire(id).expect("wire_info is called for existing wires");
-        let totals = self.state.wires.get(&id).map(|s| self.wire_totals(s.slot).since(&s.base)).unwrap_or_default();
-        // Link state is reported per endpoint (`endpoint list`), not here: a
-        // net_tap port reports "down" once its interface moves to another
-        // namespace, though it carries traffic.
-        let (peer, encap, state) = match &w.peer {
-            Peer::Local(b) => (b.clone(), None, "up"),
-            Peer::Remote { vtep, encap } => {
-                let resolved = self.next_hop(*vtep).ok().and_then(|h| self.state.neighbours.mac(h)).is_some();
-                (vtep.to_string(), Some(encap_name(*encap)), if resolved { "up" } else { "resolving" })
-            }
-        };
-        proto::WireInfo {
-            wire: id.0,
-            kind: w.kind().name().to_owned(),
-            endpoint: w.endpoint.clone(),
-            peer,
-            encap,
-            state: state.to_owned(),
-            forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
-            reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
-            dropped: totals.dropped,
-            migration: self.mig.as_ref().map(|_| self.wire_migration(id, totals.forwarded, None)),
-        }
-    }
-
-    fn wire_migration(&self, id: ConnectorId, forwarded: u64, departed: Option<&Departed>) -> proto::WireMigration {
-        let now = Instant::now();
-        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
-        let m = self.state.moves.get(&id).cloned().unwrap_or_default();
-        let grace = [m.old.map(|o| o.2), m.arrival_until, departed.map(|d| d.until)]
-            .into_iter()
-            .flatten()
-            .map(left)
-            .max()
-            .unwrap_or(0);
-        proto::WireMigration {
-            moves: m.moves,
-            last_move_ms: m.last_move_ms,
-            last_move_us: m.last_move_us,
-            forwarded,
-            previous_host: m.old.map(|o| o.0.to_string()),
-            moved_to: departed.map(|d| d.to.to_string()),
-            grace_left_ms: grace,
-        }
-    }
-
-    /// An end that left, in its grace period, as a `wire list` row.
-    fn departed_info(&self, id: ConnectorId, d: &Departed, ws: &WireSlot) -> proto::WireInfo {
-        let totals = self.wire_totals(ws.slot).since(&ws.base);
-        let (peer, encap) = match &d.peer {
-            Peer::Local(b) => (b.clone(), None),
-            Peer::Remote { vtep, encap } => (vtep.to_string(), Some(encap_name(*encap))),
-        };
-        proto::WireInfo {
-            wire: id.0,
-            kind: "moved".into(),
-            endpoint: d.endpoint.clone(),
-            peer,
-            encap,
-            state: format!("forwarding to {}", d.to),
-            forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
-            reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
-            dropped: totals.dropped,
-            migration: Some(self.wire_migration(id, totals.forwarded, Some(d))),
-        }
-    }
-
-    fn wire_list(&self) -> Vec<proto::WireInfo> {
-        let mut v: Vec<proto::WireInfo> = self.state.table.wires().map(|w| self.wire_info(w.id)).collect();
-        for (id, (d, ws)) in &self.state.departed {
-            // A loopback wire's departed end shares the wire's row.
-            if matches!(d.peer, Peer::Remote { .. }) {
-                v.push(self.departed_info(*id, d, ws));
-            }
-        }
-        v
-    }
-
-    fn mempool(&self) -> proto::MempoolInfo {
-        proto::MempoolInfo { size: self.pool.size(), in_use: self.pool.in_use() }
-    }
-
-    fn status(&self) -> proto::Status {
-        proto::Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            uptime_s: self.started.elapsed().as_secs(),
-            socket: self.settings.socket.clone(),
-            workers: self.workers.iter().map(|w| proto::WorkerInfo { index: w.index, lcore: w.lcore }).collect(),
-            uplink: self.uplink.as_ref().map(|u| proto::UplinkStatus {
-                devargs: u.devargs.clone(),
-                port: u.port.0,
-                mac: u.mac.to_string(),
-                vtep: format!("{}/{}", u.vtep, u.prefix),
-                gateway: u.gateway.map(|g| g.to_string()),
-                mtu: u.mtu,
-                vwire_port: u.vwire_port,
-                vxlan_port: u.vxlan_port,
-                link_up: Self::link_up(u.port),
-            }),
-            neighbours: self
-                .state
-                .neighbours
-                .view()
-                .into_iter()
-                .map(|n| proto::NeighbourInfo {
-                    ip: n.ip.to_string(),
-                    mac: n.mac.map(|m| m.to_string()),
-                    state: n.state.name().to_owned(),
-                    requests: n.requests,
-                    wires: n.users,
-                })
-                .collect(),
-            endpoints: self.state.endpoints.len(),
-            wires: self.state.table.wires().count(),
-            mempool: self.mempool(),
-            idle_sleep_us: self.settings.idle_sleep_us,
-            unrestored: self
-                .unrestored
-                .endpoints
-                .iter()
-                .filter(|e| !self.state.endpoints.contains_key(&e.name))
-                .map(|e| format!("endpoint {}", e.name))
-                .chain(
-                    self.unrestored
-                        .wires
-                        .iter()
-                        .filter(|w| self.state.table.wire(ConnectorId(w.wire)).is_none())
-                        .map(|w| format!("wire {}", w.wire)),
-                )
-                .collect(),
-        }
-    }
-
-    /// A port's counters: the device's own for an ethdev, the workers' for a
-    /// vhost-user device (librte_vhost keeps none unless asked to, at a cost).
-    fn port_counters(&self, name: &str, ix: PortIndex, eth: Option<PortId>, base: &PortTotals) -> proto::PortCounters {
-        let t = self.port_totals(ix).since(base);
-        let mut c = proto::PortCounters {
-            name: name.to_owned(),
-            port: ix.0,
-            rx_packets: t.rx_frames,
-            rx_bytes: t.rx_bytes,
-            tx_packets: t.tx_frames,
-            tx_bytes: t.tx_bytes,
-            rx_missed: 0,
-            rx_errors: 0,
-            rx_nombuf: 0,
-            tx_errors: 0,
-            tx_dropped: t.tx_dropped,
-        };
-        if let Some(p) = eth {
-            let s = port::stats(p).unwrap_or_default();
-            c.rx_packets = s.ipackets;
-            c.rx_bytes = s.ibytes;
-            c.tx_packets = s.opackets;
-            c.tx_bytes = s.obytes;
-            c.rx_missed = s.imissed;
-            c.rx_errors = s.ierrors;
-            c.rx_nombuf = s.rx_nombuf;
-            c.tx_errors = s.oerrors;
-        }
-        c
-    }
-
-    fn stats(&self) -> proto::Stats {
-        let mut ports = Vec::new();
-        if let Some(u) = &self.uplink {
-            ports.push(self.port_counters("uplink", PortIndex::UPLINK, Some(u.port), &PortTotals::default()));
-        }
-        for (n, e) in &self.state.endpoints {
-            let eth = match &e.dev {
-                Device::Eth { port, .. } => Some(*port),
-                Device::Vhost(_) => None,
-            };
-            ports.push(self.port_counters(n, e.ix, eth, &e.base));
-        }
-        let mut drops: BTreeMap<String, u64> = (0..DROP_REASONS).map(|i| (drop_name(i).to_owned(), 0)).collect();
-        let mut handled: BTreeMap<String, u64> = Handled::ALL.iter().map(|h| (h.name().to_owned(), 0)).collect();
-        let workers = self
-            .workers
-            .iter()
-            .map(|w| {
-                let s = &w.stats;
-                let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-                let mut wd = BTreeMap::new();
-                for i in 0..DROP_REASONS {
-                    let v = ld(&s.drops[i]);
-                    *drops.get_mut(drop_name(i)).expect("every reason is listed") += v;
-                    if v != 0 {
-                        wd.insert(drop_name(i).to_owned(), v);
-                    }
-                }
-                let mut wh = BTreeMap::new();
-                for h in Handled::ALL {
-                    let v = ld(&s.handled[h as usize]);
-                    *handled.get_mut(h.name()).expect("every kind is listed") += v;
-                    if v != 0 {
-                        wh.insert(h.name().to_owned(), v);
-                    }
-                }
-                proto::WorkerCounters {
-                    index: w.index,
-                    lcore: w.lcore,
-                    polls: ld(&s.polls),
-                    busy_polls: ld(&s.busy_polls),
-                    sleeps: ld(&s.sleeps),
-                    rx_frames: ld(&s.rx_frames),
-                    tx_frames: ld(&s.tx_frames),
-                    config_updates: ld(&s.config_updates),
-                    handled: wh,
-                    drops: wd,
-                }
-            })
-            .collect();
-        *drops.get_mut(FabricDrop::EndpointRemoved.name()).expect("every reason is listed") += self.removed_in_flight;
-        let control_frames_sent =
-            self.workers.iter().map(|w| w.stats.control_frames_sent.load(Ordering::Relaxed)).sum();
-        let migration = self.mig.as_ref().map(|ch| {
-            let live: u64 = self
-                .state
-                .departed
-                .values()
-                .filter(|(d, _)| matches!(d.peer, Peer::Remote { .. }))
-                .map(|(_, ws)| self.wire_totals(ws.slot).since(&ws.base).forwarded)
-                .chain(self.state.wires.values().map(|ws| self.wire_totals(ws.slot).since(&ws.base).forwarded))
-                .sum();
-            proto::MigrationStats {
-                port: ch.settings.port,
-                grace_ms: ch.settings.grace.as_millis() as u64,
-                sent: ch.sent,
-                received: ch.received,
-                accepted: ch.accepted,
-                refused: ch.refused.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                pending: ch.pending.len(),
-                unsent: ch.unsent,
-                forwarded: ch.forwarded_before + live,
-            }
-        });
-        proto::Stats {
-            ports,
-            wires: self.wire_list(),
-            workers,
-            drops,
-            handled,
-            control_frames_sent,
-            mempool: self.mempool(),
-            migration,
-        }
     }
 }
 

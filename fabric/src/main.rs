@@ -8,8 +8,6 @@
 mod claim;
 mod control;
 mod journal;
-mod migrate;
-mod neighbour;
 mod persist;
 mod snapshot;
 mod stats;

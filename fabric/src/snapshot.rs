@@ -10,77 +10,14 @@
 //! A worker's cost is one empty-queue check per poll iteration.
 
 use crossbeam::queue::ArrayQueue;
-use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vw_pmd::{Mbuf, PortIo};
-use vw_wire::{EncapTemplate, MacAddr, UnderlayConfig};
+use vw_wire::MacAddr;
 
-/// Index of a port in the fabric's port table: the uplink, DPDK-device
-/// endpoints and vhost-user endpoints alike. Not a DPDK port id: a
-/// vhost-user endpoint has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortIndex(pub u32);
-
-impl PortIndex {
-    /// The uplink's index.
-    pub const UPLINK: PortIndex = PortIndex(0);
-
-    /// As an index into the snapshot's and the workers' per-port tables.
-    #[inline(always)]
-    pub const fn ix(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl std::fmt::Display for PortIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// What a worker does with frames received on an endpoint.
-#[derive(Debug, Clone, Copy)]
-pub enum EndpointAction {
-    /// The endpoint carries no wire: drop (`no_wire`).
-    NoWire,
-    /// Loopback wire: send the frames untouched on `peer`.
-    Loopback {
-        /// The other endpoint's port.
-        peer: PortIndex,
-        /// Wire counter slot.
-        slot: u32,
-        /// Direction index for the counters (0 forward, 1 reverse).
-        dir: u8,
-    },
-    /// Encap wire with a resolved next hop: prepend the template, send on the uplink.
-    Encap {
-        /// Outer headers.
-        template: EncapTemplate,
-        /// Uplink port.
-        uplink: PortIndex,
-        /// Wire counter slot.
-        slot: u32,
-    },
-    /// Encap wire whose next hop's MAC is not known yet: drop (`peer_unresolved`).
-    Unresolved {
-        /// Wire counter slot.
-        slot: u32,
-    },
-}
-
-/// Role of a port in the snapshot.
-#[derive(Debug, Clone, Copy)]
-pub enum Role {
-    /// Not a port of this fabric.
-    Unused,
-    /// The underlay uplink.
-    Uplink,
-    /// An endpoint.
-    Endpoint(EndpointAction),
-}
+pub use vw_core::plan::{decap_key, DecapTarget, EndpointAction, Plan, PortIndex, Role, UplinkPlan};
 
 /// Frames that workers without a TX queue of their own on a port pass to
 /// the worker that owns one: entry `k` is written only by worker `k` and
@@ -90,100 +27,39 @@ pub enum Role {
 /// workers may briefly drain one ring; `ArrayQueue` allows that.
 pub type Handoff = Arc<[ArrayQueue<Mbuf>]>;
 
-/// A port as the workers see it.
+/// How the workers reach a port's queues.
 #[derive(Debug, Clone)]
-pub struct PortPlan {
-    /// What the port is.
-    pub role: Role,
-    /// Its queues: an ethdev's or a vhost-user device's.
+pub struct PortDevice {
+    /// An ethdev's queues or a vhost-user device's.
     pub io: PortIo,
-    /// TX queues usable now. Worker `w` sends on queue `w` if `w < txq`,
-    /// else through `handoff` (a vhost-user port has as many queues as the
-    /// VM enabled, which may be fewer than the workers).
-    pub txq: u16,
-    /// False while a port that follows its peer's link (vhost-user) is known
-    /// to be down: frames its queue refuses count as `endpoint_down`.
-    pub up: bool,
     /// See [`Handoff`]; present on ports that may have fewer TX queues than workers.
     pub handoff: Option<Handoff>,
 }
 
-impl PortPlan {
+impl PortDevice {
     /// A port that is not part of the fabric.
-    pub const UNUSED: PortPlan = PortPlan { role: Role::Unused, io: PortIo::None, txq: 0, up: false, handoff: None };
+    pub const NONE: PortDevice = PortDevice { io: PortIo::None, handoff: None };
 }
 
-/// Where a decapsulated frame goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecapTarget {
-    /// Endpoint port.
-    pub port: PortIndex,
-    /// Wire counter slot.
-    pub slot: u32,
-    /// The VTEP allowed to send on this wire.
-    pub peer_ip: Ipv4Addr,
-    /// During a move's grace period, a second VTEP allowed to send: where
-    /// the remote end was before (unspecified otherwise).
-    pub alt_ip: Ipv4Addr,
-    /// Forwarded frames for an end that just arrived: any sender (a data
-    /// frame's source address proves nothing anyway; see docs/migration.md).
-    pub any_src: bool,
-    /// The end left this host: re-encapsulate the frame towards its new
-    /// host with `Snapshot::forwards[slot]` instead of delivering it.
-    pub forward: bool,
-}
-
-impl DecapTarget {
-    /// A target that delivers to `port` frames from `peer_ip` only.
-    pub fn deliver(port: PortIndex, slot: u32, peer_ip: Ipv4Addr) -> DecapTarget {
-        DecapTarget { port, slot, peer_ip, alt_ip: Ipv4Addr::UNSPECIFIED, any_src: false, forward: false }
-    }
-
-    /// Whether a frame from `src` may use this target.
-    #[inline(always)]
-    pub fn accepts(&self, src: Ipv4Addr) -> bool {
-        self.peer_ip == src || self.any_src || (self.alt_ip == src && !src.is_unspecified())
-    }
-}
-
-/// The uplink as the workers see it.
-#[derive(Debug, Clone)]
-pub struct UplinkPlan {
-    /// Its port.
-    pub port: PortIndex,
-    /// Addresses and UDP ports for classification.
-    pub underlay: UnderlayConfig,
-    /// Next hops the control plane resolves (ARP from them is passed up).
-    pub neighbours: Vec<Ipv4Addr>,
-    /// Longest underlay frame taken: the underlay MTU plus 14.
-    pub max_frame: u32,
-}
-
-/// Key of the decap table: tunnel format and connector ID.
-#[inline(always)]
-pub fn decap_key(encap: vw_wire::Encap, connector: u32) -> u64 {
-    ((encap as u64) << 32) | connector as u64
-}
-
-/// One immutable configuration of the data path.
+/// One immutable configuration of the data path: the compiler's [`Plan`]
+/// (read through `Deref`) and each port's device handles, which change
+/// only when a port comes or goes and are shared between snapshots.
 pub struct Snapshot {
     /// Monotonic version.
     pub version: u64,
-    /// Per port index (the same length in every snapshot).
-    pub ports: Vec<PortPlan>,
-    /// Per worker: the (port, RX queue) pairs it polls. Only queues that
-    /// can carry frames are listed (a vhost-user device's rings the VM
-    /// enabled), so idle and absent VMs cost nothing per iteration.
-    pub polls: Vec<Vec<(PortIndex, u16)>>,
-    /// Per worker: the (port, handoff entry) pairs it drains into its TX queue.
-    pub drains: Vec<Vec<(PortIndex, usize)>>,
-    /// The uplink, if any.
-    pub uplink: Option<UplinkPlan>,
-    /// (format, connector) -> endpoint.
-    pub decap: HashMap<u64, DecapTarget>,
-    /// Wire slot -> outer headers towards the new host of an end that left
-    /// (forwarded-frame format), for targets with `forward` set.
-    pub forwards: HashMap<u32, EncapTemplate>,
+    /// What the workers do.
+    pub plan: Plan,
+    /// Per port index (as long as `plan.ports`).
+    pub devices: Arc<[PortDevice]>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Plan;
+
+    #[inline(always)]
+    fn deref(&self) -> &Plan {
+        &self.plan
+    }
 }
 
 impl Snapshot {
@@ -192,20 +68,10 @@ impl Snapshot {
     pub fn empty(max_ports: usize, workers: usize) -> Snapshot {
         Snapshot {
             version: 0,
-            ports: vec![PortPlan::UNUSED; max_ports],
-            polls: vec![Vec::new(); workers],
-            drains: vec![Vec::new(); workers],
-            uplink: None,
-            decap: HashMap::new(),
-            forwards: HashMap::new(),
+            plan: Plan::empty(max_ports, workers),
+            devices: vec![PortDevice::NONE; max_ports].into(),
         }
     }
-}
-
-/// The worker that polls RX queue `queue` of `port` (spread so that
-/// single-queue ports do not all land on worker 0).
-pub fn rx_worker(port: PortIndex, queue: u16, workers: usize) -> usize {
-    (queue as usize + port.0 as usize) % workers
 }
 
 /// Creates the handoff queues for a port (one per worker).
@@ -450,16 +316,6 @@ mod tests {
         assert_eq!(e.0, 0);
         mb.set_alive(false, 0);
         publish(std::slice::from_ref(&mb), snap(2), Duration::from_millis(50)).unwrap();
-    }
-
-    #[test]
-    fn rx_queues_are_spread_over_workers() {
-        // A 4-queue port on 2 workers: two queues each.
-        let w: Vec<usize> = (0..4).map(|q| rx_worker(PortIndex(3), q, 2)).collect();
-        assert_eq!(w, vec![1, 0, 1, 0]);
-        // Single-queue ports 0..4 on 2 workers alternate.
-        let w: Vec<usize> = (0..4).map(|p| rx_worker(PortIndex(p), 0, 2)).collect();
-        assert_eq!(w, vec![0, 1, 0, 1]);
     }
 
     #[test]

@@ -234,12 +234,12 @@ impl Io {
 
     #[cold]
     fn send_slow(&mut self, snap: &Snapshot, port: PortIndex, m: Mbuf) {
-        let plan = &snap.ports[port.ix()];
-        let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+        let up = snap.ports[port.ix()].up;
+        let reason = if up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
         // Nothing waits in a ring for a port that is down (see the drainers
-        // in the control plane's snapshot builder).
-        let refused = match plan.handoff.as_ref().and_then(|h| h.get(self.index)) {
-            Some(ring) if plan.up => ring.push(m).err(),
+        // in vw_core's compiler).
+        let refused = match snap.devices[port.ix()].handoff.as_ref().and_then(|h| h.get(self.index)) {
+            Some(ring) if up => ring.push(m).err(),
             _ => Some(m),
         };
         if let Some(m) = refused {
@@ -251,8 +251,7 @@ impl Io {
     /// Moves frames other workers handed off for `port` to this worker's TX queue.
     #[inline]
     fn drain_handoff(&mut self, snap: &Snapshot, port: PortIndex, k: usize) {
-        let plan = &snap.ports[port.ix()];
-        let Some(ring) = plan.handoff.as_ref().and_then(|h| h.get(k)) else { return };
+        let Some(ring) = snap.devices[port.ix()].handoff.as_ref().and_then(|h| h.get(k)) else { return };
         // Checked first: `is_empty` is plain loads, while `pop` on an empty
         // ArrayQueue ends in a full fence, once per ring per iteration.
         if ring.is_empty() {
@@ -286,7 +285,7 @@ impl Io {
     /// Polls an endpoint's RX queue and applies its wire's action.
     #[inline(always)]
     fn poll_endpoint(&mut self, snap: &Snapshot, port: PortIndex, queue: u16, action: EndpointAction) -> usize {
-        let n = self.rx.rx_from(&snap.ports[port.ix()].io, queue, &self.pool);
+        let n = self.rx.rx_from(&snap.devices[port.ix()].io, queue, &self.pool);
         if n == 0 {
             return 0;
         }
@@ -429,7 +428,7 @@ impl Io {
     #[inline(always)]
     fn poll_uplink(&mut self, snap: &Snapshot, up: &UplinkPlan, queue: u16) -> usize {
         let decap = &snap.decap;
-        let n = self.rx.rx_from(&snap.ports[up.port.ix()].io, queue, &self.pool);
+        let n = self.rx.rx_from(&snap.devices[up.port.ix()].io, queue, &self.pool);
         if n == 0 {
             return 0;
         }
@@ -474,7 +473,7 @@ impl Io {
                         continue;
                     }
                     if target.forward {
-                        self.forward(snap, up, m, target.slot);
+                        self.forward(snap, up, m, target.slot, d.connector.0);
                         continue;
                     }
                     if d.encap == Encap::Forward {
@@ -527,8 +526,8 @@ impl Io {
     /// end that left this host on to its new host, in the forwarded-frame
     /// format of the migration channel.
     #[cold]
-    fn forward(&mut self, snap: &Snapshot, up: &UplinkPlan, m: Mbuf, slot: u32) {
-        let Some(t) = snap.forwards.get(&slot).copied() else {
+    fn forward(&mut self, snap: &Snapshot, up: &UplinkPlan, m: Mbuf, slot: u32, connector: u32) {
+        let Some(t) = snap.forwards.get(&connector).copied() else {
             self.drop_frame(m, FabricDrop::PeerUnresolved.index());
             self.count_wire(slot, 0, 0, 0, 1);
             return;
@@ -590,17 +589,17 @@ impl Io {
     /// refuses them at once), else `tx_full`.
     #[inline(always)]
     fn flush_port(&mut self, snap: &Snapshot, ix: usize) {
-        let plan = &snap.ports[ix];
-        let f = self.tx[ix].flush_to(&plan.io, self.queue);
+        let dev = &snap.devices[ix];
+        let f = self.tx[ix].flush_to(&dev.io, self.queue);
         bump(&self.stats.tx_frames, f.sent);
         let pc = &self.stats.ports[ix];
-        if let PortIo::Vhost(_) = plan.io {
+        if let PortIo::Vhost(_) = dev.io {
             bump(&pc.tx_frames, f.sent);
             bump(&pc.tx_bytes, f.bytes);
         }
         if f.refused > 0 {
             bump(&pc.tx_dropped, f.refused);
-            let reason = if plan.up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
+            let reason = if snap.ports[ix].up { FabricDrop::TxFull } else { FabricDrop::EndpointDown };
             bump(&self.stats.drops[reason.index()], f.refused);
         }
     }

@@ -6,11 +6,10 @@
 //! wire. Pure data: no I/O. Every mutating method validates fully before changing anything, so
 //! a refused call leaves the table exactly as it was.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use hashbrown::HashMap;
+use imbl::{HashMap, OrdMap, OrdSet};
 
 use crate::encap::Encap;
 use crate::vxlan::MAX_VNI;
@@ -251,9 +250,13 @@ pub fn validate_vtep(vtep: Ipv4Addr) -> Result<(), TableError> {
 
 /// The set of endpoints and the wires between them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Its maps are persistent (structurally shared): a copy costs O(1) and a
+/// change to a copy O(log n), so the control plane can change a copy of the
+/// configuration and commit it whatever the number of wires.
 pub struct WireTable {
-    endpoints: BTreeSet<String>,
-    wires: BTreeMap<ConnectorId, Wire>,
+    endpoints: OrdSet<String>,
+    wires: OrdMap<ConnectorId, Wire>,
     by_endpoint: HashMap<String, ConnectorId>,
 }
 

@@ -2,10 +2,11 @@
 //! checks every location update passes before it can change anything.
 //!
 //! The exchange itself (who sends LOCATE, ACK and MOVED to whom, and what
-//! each one changes) is in `control.rs`; the message format is
+//! each one changes) is in [`crate::exchange`]; the message format is
 //! `vw_wire::migration`; the design is in docs/migration.md.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::exchange::Refused;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vw_wire::migration::{Freshness, Key, Message, MessageError, ReplayWindow};
@@ -139,27 +140,13 @@ pub struct Channel {
     /// Messages taken.
     pub accepted: u64,
     /// Messages refused, by reason.
-    pub refused: BTreeMap<&'static str, u64>,
+    pub refused: [u64; Refused::ALL.len()],
     /// Frames forwarded on wires whose grace period ended.
     pub forwarded_before: u64,
     /// Messages not sent because the next hop's MAC was not known yet
     /// (LOCATEs are retried).
     pub unsent: u64,
 }
-
-/// Every reason a message can be refused for, in `stats` order.
-pub const REFUSALS: [&str; 10] = [
-    "malformed",
-    "bad_mac",
-    "wrong_source",
-    "stale",
-    "replayed",
-    "out_of_order",
-    "unknown_wire",
-    "conflict",
-    "unexpected",
-    "unresolved",
-];
 
 impl Channel {
     /// A channel with the settings; message numbers start at the clock, so
@@ -173,15 +160,15 @@ impl Channel {
             sent: 0,
             received: 0,
             accepted: 0,
-            refused: REFUSALS.iter().map(|r| (*r, 0)).collect(),
+            refused: [0; Refused::ALL.len()],
             forwarded_before: 0,
             unsent: 0,
         }
     }
 
     /// Counts a refusal.
-    pub fn refuse(&mut self, reason: &'static str) {
-        *self.refused.entry(reason).or_insert(0) += 1;
+    pub fn refuse(&mut self, reason: Refused) {
+        self.refused[reason as usize] += 1;
     }
 
     /// Stamps and encodes a message.
@@ -195,21 +182,21 @@ impl Channel {
     /// Authenticates a message from `src` and checks it is fresh: MAC,
     /// sender address, clock skew, then the sender's replay window (only a
     /// message that passed everything else moves the window).
-    pub fn admit(&mut self, src: Ipv4Addr, payload: &[u8], now_ns: u64) -> Result<Message, &'static str> {
+    pub fn admit(&mut self, src: Ipv4Addr, payload: &[u8], now_ns: u64) -> Result<Message, Refused> {
         let m = Message::decode(payload, &self.settings.key).map_err(|e| match e {
-            MessageError::BadMac => "bad_mac",
-            _ => "malformed",
+            MessageError::BadMac => Refused::BadMac,
+            _ => Refused::Malformed,
         })?;
         if m.from != src {
-            return Err("wrong_source");
+            return Err(Refused::WrongSource);
         }
         if m.sent_ns.abs_diff(now_ns) > MAX_SKEW.as_nanos() as u64 {
-            return Err("stale");
+            return Err(Refused::Stale);
         }
         match self.windows.entry(src).or_default().check(m.seq) {
             Freshness::New => Ok(m),
-            Freshness::Replayed => Err("replayed"),
-            Freshness::OutOfOrder => Err("out_of_order"),
+            Freshness::Replayed => Err(Refused::Replayed),
+            Freshness::OutOfOrder => Err(Refused::OutOfOrder),
         }
     }
 }
@@ -251,21 +238,21 @@ mod tests {
         let a = tx.encode(&mut locate(h3));
         let b = tx.encode(&mut locate(h3));
         assert!(rx.admit(h3, &a, now_ns()).is_ok());
-        assert_eq!(rx.admit(h3, &a, now_ns()), Err("replayed"));
+        assert_eq!(rx.admit(h3, &a, now_ns()), Err(Refused::Replayed));
         assert!(rx.admit(h3, &b, now_ns()).is_ok());
         // Sent before b but arriving after it.
         let c = tx.encode(&mut locate(h3));
         let d = tx.encode(&mut locate(h3));
         assert!(rx.admit(h3, &d, now_ns()).is_ok());
-        assert_eq!(rx.admit(h3, &c, now_ns()), Err("out_of_order"));
+        assert_eq!(rx.admit(h3, &c, now_ns()), Err(Refused::OutOfOrder));
         // Another key, another claimed sender, another clock.
         let f = stranger.encode(&mut locate(h3));
-        assert_eq!(rx.admit(h3, &f, now_ns()), Err("bad_mac"));
+        assert_eq!(rx.admit(h3, &f, now_ns()), Err(Refused::BadMac));
         let g = tx.encode(&mut locate(h3));
-        assert_eq!(rx.admit(Ipv4Addr::new(10, 0, 0, 9), &g, now_ns()), Err("wrong_source"));
+        assert_eq!(rx.admit(Ipv4Addr::new(10, 0, 0, 9), &g, now_ns()), Err(Refused::WrongSource));
         let h = tx.encode(&mut locate(h3));
-        assert_eq!(rx.admit(h3, &h, now_ns() + 11_000_000_000), Err("stale"));
-        assert_eq!(rx.admit(h3, &h[..100], now_ns()), Err("malformed"));
+        assert_eq!(rx.admit(h3, &h, now_ns() + 11_000_000_000), Err(Refused::Stale));
+        assert_eq!(rx.admit(h3, &h[..100], now_ns()), Err(Refused::Malformed));
         // Refused messages did not move the window: h is still new.
         assert!(rx.admit(h3, &h, now_ns()).is_ok());
     }

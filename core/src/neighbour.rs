@@ -10,7 +10,7 @@
 //!   if none is answered the entry turns `stale` but keeps its MAC (frames
 //!   keep flowing to the last known address) and is probed every 5 s.
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use vw_wire::MacAddr;
@@ -76,7 +76,7 @@ pub struct NeighbourView {
 /// The neighbours the fabric resolves.
 #[derive(Debug, Default, Clone)]
 pub struct Neighbours {
-    entries: BTreeMap<Ipv4Addr, Entry>,
+    entries: OrdMap<Ipv4Addr, Entry>,
 }
 
 impl Neighbours {
@@ -162,12 +162,10 @@ impl Neighbours {
 
     /// Addresses to send an ARP request for now; advances their schedule.
     pub fn due(&mut self, now: Instant) -> Vec<Ipv4Addr> {
-        let mut out = Vec::new();
-        for (ip, e) in self.entries.iter_mut() {
-            if e.permanent || now < e.next_probe {
-                continue;
-            }
-            out.push(*ip);
+        let out: Vec<Ipv4Addr> =
+            self.entries.iter().filter(|(_, e)| !e.permanent && now >= e.next_probe).map(|(ip, _)| *ip).collect();
+        for ip in &out {
+            let Some(e) = self.entries.get_mut(ip) else { continue };
             e.requests += 1;
             e.unanswered += 1;
             let wait = match e.mac {
