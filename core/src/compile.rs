@@ -492,7 +492,8 @@ mod tests {
             Op::PollUplink => st.poll_uplink(),
             Op::Rebalance(seed) => {
                 let seed = *seed;
-                st.rebalance(&move |p: PortIndex, q: u16| (seed >> ((p.0 as u64 * 3 + q as u64) % 60)) & 0xf);
+                st.measure(&move |p: PortIndex, q: u16| (seed >> ((p.0 as u64 * 3 + q as u64) % 60)) & 0xf);
+                st.rebalance();
             }
             Op::Unpark => st.unpark(),
         }

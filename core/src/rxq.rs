@@ -4,7 +4,8 @@
 //! ring, the uplink once the saved state is back) goes to the worker with
 //! the least measured load, then the fewest queues; a queue that goes away
 //! is forgotten. Nothing else moves a queue, so adding or removing one is
-//! O(log n) and never disturbs the others. [`Rxqs::rebalance`] reassigns
+//! O(log n) and never disturbs the others. Loads are measured by the
+//! caller ([`Rxqs::set_loads`]). [`Rxqs::rebalance`] reassigns
 //! all of them by measured load, largest first to the least loaded worker
 //! (as OVS's `pmd-rxq-assign=cycles`), and adopts the result only when it
 //! lowers the busiest worker's load by at least [`IMPROVEMENT_PCT`] percent
@@ -95,17 +96,29 @@ impl Rxqs {
         &self.workers
     }
 
-    /// Takes the measured `load` of every queue and reassigns them if that
-    /// lowers the busiest worker's load enough (see the module). Queues that
-    /// move are parked; returns the ports that have one.
-    pub fn rebalance(&mut self, load: &dyn Fn(PortIndex, u16) -> u64) -> Vec<PortIndex> {
-        let mut all: Vec<((PortIndex, u16), Rxq)> = self.queues.iter().map(|(k, q)| (*k, *q)).collect();
-        let n = self.workers.len();
-        let mut now = vec![0u64; n];
-        for (k, q) in &mut all {
-            q.load = load(k.0, k.1);
-            now[q.worker] += q.load;
+    /// Takes the measured `load` (frames per second) of every queue. Moves
+    /// nothing: it decides where new queues go and what
+    /// [`Rxqs::rebalance`] does.
+    pub fn set_loads(&mut self, load: &dyn Fn(PortIndex, u16) -> u64) {
+        let keys: Vec<(PortIndex, u16)> = self.queues.keys().copied().collect();
+        for w in &mut self.workers {
+            w.0 = 0;
         }
+        for k in keys {
+            if let Some(q) = self.queues.get_mut(&k) {
+                q.load = load(k.0, k.1);
+                self.workers[q.worker].0 += q.load;
+            }
+        }
+    }
+
+    /// Reassigns every queue by its last measured load if that lowers the
+    /// busiest worker's load enough (see the module). Queues that move are
+    /// parked; returns the ports that have one.
+    pub fn rebalance(&mut self) -> Vec<PortIndex> {
+        let all: Vec<((PortIndex, u16), Rxq)> = self.queues.iter().map(|(k, q)| (*k, *q)).collect();
+        let n = self.workers.len();
+        let busiest_now = self.workers.iter().map(|w| w.0).max().unwrap_or(0);
         // Largest first, each to the least loaded worker so far.
         let mut order: Vec<usize> = (0..all.len()).collect();
         order.sort_by_key(|&i| (std::cmp::Reverse(all[i].1.load), all[i].0));
@@ -117,14 +130,15 @@ impl Rxqs {
             next[w].1 += 1;
             target[i] = w;
         }
-        let busiest_now = now.iter().copied().max().unwrap_or(0);
         let busiest_next = next.iter().map(|w| w.0).max().unwrap_or(0);
-        let adopt = busiest_now > 0 && busiest_next * 100 <= busiest_now * (100 - IMPROVEMENT_PCT);
+        if busiest_now == 0 || busiest_next * 100 > busiest_now * (100 - IMPROVEMENT_PCT) {
+            return Vec::new();
+        }
         let mut moved = Vec::new();
         self.workers = vec![(0, 0); n];
         self.queues = OrdMap::new();
         for (i, (k, mut q)) in all.into_iter().enumerate() {
-            if adopt && target[i] != q.worker {
+            if target[i] != q.worker {
                 q.worker = target[i];
                 q.parked = true;
                 if moved.last() != Some(&k.0) {
@@ -195,7 +209,9 @@ mod tests {
         // Worker 0 has ports 1 and 3, worker 1 ports 2 and 4; 1 and 3 are busy.
         assert_eq!(per_worker(&r), vec![vec![(1, 0), (3, 0)], vec![(2, 0), (4, 0)]]);
         let load = |p: PortIndex, _| if p.0 % 2 == 1 { 1_000_000 } else { 10 };
-        let moved = r.rebalance(&load);
+        r.set_loads(&load);
+        assert_eq!(per_worker(&r), vec![vec![(1, 0), (3, 0)], vec![(2, 0), (4, 0)]], "measuring moves nothing");
+        let moved = r.rebalance();
         // Each busy port on a worker of its own.
         assert_eq!(per_worker(&r), vec![vec![(1, 0), (2, 0)], vec![(3, 0), (4, 0)]]);
         assert_eq!(moved, vec![PortIndex(2), PortIndex(3)]);
@@ -204,7 +220,8 @@ mod tests {
         assert_eq!(r.unpark(), vec![PortIndex(2), PortIndex(3)]);
         assert!(!r.has_parked());
         // Balanced now: the same loads move nothing.
-        assert!(r.rebalance(&load).is_empty());
+        r.set_loads(&load);
+        assert!(r.rebalance().is_empty());
         // A new queue goes to the worker with less load.
         r.set_port(PortIndex(5), &[0]);
         let w5 = r.of(PortIndex(5)).next().unwrap().1.worker;
@@ -221,9 +238,14 @@ mod tests {
         // Worker 0: ports 1 and 3 (100 + 100); worker 1: port 2 (150). The
         // best assignment gives the busiest 200 -> 200: nothing to gain.
         let load = |p: PortIndex, _| if p.0 == 2 { 150 } else { 100 };
-        assert!(r.rebalance(&load).is_empty());
+        r.set_loads(&load);
+        assert!(r.rebalance().is_empty());
         assert_eq!(r.workers(), &[(200, 2), (150, 1)]);
+        // A new queue goes to the worker with less measured load.
+        r.set_port(PortIndex(4), &[0]);
+        assert_eq!(r.of(PortIndex(4)).next().unwrap().1.worker, 1);
         // Idle: nothing moves either.
-        assert!(r.rebalance(&|_, _| 0).is_empty());
+        r.set_loads(&|_, _| 0);
+        assert!(r.rebalance().is_empty());
     }
 }

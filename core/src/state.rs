@@ -483,12 +483,19 @@ impl State {
         }
     }
 
-    /// Re-balances receive queues over workers by the load measured for
-    /// each (see [`Rxqs::rebalance`]). Queues that move are parked: no
-    /// worker polls them until [`State::unpark`], so that the old and the
-    /// new worker never poll one queue at once. Returns how many moved.
-    pub fn rebalance(&mut self, load: &dyn Fn(PortIndex, u16) -> u64) -> usize {
-        let moved = self.rxqs.rebalance(load);
+    /// Takes the measured load of every receive queue (frames per second).
+    /// Nothing the plan reads: it decides where new queues go and what
+    /// [`State::rebalance`] does.
+    pub fn measure(&mut self, load: &dyn Fn(PortIndex, u16) -> u64) {
+        self.rxqs.set_loads(load);
+    }
+
+    /// Re-balances receive queues over workers by their measured load (see
+    /// [`Rxqs::rebalance`]). Queues that move are parked: no worker polls
+    /// them until [`State::unpark`], so that the old and the new worker
+    /// never poll one queue at once. Returns how many ports have one that moved.
+    pub fn rebalance(&mut self) -> usize {
+        let moved = self.rxqs.rebalance();
         for &ix in &moved {
             self.dirty.ports.insert(ix);
         }

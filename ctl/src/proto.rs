@@ -97,6 +97,9 @@ pub enum Request {
     WireList,
     /// All counters.
     Stats,
+    /// Re-balance RX queues over workers by their measured load now
+    /// (otherwise every `--rxq-rebalance-interval`); replies with what moved.
+    RxqRebalance,
 }
 
 /// Stable error codes (the `code` member of an error reply).
@@ -310,6 +313,34 @@ pub struct EndpointInfo {
     pub link_changes: u64,
     /// The wire it carries.
     pub wire: Option<u32>,
+    /// The RX queues polled now (a vhost-user VM's enabled rings), each with
+    /// the worker that polls it.
+    #[serde(default)]
+    pub rx_workers: Vec<RxqPlace>,
+}
+
+/// An RX queue and the worker polling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RxqPlace {
+    /// Queue.
+    pub queue: u16,
+    /// Worker index.
+    pub worker: usize,
+    /// Frames per second at the last re-balancing (0 before the first).
+    pub frames_per_s: u64,
+}
+
+/// An RX queue that `rxq_rebalance` moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RxqMove {
+    /// Endpoint (or `uplink`).
+    pub endpoint: String,
+    /// Queue.
+    pub queue: u16,
+    /// The worker that polls it now.
+    pub worker: usize,
+    /// Its load, frames per second.
+    pub frames_per_s: u64,
 }
 
 /// One direction of a wire.

@@ -16,7 +16,7 @@ mod report;
 
 use crate::persist::{Change, Saved, SavedWire, Store};
 use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
-use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats};
+use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -41,8 +41,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(10);
 /// How often the control plane looks for migration messages.
 const MIGRATION_POLL: Duration = Duration::from_micros(200);
-/// How often receive queues are re-balanced over workers by their load.
-const REBALANCE: Duration = Duration::from_secs(10);
+/// How often the load of every RX queue is measured.
+const MEASURE: Duration = Duration::from_secs(1);
 
 /// Size of the port table: the uplink, every vhost-user socket librte_vhost
 /// can hold and every ethdev port DPDK can hold.
@@ -50,40 +50,22 @@ pub fn max_ports() -> usize {
     1 + vhost::MAX_SOCKETS + port::max_ports() as usize
 }
 
-/// The uplink's settings.
+/// The uplink: its device, and its addresses (read through `Deref`).
 #[derive(Debug, Clone)]
 pub struct Uplink {
     /// Device arguments.
     pub devargs: String,
     /// DPDK port id (its index in the fabric is [`PortIndex::UPLINK`]).
     pub port: PortId,
-    /// MAC address.
-    pub mac: MacAddr,
-    /// VTEP address.
-    pub vtep: Ipv4Addr,
-    /// Subnet prefix length of the VTEP address.
-    pub prefix: u8,
-    /// Gateway for peers outside the subnet.
-    pub gateway: Option<Ipv4Addr>,
-    /// Underlay MTU.
-    pub mtu: u16,
-    /// UDP port of the vwire format.
-    pub vwire_port: u16,
-    /// UDP port of the vxlan format.
-    pub vxlan_port: u16,
+    /// Addresses, ports and MTU.
+    pub net: UplinkConfig,
 }
 
-impl Uplink {
-    fn config(&self) -> UplinkConfig {
-        UplinkConfig {
-            mac: self.mac,
-            vtep: self.vtep,
-            prefix: self.prefix,
-            gateway: self.gateway,
-            mtu: self.mtu,
-            vwire_port: self.vwire_port,
-            vxlan_port: self.vxlan_port,
-        }
+impl std::ops::Deref for Uplink {
+    type Target = UplinkConfig;
+
+    fn deref(&self) -> &UplinkConfig {
+        &self.net
     }
 }
 
@@ -112,6 +94,8 @@ pub struct Settings {
     pub max_wires: usize,
     /// Idle back-off (for `status`).
     pub idle_sleep_us: u64,
+    /// How often RX queues are re-balanced over workers, if at all.
+    pub rebalance: Option<Duration>,
     /// State file, if configuration is persisted.
     pub state_file: Option<PathBuf>,
     /// Neighbours configured by the operator (never probed).
@@ -271,8 +255,10 @@ pub struct Control {
     restoring: bool,
     started: Instant,
     last_tick: Instant,
-    /// Receive frames per port when queues were last re-balanced.
-    last_rebalance: (Instant, HashMap<PortIndex, u64>),
+    /// When RX queues were last measured, and the frames each had received then.
+    last_measure: (Instant, HashMap<(PortIndex, u16), u64>),
+    /// When RX queues were last re-balanced.
+    last_rebalance: Instant,
     /// The migration channel, with `--migration-key-file`.
     mig: Option<Channel>,
     /// `oversize` drops already reported in the log, and when last.
@@ -287,7 +273,7 @@ impl Control {
             workers: workers.len(),
             max_ports: max_ports(),
             max_wires: settings.max_wires as u32,
-            uplink: uplink.as_ref().map(Uplink::config),
+            uplink: uplink.as_ref().map(|u| u.net.clone()),
             force_encap: settings.force_encap,
             migration: settings.migration.as_ref().map(|m| MigrationConfig { port: m.port, grace: m.grace }),
         };
@@ -325,7 +311,8 @@ impl Control {
             restoring: false,
             started: Instant::now(),
             last_tick: Instant::now(),
-            last_rebalance: (Instant::now(), HashMap::new()),
+            last_measure: (Instant::now(), HashMap::new()),
+            last_rebalance: Instant::now(),
             oversize_logged: (0, None),
         }
     }
@@ -421,6 +408,7 @@ impl Control {
             }
             Request::WireList => Ok(Reply::ok(&self.wire_list())),
             Request::Stats => Ok(Reply::ok(&self.stats())),
+            Request::RxqRebalance => self.rebalance().map(|m| Reply::ok(&m)),
         };
         result.unwrap_or_else(|r| Reply::err(r.code, r.message))
     }
@@ -837,7 +825,7 @@ impl Control {
         };
         if let Peer::Remote { vtep, .. } = peer {
             if let Some(u) = &self.uplink {
-                u.config().next_hop(vtep).map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e.to_string()))?;
+                u.next_hop(vtep).map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e.to_string()))?;
             }
         }
         let max = self.settings.max_wires;
@@ -1022,7 +1010,7 @@ impl Control {
         self.expire_moves();
         self.send_arp_requests();
         self.report_oversize();
-        self.rebalance();
+        self.balance();
         Ok(())
     }
 
@@ -1044,43 +1032,81 @@ impl Control {
         }
     }
 
-    /// Re-balances receive queues over workers by the frames each received
-    /// since the last time (a multi-queue port's frames are counted evenly
-    /// over its polled queues). Moved queues are first published parked
-    /// (polled by nobody), then at their new worker, so two workers never
-    /// poll one queue.
-    fn rebalance(&mut self) {
-        let (at, last) = &self.last_rebalance;
-        if self.workers.len() < 2 || at.elapsed() < REBALANCE {
+    /// Measures every RX queue's load (frames per second since the last
+    /// measurement) every [`MEASURE`], and re-balances queues over workers
+    /// every `--rxq-rebalance-interval`.
+    fn balance(&mut self) {
+        let (at, _) = &self.last_measure;
+        if at.elapsed() < MEASURE {
             return;
         }
         let secs = at.elapsed().as_secs_f64().max(0.001);
-        let mut rx: HashMap<PortIndex, u64> = HashMap::new();
-        let mut queues: HashMap<PortIndex, u64> = HashMap::new();
-        for (p, _, _) in self.state.rxqs().iter() {
-            *queues.entry(p).or_default() += 1;
-            rx.entry(p).or_insert_with(|| self.port_totals(p).rx_frames);
+        let now: HashMap<(PortIndex, u16), u64> =
+            self.state.rxqs().iter().map(|(p, q, _)| ((p, q), self.rxq_frames(p, q))).collect();
+        let last = std::mem::replace(&mut self.last_measure, (Instant::now(), HashMap::new())).1;
+        let rate = |p: PortIndex, q: u16| {
+            let n = now.get(&(p, q)).copied().unwrap_or(0);
+            // A queue new since the last time counts from now on.
+            let before = last.get(&(p, q)).copied().unwrap_or(n).min(n);
+            ((n - before) as f64 / secs) as u64
+        };
+        // Loads only: nothing for the workers.
+        self.state.measure(&rate);
+        self.last_measure.1 = now;
+        if let Some(every) = self.settings.rebalance {
+            if self.last_rebalance.elapsed() >= every {
+                let _ = self.rebalance();
+            }
         }
-        let rate: HashMap<PortIndex, u64> = rx
-            .iter()
-            .map(|(p, n)| (*p, ((n - last.get(p).copied().unwrap_or(*n).min(*n)) as f64 / secs) as u64 / queues[p]))
-            .collect();
-        self.last_rebalance = (Instant::now(), rx);
+    }
+
+    /// Re-balances RX queues over workers by their last measured load.
+    /// Moved queues are first published parked (polled by nobody), then at
+    /// their new worker, so two workers never poll one queue. Returns what
+    /// moved.
+    fn rebalance(&mut self) -> Result<Vec<proto::RxqMove>, Refusal> {
+        self.last_rebalance = Instant::now();
         let mut next = self.state.clone();
-        let moved = next.rebalance(&|p, _| rate.get(&p).copied().unwrap_or(0));
-        if moved == 0 {
-            // Loads only: nothing for the workers.
-            self.state = next;
-            return;
+        if next.rebalance() == 0 {
+            return Ok(Vec::new());
         }
-        if self.apply(next).is_err() {
-            return;
-        }
+        let moved = self.rxq_moves(&next);
+        self.apply(next)?;
         let mut next = self.state.clone();
         next.unpark();
-        if self.apply(next).is_ok() {
-            crate::log(&format!("re-balanced receive queues over workers: {moved} ports moved"));
+        self.apply(next)?;
+        let said: Vec<String> = moved
+            .iter()
+            .map(|m| format!("{} queue {} to worker {} ({} frames/s)", m.endpoint, m.queue, m.worker, m.frames_per_s))
+            .collect();
+        crate::log(&format!("re-balanced RX queues over workers by load: moved {}", said.join(", ")));
+        Ok(moved)
+    }
+
+    /// Frames RX queue `q` of port `p` received, on every worker.
+    fn rxq_frames(&self, p: PortIndex, q: u16) -> u64 {
+        if q as usize >= RXQ_SLOTS {
+            return 0;
         }
+        let i = p.ix() * RXQ_SLOTS + q as usize;
+        self.workers.iter().map(|w| w.stats.rxq_frames.get(i).map_or(0, |c| c.load(Ordering::Relaxed))).sum()
+    }
+
+    /// Where the parked (just moved) queues of `st` go.
+    fn rxq_moves(&self, st: &State) -> Vec<proto::RxqMove> {
+        st.rxqs()
+            .iter()
+            .filter(|(_, _, r)| r.parked)
+            .map(|(p, q, r)| proto::RxqMove {
+                endpoint: match self.ports.get(p.ix()) {
+                    Some(Some(port)) => port.name.clone(),
+                    _ => "uplink".to_owned(),
+                },
+                queue: q,
+                worker: r.worker,
+                frames_per_s: r.load,
+            })
+            .collect()
     }
 
     /// Takes the ARP sightings the workers passed up; publishes a changed

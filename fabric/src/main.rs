@@ -114,6 +114,12 @@ struct Args {
     /// between polls (lets several fabrics share cores). 0: busy polling.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     idle_sleep_us: u64,
+    /// With several workers, re-balance RX queues over them by the frames
+    /// each queue received, this often: a queue moves only if that lowers
+    /// the busiest worker's load by at least 25%. 0: never (new queues
+    /// still go to the least loaded worker).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    rxq_rebalance_interval: u64,
     /// Mbufs in the packet pool (every RX descriptor of every port holds one).
     #[arg(long, default_value_t = 16384)]
     mbufs: u32,
@@ -264,13 +270,15 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
     Ok(Some(Uplink {
         devargs: devargs.clone(),
         port: p,
-        mac,
-        vtep: vtep.addr,
-        prefix: vtep.prefix,
-        gateway: args.gateway,
-        mtu,
-        vwire_port: args.vwire_port,
-        vxlan_port: args.vxlan_port,
+        net: vw_core::UplinkConfig {
+            mac,
+            vtep: vtep.addr,
+            prefix: vtep.prefix,
+            gateway: args.gateway,
+            mtu,
+            vwire_port: args.vwire_port,
+            vxlan_port: args.vxlan_port,
+        },
     }))
 }
 
@@ -348,6 +356,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         tx_desc: args.tx_desc,
         max_wires: args.max_wires,
         idle_sleep_us: args.idle_sleep_us,
+        rebalance: (args.rxq_rebalance_interval > 0).then(|| Duration::from_secs(args.rxq_rebalance_interval)),
         state_file: args.state.clone(),
         static_neighbours: args.neighbour.iter().map(|n| (n.0, n.1)).collect(),
         force_encap: args.force_encap,

@@ -263,7 +263,14 @@ pub struct WorkerStats {
     pub ports: Box<[PortCounters]>,
     /// Per wire slot.
     pub wires: Box<[WireCounters]>,
+    /// Frames received per (port index, RX queue), at `port * RXQ_SLOTS +
+    /// queue`: the load by which queues are balanced over workers.
+    pub rxq_frames: Box<[AtomicU64]>,
 }
+
+/// RX queues per port counted in [`WorkerStats::rxq_frames`] (the most a
+/// vhost-user endpoint offers; an ethdev has one per worker).
+pub const RXQ_SLOTS: usize = 16;
 
 impl WorkerStats {
     /// Zeroed counters for `max_wires` wire slots and `max_ports` ports.
@@ -281,6 +288,7 @@ impl WorkerStats {
             handled: std::array::from_fn(|_| AtomicU64::new(0)),
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
             wires: (0..max_wires).map(|_| WireCounters::default()).collect(),
+            rxq_frames: (0..max_ports * RXQ_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 

@@ -26,7 +26,7 @@
 use crate::snapshot::{
     decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, PortIndex, Role, Snapshot, UplinkPlan,
 };
-use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats};
+use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats, RXQ_SLOTS};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +158,10 @@ pub fn run(ctx: WorkerContext) -> i32 {
             // as testpmd's io loop does: no frame waits for other ports.
             if n > 0 {
                 io.flush_all(&snap);
+                // The load by which queues are balanced over workers.
+                if (q as usize) < RXQ_SLOTS {
+                    bump(&stats.rxq_frames[port.ix() * RXQ_SLOTS + q as usize], n as u64);
+                }
             }
             received += n;
         }

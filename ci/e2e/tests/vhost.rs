@@ -241,3 +241,85 @@ fn multiqueue_endpoints_spread_over_workers() {
     f.assert_teardown_frees_every_mbuf(bare);
     drop(f);
 }
+
+/// The worker polling RX queue 0 of endpoint `name`, once its VM enabled it.
+fn rxq0_worker(f: &Fabric, name: &str) -> Option<u64> {
+    endpoint(f, name)["rx_workers"].as_array().and_then(|v| v.first()).map(|r| u(&r["worker"]))
+}
+
+fn total_drops(f: &Fabric) -> u64 {
+    f.all_drops().as_object().unwrap().values().map(u).sum()
+}
+
+#[test]
+fn rx_queues_move_to_the_least_loaded_worker_without_dropping_a_frame() {
+    let Some(env) = setup("rxq_balance", &[]) else { return };
+    if !require_hugepages("rxq_balance") {
+        return;
+    }
+    // Two workers; no periodic re-balancing: `vwctl rxq-rebalance` does it.
+    let opts = FabricOpts {
+        lcores: Some("0@0,1@1,2@0".into()),
+        extra: vec!["--rxq-rebalance-interval".into(), "0".into()],
+        ..Default::default()
+    };
+    let f = Fabric::start(&env, "h1", opts);
+    let bare = f.mbufs_idle();
+    let names = ["a", "b", "c", "d"];
+    for n in names {
+        f.ctl_ok(&["endpoint", "add", n, "--vhost-user", sock(&env, n).to_str().unwrap()]);
+    }
+    f.ctl_ok(&["connect", "1", "a", "b"]);
+    f.ctl_ok(&["connect", "2", "c", "d"]);
+    // One VM per endpoint, one after the other: each new queue goes to the
+    // worker with fewer queues (nothing is measured yet), so the two
+    // senders, a and c, share worker 0 and the two sinks worker 1.
+    let mut vms = Vec::new();
+    for n in names {
+        let args: &[&str] = if n == "a" || n == "c" {
+            &["--mode", "txonly", "--rate", "10k", "--duration", "8", "--warmup", "0"]
+        } else {
+            &["--mode", "rxonly", "--duration", "12", "--warmup", "0"]
+        };
+        vms.push(vwperf_cmd(&env, &format!("vm-{n}"), &[&sock(&env, n)], args).spawn().expect("spawn vwperf"));
+        let t = Instant::now();
+        while rxq0_worker(&f, n).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(15), "the VM on {n} never enabled its ring");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let placed: Vec<u64> = names.iter().map(|n| rxq0_worker(&f, n).unwrap()).collect();
+    assert_eq!(placed, vec![0, 1, 0, 1], "queues placed by count, in the order the VMs came");
+    // Let the fabric measure the loads (every second) with every VM running.
+    std::thread::sleep(Duration::from_millis(2500));
+    let listed = f.ctl_ok(&["endpoint", "list"]);
+    assert!(listed.contains("RXQ:WORKER"), "{listed}");
+    let before = total_drops(&f);
+    let workers_rx = |f: &Fabric| -> Vec<u64> {
+        f.json(&["stats"])["workers"].as_array().unwrap().iter().map(|w| u(&w["rx_frames"])).collect()
+    };
+    let rx0 = workers_rx(&f);
+    let moved = f.json(&["rxq-rebalance"]);
+    let moved = moved.as_array().unwrap();
+    assert!(!moved.is_empty(), "two busy queues on one worker and none on the other: something moves");
+    let (wa, wc) = (rxq0_worker(&f, "a").unwrap(), rxq0_worker(&f, "c").unwrap());
+    assert_ne!(wa, wc, "the two busy queues are on different workers now: {moved:?}");
+    assert!(f.log_text().contains("re-balanced RX queues over workers by load"), "the move is logged");
+    // Balanced: asking again moves nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(f.json(&["rxq-rebalance"]).as_array().unwrap().len(), 0, "nothing more to gain");
+    let rx1 = workers_rx(&f);
+    for w in 0..2 {
+        assert!(rx1[w] > rx0[w] + 5_000, "worker {w} polls a busy queue now: {rx0:?} -> {rx1:?}");
+    }
+    for vm in vms {
+        let out = vm.wait_with_output().expect("vwperf");
+        assert!(out.status.success(), "vwperf: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(total_drops(&f), before, "no frame dropped while queues moved: {}", f.all_drops());
+    for w in [1, 2] {
+        let w = f.wire(w);
+        assert!(u(&w["forward"]["frames"]) > 40_000, "{w}");
+    }
+    f.assert_teardown_frees_every_mbuf(bare);
+}

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use vw_ctl::proto::{EncapName, EndpointInfo, EndpointSpec, Stats, Status, WireInfo};
+use vw_ctl::proto::{EncapName, EndpointInfo, EndpointSpec, RxqMove, Stats, Status, WireInfo};
 use vw_ctl::{Client, ClientError, Request};
 
 /// `println!` that ends the program quietly when stdout is gone (`vwctl
@@ -78,6 +78,15 @@ enum Command {
     Wire(WireCmd),
     /// Counters: per port, per wire, per worker, drops by reason.
     Stats,
+    /// Re-balance RX queues over the workers by their measured load now.
+    ///
+    /// The fabric measures every polled RX queue's frames per second every
+    /// second; new queues go to the least loaded worker, and every
+    /// --rxq-rebalance-interval (vwfabric, default 10 s) all queues are
+    /// reassigned, largest first, if that lowers the busiest worker's load
+    /// by at least 25%. This does it now and prints what moved (`endpoint
+    /// list` shows where each queue is).
+    RxqRebalance,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +163,7 @@ fn main() -> ExitCode {
         Command::Disconnect { wire } => Request::Disconnect { wire: *wire },
         Command::Wire(WireCmd::List) => Request::WireList,
         Command::Stats => Request::Stats,
+        Command::RxqRebalance => Request::RxqRebalance,
     };
     let mut client = match Client::connect(&cli.socket) {
         Ok(c) => c,
@@ -194,6 +204,14 @@ fn main() -> ExitCode {
         }
         Command::Wire(WireCmd::List) => serde_json::from_value(result).map(|v: Vec<WireInfo>| print_wires(&v)),
         Command::Stats => serde_json::from_value(result).map(|s| print_stats(&s)),
+        Command::RxqRebalance => serde_json::from_value(result).map(|v: Vec<RxqMove>| {
+            if v.is_empty() {
+                out!("nothing to move: no re-balancing lowers the busiest worker's load by 25% or more");
+            }
+            for m in v {
+                out!("{} queue {} -> worker {} ({} frames/s)", m.endpoint, m.queue, m.worker, m.frames_per_s);
+            }
+        }),
         Command::Endpoint(EndpointCmd::Del { name }) => {
             out!("endpoint {name} removed");
             Ok(())
@@ -293,12 +311,20 @@ fn print_endpoints(v: &[EndpointInfo]) {
                 if e.link_up { "up".into() } else { "down".into() },
                 e.link_changes.to_string(),
                 format!("{}/{}", e.rx_queues, e.tx_queues),
+                if e.rx_workers.is_empty() {
+                    "-".into()
+                } else {
+                    e.rx_workers.iter().map(|r| format!("{}:{}", r.queue, r.worker)).collect::<Vec<_>>().join(",")
+                },
                 e.mtu.to_string(),
                 e.wire.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "LINK-CHANGES", "RXQ/TXQ", "MTU", "WIRE"], &rows);
+    table(
+        &["NAME", "PORT", "DRIVER", "DEVICE", "MAC", "LINK", "LINK-CHANGES", "RXQ/TXQ", "RXQ:WORKER", "MTU", "WIRE"],
+        &rows,
+    );
 }
 
 /// Where a wire's two ends are: `name@here` for a local endpoint, the VTEP

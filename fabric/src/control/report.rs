@@ -70,6 +70,12 @@ impl Control {
             tx_queues: self.current.ports.get(ep.ix.ix()).map_or(0, |p| p.txq),
             link_changes,
             wire: self.state.table().wire_of(name).map(|w| w.id.0),
+            rx_workers: self
+                .state
+                .rxqs()
+                .of(ep.ix)
+                .map(|(queue, r)| proto::RxqPlace { queue, worker: r.worker, frames_per_s: r.load })
+                .collect(),
         }
     }
 
