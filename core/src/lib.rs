@@ -13,6 +13,7 @@
 //! * [`rxq`]: which worker polls which receive queue, balanced by load;
 //! * [`exchange`]: the live-migration exchange, message in, next state and
 //!   messages out;
+//! * [`policy`]: who may do what through the control socket;
 //! * [`neighbour`], [`migrate`]: next-hop resolution and what is known of
 //!   moving wire ends.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod exchange;
 pub mod migrate;
 pub mod neighbour;
 pub mod plan;
+pub mod policy;
 pub mod rxq;
 pub mod state;
 

@@ -69,6 +69,33 @@ impl UplinkConfig {
         u32::from(ip) & self.mask() == u32::from(self.vtep) & self.mask()
     }
 
+    /// Refuses a peer VTEP this uplink cannot have: its own address, or its
+    /// subnet's network or broadcast address (any unicast address is taken
+    /// on a /31 or /32).
+    pub fn check_peer(&self, peer: Ipv4Addr) -> Result<(), String> {
+        if peer == self.vtep {
+            return Err(format!("{peer} is this fabric's own VTEP; connect two local endpoints for a loopback wire"));
+        }
+        if self.prefix <= 30 && self.in_subnet(peer) {
+            let host = u32::from(peer) & !self.mask();
+            if host == 0 {
+                return Err(format!(
+                    "{peer} is the network address of the uplink subnet {}/{}",
+                    Ipv4Addr::from(u32::from(self.vtep) & self.mask()),
+                    self.prefix
+                ));
+            }
+            if host == !self.mask() {
+                return Err(format!(
+                    "{peer} is the broadcast address of the uplink subnet {}/{}",
+                    Ipv4Addr::from(u32::from(self.vtep) & self.mask()),
+                    self.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The underlay next hop towards `peer`: the peer itself on the
     /// uplink's subnet, else the gateway.
     pub fn next_hop(&self, peer: Ipv4Addr) -> Result<Ipv4Addr, NoRoute> {

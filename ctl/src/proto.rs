@@ -40,7 +40,9 @@ pub enum EndpointSpec {
     },
     /// A vhost-user port: a VM's virtio-net NIC.
     VhostUser {
-        /// Socket path (absolute).
+        /// Socket path (absolute), given by root only; empty: `NAME.sock`
+        /// in the fabric's `--vhost-dir` (how the socket group adds VMs).
+        #[serde(default)]
         path: String,
         /// The fabric connects to a socket the VM side listens on (and
         /// reconnects when it goes away), instead of listening itself.
@@ -136,6 +138,8 @@ pub enum ErrorCode {
     EndpointLimit,
     /// Every wire slot (`--max-wires`) is in use.
     WireLimit,
+    /// Only root (or the fabric's own user) may do this.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -157,6 +161,7 @@ impl ErrorCode {
             ErrorCode::TooManyClients => "too_many_clients",
             ErrorCode::EndpointLimit => "endpoint_limit",
             ErrorCode::WireLimit => "wire_limit",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }

@@ -83,7 +83,29 @@ pub enum ServerError {
 pub struct Job {
     /// The decoded request.
     pub request: Request,
+    /// Who sent it.
+    pub caller: Caller,
     reply: Sender<Reply>,
+}
+
+/// The credentials of a client, as the kernel gave them when it connected
+/// (`SO_PEERCRED`): what it is, not what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Process id.
+    pub pid: i32,
+}
+
+impl Caller {
+    /// The credentials of the process at the other end of `stream`.
+    pub fn of(stream: &UnixStream) -> io::Result<Caller> {
+        let c = rustix::net::sockopt::socket_peercred(stream)?;
+        Ok(Caller { uid: c.uid.as_raw(), gid: c.gid.as_raw(), pid: c.pid.as_raw_nonzero().get() })
+    }
 }
 
 impl Job {
@@ -211,10 +233,12 @@ fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, sto
             let _ = write_reply(&mut stream, &r);
             continue;
         }
+        // Without credentials a client cannot be told apart from root: refused.
+        let Ok(caller) = Caller::of(&stream) else { continue };
         active.fetch_add(1, Ordering::SeqCst);
         let (cfg, jobs, active2, stop2) = (cfg.clone(), jobs.clone(), active.clone(), stop.clone());
         let spawned = std::thread::Builder::new().name("vw-ctl-client".into()).spawn(move || {
-            serve_client(stream, &cfg, &jobs, &stop2);
+            serve_client(stream, caller, &cfg, &jobs, &stop2);
             active2.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
@@ -301,7 +325,7 @@ fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>, cfg: &ServerConfig, sto
     }
 }
 
-fn serve_client(mut stream: UnixStream, cfg: &ServerConfig, jobs: &Sender<Job>, stop: &AtomicBool) {
+fn serve_client(mut stream: UnixStream, caller: Caller, cfg: &ServerConfig, jobs: &Sender<Job>, stop: &AtomicBool) {
     let _ = stream.set_write_timeout(Some(cfg.request_timeout));
     let mut buf = Vec::new();
     loop {
@@ -320,7 +344,7 @@ fn serve_client(mut stream: UnixStream, cfg: &ServerConfig, jobs: &Sender<Job>, 
             Err(e) => Reply::err(ErrorCode::BadRequest, format!("cannot decode the request: {e}")),
             Ok(request) => {
                 let (tx, rx) = bounded(1);
-                if jobs.send(Job { request, reply: tx }).is_err() {
+                if jobs.send(Job { request, caller, reply: tx }).is_err() {
                     Reply::err(ErrorCode::Unavailable, "the fabric is shutting down")
                 } else {
                     rx.recv_timeout(cfg.reply_timeout)

@@ -16,6 +16,7 @@ mod report;
 
 use crate::persist::{Change, Saved, SavedWire, Store};
 use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
+use crate::sockdir::SockDir;
 use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -27,9 +28,10 @@ use std::time::{Duration, Instant};
 use vw_core::exchange::{self, ArrivalError, Outcome, Outgoing, Refused};
 pub use vw_core::migrate::MigrationSettings;
 use vw_core::migrate::{self, now_ns, Channel, Pending};
+use vw_core::policy::{self, DevicePattern, Role};
 use vw_core::{compile, Config, Endpoint, EndpointKind, Link, MigrationConfig, State, UplinkConfig};
 use vw_ctl::proto::{self, EncapName, EndpointSpec, ErrorCode, Reply, Request};
-use vw_ctl::server::Job;
+use vw_ctl::server::{Caller, Job};
 use vw_pmd::{port, vhost, Mempool, PortConfig, PortId, PortInfo, PortIo, VhostSocket};
 use vw_wire::migration::kind;
 use vw_wire::table::{Peer, TableError};
@@ -96,6 +98,12 @@ pub struct Settings {
     pub idle_sleep_us: u64,
     /// How often RX queues are re-balanced over workers, if at all.
     pub rebalance: Option<Duration>,
+    /// Directory of the sockets of vhost-user endpoints added by name.
+    pub vhost_dir: PathBuf,
+    /// The control socket's group (owns `vhost_dir` and its sockets).
+    pub socket_group: Option<u32>,
+    /// DPDK devices members of the socket group may add.
+    pub allow_devices: Vec<DevicePattern>,
     /// State file, if configuration is persisted.
     pub state_file: Option<PathBuf>,
     /// Neighbours configured by the operator (never probed).
@@ -146,11 +154,26 @@ impl Device {
 /// A port of the fabric that is an endpoint: what the core does not hold.
 struct Port {
     name: String,
+    /// What users see as its device: a vhost-user socket's path.
+    shown: String,
     dev: Device,
+    /// The directory of a vhost-user socket (after `dev`: the socket is
+    /// unregistered, and in server mode removed, through it).
+    _dir: Option<Arc<SockDir>>,
     /// Handoff rings when the port may have fewer TX queues than workers.
     handoff: Option<Handoff>,
     /// The port index's counters when the endpoint was added (an index is reused).
     base: PortTotals,
+}
+
+/// A device just opened for an endpoint.
+struct Opened {
+    dev: Device,
+    kind: EndpointKind,
+    /// The path users see.
+    shown: String,
+    /// A vhost-user socket's directory.
+    dir: Option<Arc<SockDir>>,
 }
 
 /// What a change touched, to be recorded in the state journal as it is after
@@ -234,6 +257,10 @@ pub struct Control {
     counts: Counts,
     /// Vhost-user socket paths in use.
     vhost_paths: HashSet<String>,
+    /// `--vhost-dir`, once an endpoint added by name needed it.
+    vhost_dir: Option<Arc<SockDir>>,
+    /// This process's user id (it and root are operators).
+    own_uid: u32,
     /// DPDK ports in use by endpoints, with the endpoint's name.
     eth_ports: HashMap<PortId, String>,
     /// Per wire slot: its counters when its wire was connected.
@@ -301,6 +328,8 @@ impl Control {
             ports: (0..max_ports()).map(|_| None).collect(),
             counts: Counts::default(),
             vhost_paths: HashSet::new(),
+            vhost_dir: None,
+            own_uid: rustix::process::geteuid().as_raw(),
             eth_ports: HashMap::new(),
             next_version: 2,
             fatal: None,
@@ -346,7 +375,7 @@ impl Control {
             let wait = if self.mig.is_some() { MIGRATION_POLL } else { TICK };
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
-                    let reply = self.handle(&job.request);
+                    let reply = self.handle(&job.request, job.caller);
                     job.reply(reply);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -394,10 +423,13 @@ impl Control {
         }
     }
 
-    fn handle(&mut self, request: &Request) -> Reply {
+    fn handle(&mut self, request: &Request, caller: Caller) -> Reply {
+        let role = Role::of(caller.uid, self.own_uid);
         let result = match request {
             Request::Status => Ok(Reply::ok(&self.status())),
-            Request::EndpointAdd { name, spec } => self.endpoint_add(name, spec).map(|e| Reply::ok(&e)),
+            Request::EndpointAdd { name, spec } => {
+                self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec)).map(|e| Reply::ok(&e))
+            }
             Request::EndpointDel { name } => self.endpoint_del(name).map(|_| Reply::ok(&serde_json::json!({}))),
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
             Request::Connect { wire, endpoint, peer, encap } => {
@@ -495,6 +527,50 @@ impl Control {
         self.eth_ports.get(&p).map(|n| format!("endpoint {n}"))
     }
 
+    /// Refuses what a member of the socket group may not ask for: a DPDK
+    /// device root did not allow (`--allow-device`), or a vhost-user socket
+    /// by path (members add them by name, in `--vhost-dir`).
+    fn permit(&self, spec: &EndpointSpec, role: Role) -> Result<(), Refusal> {
+        if role == Role::Operator {
+            return Ok(());
+        }
+        let denied = |m: String| Err(Refusal::new(ErrorCode::PermissionDenied, m));
+        match spec {
+            EndpointSpec::Dpdk { devargs } => {
+                if self.settings.allow_devices.iter().any(|p| p.matches(devargs)) {
+                    return Ok(());
+                }
+                let allowed = if self.settings.allow_devices.is_empty() {
+                    "none (vwfabric --allow-device)".to_owned()
+                } else {
+                    self.settings.allow_devices.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                };
+                denied(format!(
+                    "only root may add DPDK device {devargs:?}; the devices this fabric allows its socket group: {allowed}"
+                ))
+            }
+            EndpointSpec::VhostUser { path, .. } if !path.is_empty() => denied(format!(
+                "only root may give a vhost-user socket path ({path}); add the endpoint by name \
+                 (`vwctl endpoint add NAME --vhost-user`) and its socket is NAME.sock in {}",
+                self.settings.vhost_dir.display()
+            )),
+            EndpointSpec::VhostUser { .. } => Ok(()),
+        }
+    }
+
+    /// `--vhost-dir`, set up at its first use.
+    fn vhost_dir(&mut self) -> Result<Arc<SockDir>, Refusal> {
+        if let Some(d) = &self.vhost_dir {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(
+            SockDir::own(&self.settings.vhost_dir, self.settings.socket_group)
+                .map_err(|m| Refusal::new(ErrorCode::Unavailable, m))?,
+        );
+        self.vhost_dir = Some(d.clone());
+        Ok(d)
+    }
+
     /// Refuses an endpoint of `spec`'s kind when the fabric holds as many as
     /// it can (librte_vhost's sockets and poll-set slots, DPDK's ethdev
     /// ports), naming the limit rather than letting DPDK fail deep inside.
@@ -541,52 +617,70 @@ impl Control {
         Ok(())
     }
 
-    /// Checks a vhost-user socket path; in server mode removes a stale
-    /// socket there (librte_vhost cannot bind over it).
-    fn check_vhost_path(&self, path: &str, client: bool, queues: u16) -> Result<(), Refusal> {
+    /// Where the socket of vhost-user endpoint `name` is: its directory,
+    /// the file's name in it and the path users see. Checks the request.
+    fn vhost_place(
+        &mut self,
+        name: &str,
+        path: &str,
+        client: bool,
+        queues: u16,
+    ) -> Result<(Arc<SockDir>, String, String), Refusal> {
         let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
-        if !path.starts_with('/') || path.len() > 107 {
-            return invalid(format!("vhost-user socket path {path:?} must be absolute and at most 107 bytes"));
-        }
         if !(1..=vhost::MAX_QUEUE_PAIRS).contains(&queues) {
             return invalid(format!(
                 "--queues {queues}: a vhost-user endpoint has 1 to {} queue pairs",
                 vhost::MAX_QUEUE_PAIRS
             ));
         }
-        if self.vhost_paths.contains(path) {
-            return invalid(format!("vhost-user socket {path} is already used by another endpoint"));
+        let (dir, file) = if path.is_empty() {
+            if client {
+                return invalid(format!(
+                    "endpoint {name}: a client-mode endpoint connects to the socket its VM listens on; root gives \
+                     its path (--vhost-user PATH --client)"
+                ));
+            }
+            let file = format!("{name}.sock");
+            if !policy::socket_name_ok(&file) {
+                return invalid(format!("{name:?} cannot name a socket"));
+            }
+            (self.vhost_dir()?, file)
+        } else {
+            let p = std::path::Path::new(path);
+            if !path.starts_with('/') || path.len() > 107 {
+                return invalid(format!("vhost-user socket path {path:?} must be absolute and at most 107 bytes"));
+            }
+            let (Some(parent), Some(file)) = (p.parent(), p.file_name().and_then(|f| f.to_str())) else {
+                return invalid(format!("vhost-user socket path {path:?} names no file"));
+            };
+            let dir = SockDir::open(parent).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
+            (Arc::new(dir), file.to_owned())
+        };
+        let shown = dir.shown(&file).display().to_string();
+        if self.vhost_paths.contains(&shown) {
+            return invalid(format!("vhost-user socket {shown} is already used by another endpoint"));
         }
         if !client {
-            let p = std::path::Path::new(path);
-            if let Ok(meta) = std::fs::symlink_metadata(p) {
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return invalid(format!("{path} exists and is not a socket"));
-                }
-                if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                    return invalid(format!("{path} is in use: another process listens on it"));
-                }
-                // A stale socket from a process that died.
-                let _ = std::fs::remove_file(p);
-            }
-            if let Some(dir) = p.parent() {
-                if !dir.is_dir() {
-                    return invalid(format!("directory {} does not exist", dir.display()));
-                }
-            }
+            dir.clear_stale(&file).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
         }
-        Ok(())
+        Ok((dir, file, shown))
     }
 
-    /// Creates the device behind an endpoint at port index `ix`, with its
-    /// kind for the core.
-    fn open_device(&self, spec: &EndpointSpec, ix: PortIndex) -> Result<(Device, EndpointKind), Refusal> {
+    /// Creates the device behind endpoint `name` at port index `ix`, with
+    /// its kind for the core, the path users see (a vhost-user socket's)
+    /// and the directory the socket is reached through.
+    fn open_device(&mut self, name: &str, spec: &EndpointSpec, ix: PortIndex) -> Result<Opened, Refusal> {
         match spec {
             EndpointSpec::VhostUser { path, client, queues } => {
-                self.check_vhost_path(path, *client, *queues)?;
-                let sock = VhostSocket::start(path, *client, *queues, ix.0).map_err(device_error)?;
-                Ok((Device::Vhost(sock), EndpointKind::Vhost { queues: *queues, client: *client }))
+                let (dir, file, shown) = self.vhost_place(name, path, *client, *queues)?;
+                let sock = VhostSocket::start(&dir.socket_path(&file), *client, *queues, ix.0).map_err(device_error)?;
+                if path.is_empty() {
+                    // QEMU in the socket group connects to it.
+                    dir.share(&file, self.settings.socket_group)
+                        .map_err(|m| Refusal::new(ErrorCode::Unavailable, m))?;
+                }
+                let kind = EndpointKind::Vhost { queues: *queues, client: *client };
+                Ok(Opened { dev: Device::Vhost(sock), kind, shown, dir: Some(dir) })
             }
             EndpointSpec::Dpdk { devargs } => {
                 if devargs.trim().is_empty() {
@@ -635,7 +729,12 @@ impl Control {
                     Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
                 };
                 match setup() {
-                    Ok((info, mac)) => Ok((Device::Eth { port: p, info, mac }, EndpointKind::Eth { queues })),
+                    Ok((info, mac)) => Ok(Opened {
+                        shown: info.name.clone(),
+                        dev: Device::Eth { port: p, info, mac },
+                        kind: EndpointKind::Eth { queues },
+                        dir: None,
+                    }),
                     Err(e) => {
                         undo(&ports);
                         Err(device_error(e))
@@ -675,7 +774,7 @@ impl Control {
             ));
         };
         let ix = PortIndex(ix);
-        let (dev, kind) = self.open_device(spec, ix)?;
+        let Opened { dev, kind, shown, dir } = self.open_device(name, spec, ix)?;
         let workers = self.workers.len();
         let vhost = matches!(kind, EndpointKind::Vhost { .. });
         let queues = match kind {
@@ -714,12 +813,12 @@ impl Control {
                 } else {
                     self.counts.vhost_servers += 1;
                 }
-                self.vhost_paths.insert(v.port().path().to_owned());
-                format!("vhost-user {} ({} mode)", v.port().path(), if client { "client" } else { "server" })
+                self.vhost_paths.insert(shown.clone());
+                format!("vhost-user {shown} ({} mode)", if client { "client" } else { "server" })
             }
         };
         let base = self.port_totals(ix);
-        self.ports[ix.ix()] = Some(Port { name: name.to_owned(), dev, handoff, base });
+        self.ports[ix.ix()] = Some(Port { name: name.to_owned(), shown, dev, _dir: dir, handoff, base });
         crate::log(&format!("endpoint {name} added: {what}"));
         Ok(self.endpoint_info(name))
     }
@@ -753,7 +852,7 @@ impl Control {
                 } else {
                     self.counts.vhost_servers -= 1;
                 }
-                self.vhost_paths.remove(v.port().path());
+                self.vhost_paths.remove(&p.shown);
             }
         }
         // Dropping the socket unregisters it: that destroys a connected
@@ -801,12 +900,8 @@ impl Control {
                         format!("wire {id} to {vtep} needs an uplink; this fabric was started without --uplink"),
                     ));
                 };
-                if vtep == u.vtep {
-                    return Err(Refusal::new(
-                        ErrorCode::InvalidArgument,
-                        format!("{vtep} is this fabric's own VTEP; connect two local endpoints for a loopback wire"),
-                    ));
-                }
+                vw_wire::table::validate_vtep(vtep)?;
+                u.check_peer(vtep).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
                 let encap = match encap.unwrap_or_default() {
                     EncapName::Vwire => Encap::Vwire,
                     EncapName::Vxlan => Encap::Vxlan,

@@ -10,6 +10,7 @@ mod control;
 mod journal;
 mod persist;
 mod snapshot;
+mod sockdir;
 mod stats;
 mod worker;
 
@@ -92,6 +93,20 @@ struct Args {
     /// is mode 0660: its owner and this group may drive the fabric.
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Directory of the vhost-user sockets of endpoints added by name
+    /// (`vwctl endpoint add vm1 --vhost-user` makes vm1.sock here), the only
+    /// vhost-user endpoints members of the socket group may add. Created
+    /// (mode 0750, group --socket-group) at the first such endpoint; refused
+    /// if anyone but this fabric's user may write to it.
+    #[arg(long, value_name = "DIR", default_value = "/run/vwire/vhost")]
+    vhost_dir: PathBuf,
+    /// DPDK devices members of the socket group may add (root may add any):
+    /// `DRIVER[,KEY=VALUE]...`, `*` and `?` as wildcards in the driver and
+    /// the values; device arguments match if their driver matches and every
+    /// argument they give is named with a matching value, e.g.
+    /// `--allow-device 'net_tap*,iface=vm*'`. Repeatable. Default: none.
+    #[arg(long, value_name = "PATTERN")]
+    allow_device: Vec<vw_core::policy::DevicePattern>,
     /// Underlay device, as DPDK devargs: a PCI address or e.g. `net_tap0,iface=up0`.
     #[arg(long, value_name = "DEVARGS", requires = "vtep")]
     uplink: Option<String>,
@@ -356,6 +371,9 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
         tx_desc: args.tx_desc,
         max_wires: args.max_wires,
         idle_sleep_us: args.idle_sleep_us,
+        vhost_dir: args.vhost_dir.clone(),
+        socket_group,
+        allow_devices: args.allow_device.clone(),
         rebalance: (args.rxq_rebalance_interval > 0).then(|| Duration::from_secs(args.rxq_rebalance_interval)),
         state_file: args.state.clone(),
         static_neighbours: args.neighbour.iter().map(|n| (n.0, n.1)).collect(),

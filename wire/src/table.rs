@@ -242,6 +242,10 @@ pub fn validate_vtep(vtep: Ipv4Addr) -> Result<(), TableError> {
         "multicast address"
     } else if vtep.is_loopback() {
         "loopback address"
+    } else if vtep.octets()[0] == 0 {
+        "\"this network\" address (0.0.0.0/8)"
+    } else if vtep.octets()[0] >= 240 {
+        "reserved address (240.0.0.0/4)"
     } else {
         return Ok(());
     };

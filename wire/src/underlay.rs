@@ -107,11 +107,14 @@ pub enum UnderlayError {
     InnerRunt = 19,
     /// On the migration port: unknown version or message type.
     MigrationHeader = 20,
+    /// A non-zero UDP checksum that does not verify (RFC 768; RFC 7348 §5
+    /// lets a VXLAN receiver verify it, as Linux does).
+    UdpChecksum = 21,
 }
 
 impl UnderlayError {
     /// Number of variants.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
 
     /// Every variant, in discriminant order (`ALL[e as usize] == e`).
     pub const ALL: [UnderlayError; UnderlayError::COUNT] = [
@@ -136,6 +139,7 @@ impl UnderlayError {
         UnderlayError::VxlanFlags,
         UnderlayError::InnerRunt,
         UnderlayError::MigrationHeader,
+        UnderlayError::UdpChecksum,
     ];
 
     /// Index for counter arrays: the discriminant, `0..COUNT`.
@@ -168,6 +172,7 @@ impl UnderlayError {
             UnderlayError::VxlanFlags => "vxlan_flags",
             UnderlayError::InnerRunt => "inner_runt",
             UnderlayError::MigrationHeader => "migration_header",
+            UnderlayError::UdpChecksum => "udp_checksum",
         }
     }
 
@@ -195,6 +200,7 @@ impl UnderlayError {
             UnderlayError::VxlanFlags => "VXLAN header without the I (valid VNI) flag",
             UnderlayError::InnerRunt => "inner frame shorter than an Ethernet header",
             UnderlayError::MigrationHeader => "migration channel datagram of unknown version or type",
+            UnderlayError::UdpChecksum => "non-zero UDP checksum that does not verify",
         }
     }
 }
@@ -336,6 +342,28 @@ pub fn classify(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Und
     if udp_len != total_len - ipv4::HEADER_LEN {
         return Err(E::UdpLength);
     }
+    // A sender that computed the UDP checksum (zero: it did not) covered
+    // the whole datagram: verify it when the datagram is in this segment
+    // (it always is with the default mbuf size and underlay MTU). A field
+    // that holds just the pseudo-header sum is a sender's checksum offload
+    // that no NIC completed (Linux leaves it so on veth and tap links, as
+    // the kernel trusts such frames): nothing was computed, nothing to check.
+    let field = be16(h[UDP + 6], h[UDP + 7]);
+    if field != 0 {
+        if let Some(dgram) = data.get(UDP..UDP + udp_len) {
+            let src = Ipv4Addr::new(h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]);
+            let pseudo = crate::checksum::fold(crate::checksum::pseudo_header_v4(
+                src,
+                cfg.vtep_ip,
+                ipv4::protocol::UDP,
+                udp_len as u16,
+            ));
+            let sum = u32::from(pseudo) + u32::from(crate::checksum::fold(crate::checksum::sum(dgram)));
+            if crate::checksum::fold(sum) != 0xffff && field != pseudo {
+                return Err(E::UdpChecksum);
+            }
+        }
+    }
 
     // 9-10. Tunnel header.
     let dst_port = be16(h[UDP + 2], h[UDP + 3]);
@@ -427,7 +455,8 @@ mod tests {
     };
 
     // A VXLAN packet exactly as Linux's vxlan driver sent it (`id 4242 dstport 4789`, captured
-    // on the receiving veth), carrying an ICMP echo request 10.200.0.1 -> 10.200.0.2.
+    // on the receiving veth), carrying an ICMP echo request 10.200.0.1 -> 10.200.0.2. Its UDP
+    // checksum field holds only the pseudo-header sum (0x49b0): checksum offload on a veth.
     static LINUX_VXLAN: [u8; 108] = [
         0x52, 0x54, 0x00, 0x12, 0x34, 0x02, 0x52, 0x54, 0x00, 0x12, 0x34, 0x01, 0x08, 0x00, 0x45, 0x00, //
         0x00, 0x5e, 0x30, 0xf4, 0x00, 0x00, 0x40, 0x11, 0x00, 0x47, 0xc0, 0xa8, 0x64, 0x01, 0xc0, 0xa8, //
@@ -708,6 +737,49 @@ mod tests {
                 edited(Encap::Forward, |f| f[TUNNEL + 1] = 0),
                 edited(Encap::Forward, |f| f[TUNNEL + 1] = 5),
             ],
+            E::UdpChecksum => vec![
+                edited(vw, |f| {
+                    fill_udp_checksum(f);
+                    f[UDP + 7] ^= 0x01;
+                }),
+                edited(Encap::Vxlan, |f| {
+                    fill_udp_checksum(f);
+                    let last = f.len() - 1;
+                    f[last] ^= 0x10; // the payload changed on the way
+                }),
+                edited(vw, |f| f[UDP + 6..UDP + 8].copy_from_slice(&[0xff, 0xff])),
+            ],
+        }
+    }
+
+    /// Computes the UDP checksum the sender may give (RFC 768).
+    fn fill_udp_checksum(f: &mut [u8]) {
+        f[UDP + 6..UDP + 8].copy_from_slice(&[0, 0]);
+        let len = u16::from_be_bytes([f[UDP + 4], f[UDP + 5]]);
+        let pseudo = checksum::pseudo_header_v4(PEER_IP, OUR_IP, ipv4::protocol::UDP, len);
+        let sum = u32::from(checksum::fold(pseudo)) + u32::from(checksum::fold(checksum::sum(&f[UDP..])));
+        let c = match !checksum::fold(sum) {
+            0 => 0xffff,
+            c => c,
+        };
+        f[UDP + 6..UDP + 8].copy_from_slice(&c.to_be_bytes());
+    }
+
+    #[test]
+    fn an_offloaded_udp_checksum_left_incomplete_is_taken() {
+        // LINUX_VXLAN's field is the pseudo-header sum; one bit off is not.
+        assert!(run(&LINUX_VXLAN).is_ok());
+        let mut f = LINUX_VXLAN.to_vec();
+        f[UDP + 7] ^= 0x01;
+        assert_eq!(run(&f), Err(UnderlayError::UdpChecksum));
+    }
+
+    #[test]
+    fn a_correct_udp_checksum_is_taken_like_none() {
+        for encap in [Encap::Vwire, Encap::Vxlan] {
+            let mut f = tunnel(encap);
+            fill_udp_checksum(&mut f);
+            assert!(matches!(run(&f), Ok(Underlay::Tunnel(_))), "{encap:?}");
         }
     }
 
@@ -762,6 +834,7 @@ mod tests {
         error_vxlan_flags => VxlanFlags,
         error_inner_runt => InnerRunt,
         error_migration_header => MigrationHeader,
+        error_udp_checksum => UdpChecksum,
     }
 
     #[test]
@@ -834,6 +907,7 @@ mod tests {
                 "vxlan_flags",
                 "inner_runt",
                 "migration_header",
+                "udp_checksum",
             ]
         );
         for (i, e) in UnderlayError::ALL.iter().enumerate() {

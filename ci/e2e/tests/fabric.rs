@@ -280,6 +280,24 @@ fn c_disconnect_stops_traffic_and_connect_restores_it() {
 }
 
 /// Rewrites the IPv4 header checksum of a tunnel frame after an edit.
+/// `frame` with its UDP checksum computed (RFC 768), as Linux sends it
+/// when asked to.
+fn with_udp_checksum(frame: &[u8]) -> Vec<u8> {
+    use vw_wire::checksum::{fold, pseudo_header_v4, sum};
+    let mut f = frame.to_vec();
+    f[40..42].copy_from_slice(&[0, 0]);
+    let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    let len = u16::from_be_bytes([f[38], f[39]]);
+    let s = u32::from(fold(pseudo_header_v4(src, dst, 17, len))) + u32::from(fold(sum(&f[34..34 + len as usize])));
+    let c = match !fold(s) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 fn fix_ip_checksum(f: &mut [u8]) {
     ipv4::Packet::new_unchecked(&mut f[14..34]).fill_checksum();
 }
@@ -306,6 +324,7 @@ fn d_bad_underlay_frames_are_dropped_and_counted_by_reason() {
         v
     };
     let vxlan = build_tunnel_frame(&tmpl(Encap::Vxlan, 7, h2ip, 4789), &inner, 50000);
+    let vxlan_good = build_tunnel_frame(&tmpl(Encap::Vxlan, 8, h2ip, 4789), &inner, 50000);
     let empty = build_tunnel_frame(&tmpl(Encap::Vwire, 7, h2ip, 4795), &[], 50000);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("unknown_connector", build_tunnel_frame(&tmpl(Encap::Vwire, 99, h2ip, 4795), &inner, 50000)),
@@ -363,6 +382,9 @@ fn d_bad_underlay_frames_are_dropped_and_counted_by_reason() {
                 fix_ip_checksum(f);
             }),
         ),
+        // A sender that computed the UDP checksum, wrongly (one bit off).
+        ("udp_checksum", edit(&with_udp_checksum(&good), &|f| f[41] ^= 0x01)),
+        ("udp_checksum", edit(&with_udp_checksum(&vxlan_good), &|f| f[60] ^= 0x80)), // the payload changed
     ];
 
     let drops_before = t.h1.all_drops();
@@ -372,6 +394,8 @@ fn d_bad_underlay_frames_are_dropped_and_counted_by_reason() {
         frames.extend(std::iter::repeat_n(f.clone(), 3));
     }
     frames.extend(std::iter::repeat_n(good.clone(), 5));
+    // A correct non-zero UDP checksum is taken like a zero one.
+    frames.extend(std::iter::repeat_n(with_udp_checksum(&good), 3));
     t.ul.ns.send_raw("br0", &frames);
     std::thread::sleep(std::time::Duration::from_millis(500));
 
@@ -387,7 +411,7 @@ fn d_bad_underlay_frames_are_dropped_and_counted_by_reason() {
             "drop counter {reason}: expected +{n}, got +{delta}\nbefore {drops_before}\nafter {after}"
         );
     }
-    assert_eq!(u(&t.h1.port("vm1")["tx_packets"]) - vm1_tx, 5, "exactly the 5 valid frames reached the VM");
+    assert_eq!(u(&t.h1.port("vm1")["tx_packets"]) - vm1_tx, 8, "exactly the 8 valid frames reached the VM");
     assert!(t.h1.ctl_ok(&["stats"]).contains("wrong_peer"), "vwctl stats shows the reasons");
     t.stop();
 }

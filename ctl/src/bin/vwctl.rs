@@ -40,6 +40,7 @@ struct Cli {
 const EXAMPLES: &str = "Examples:
   vwctl endpoint add vm1 net_tap0,iface=vm1      # a net_tap device as endpoint vm1
   vwctl endpoint add vm2 --vhost-user /run/vm2.sock --queues 2   # a VM's virtio-net NIC
+  vwctl endpoint add vm3 --vhost-user            # its socket: vm3.sock in the fabric's --vhost-dir
   vwctl connect 7 vm1 vm2                        # loopback wire 7 between vm1 and vm2
   vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
   vwctl wire list
@@ -99,12 +100,14 @@ enum EndpointCmd {
         name: String,
         /// DPDK device arguments, e.g. `net_tap0,iface=vm1` or a PCI address.
         devargs: Option<String>,
-        /// A vhost-user port on this socket (absolute path). The fabric
-        /// listens on it, or with --client connects to it. A fabric holds
-        /// up to 1023 client-mode or 511 server-mode vhost-user endpoints
-        /// (and 31 DPDK devices besides its uplink); past that the request
-        /// is refused with endpoint_limit.
-        #[arg(long, value_name = "PATH")]
+        /// A vhost-user port for a VM. Without PATH, the fabric listens on
+        /// NAME.sock in its --vhost-dir (default /run/vwire/vhost): how
+        /// members of the socket group add VMs. With PATH (root only), on
+        /// that socket, or with --client connects to it. A fabric holds up
+        /// to 1023 client-mode or 511 server-mode vhost-user endpoints (and
+        /// 31 DPDK devices besides its uplink); past that the request is
+        /// refused with endpoint_limit.
+        #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
         vhost_user: Option<String>,
         /// Connect to a socket the VM side listens on (reconnecting when it
         /// goes away and comes back).
@@ -298,8 +301,8 @@ fn print_endpoints(v: &[EndpointInfo]) {
         .map(|e| {
             let device = match &e.spec {
                 EndpointSpec::Dpdk { devargs } => devargs.clone(),
-                EndpointSpec::VhostUser { path, client, .. } => {
-                    format!("vhost-user {path}{}", if *client { " (client)" } else { "" })
+                EndpointSpec::VhostUser { client, .. } => {
+                    format!("vhost-user {}{}", e.device, if *client { " (client)" } else { "" })
                 }
             };
             vec![

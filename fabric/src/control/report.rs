@@ -41,8 +41,8 @@ impl Control {
 
     pub(super) fn endpoint_info(&self, name: &str) -> proto::EndpointInfo {
         let ep = self.state.endpoint(name).expect("endpoint_info is called for existing endpoints");
-        let dev = self.ports[ep.ix.ix()].as_ref().map(|p| &p.dev);
-        let (device, driver, mac, link_up, mtu, link_changes) = match dev {
+        let port = self.ports[ep.ix.ix()].as_ref();
+        let (device, driver, mac, link_up, mtu, link_changes) = match port.map(|p| &p.dev) {
             Some(Device::Eth { port, info, mac }) => (
                 info.name.clone(),
                 info.driver.clone(),
@@ -53,7 +53,8 @@ impl Control {
             ),
             Some(Device::Vhost(v)) => {
                 let vs = v.port().state();
-                (v.port().path().to_owned(), "vhost-user".to_owned(), String::new(), vs.up, vs.mtu, vs.link_changes)
+                let shown = port.map(|p| p.shown.clone()).unwrap_or_default();
+                (shown, "vhost-user".to_owned(), String::new(), vs.up, vs.mtu, vs.link_changes)
             }
             None => (String::new(), String::new(), String::new(), false, 0, 0),
         };

@@ -1,0 +1,261 @@
+//! The control socket's group manages wires and nothing else: a non-root
+//! member of `--socket-group`, created for the test, tries to make a root
+//! fabric touch files, sockets and interfaces it could not touch itself.
+//! Each attempt is refused with a clear error, the victims stay byte for
+//! byte and flag for flag as they were, and the operator is answered
+//! meanwhile.
+
+use serde_json::Value;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use vw_e2e::*;
+
+/// A user and its group, removed on drop.
+struct Member {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl Member {
+    fn create(name: &str) -> Member {
+        let _ = Command::new("userdel").arg(name).output();
+        let _ = Command::new("groupdel").arg(name).output();
+        let ok = |c: &mut Command| {
+            let o = c.output().expect("run");
+            assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        ok(Command::new("groupadd").arg(name));
+        ok(Command::new("useradd").args(["-M", "-N", "-g", name, "-s", "/usr/sbin/nologin", name]));
+        let id = |flag: &str| sh(&["id", flag, name]).trim().parse::<u32>().expect("id");
+        Member { name: name.to_owned(), uid: id("-u"), gid: id("-g") }
+    }
+
+    /// Runs `cmd` as this user, with only its own group.
+    fn run(&self, cmd: &[&str]) -> Output {
+        Command::new("setpriv")
+            .args([&format!("--reuid={}", self.uid), &format!("--regid={}", self.gid), "--clear-groups", "--"])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// What a file or socket is: its type, mode, owner, inode and bytes.
+fn fingerprint(p: &Path) -> Option<(u32, u32, u64, Vec<u8>)> {
+    let m = std::fs::symlink_metadata(p).ok()?;
+    let bytes = if m.is_file() { std::fs::read(p).ok()? } else { Vec::new() };
+    Some((m.mode(), m.uid(), m.ino(), bytes))
+}
+
+struct Vwctl<'a> {
+    bin: PathBuf,
+    socket: &'a Path,
+    member: &'a Member,
+}
+
+impl Vwctl<'_> {
+    /// As the member: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let bin = self.bin.display().to_string();
+        let socket = self.socket.display().to_string();
+        let mut cmd = vec![bin.as_str(), "--socket", socket.as_str()];
+        cmd.extend_from_slice(args);
+        let o = self.member.run(&cmd);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into(),
+            String::from_utf8_lossy(&o.stderr).into(),
+        )
+    }
+
+    /// As the member, a request that must be refused with `code`.
+    fn refused(&self, args: &[&str], code: &str) -> String {
+        let (rc, out, err) = self.run(args);
+        assert_eq!(rc, 1, "{args:?} as a member must be refused: {out}{err}");
+        assert!(err.contains(&format!("({code})")), "{args:?}: expected {code}, got: {err}");
+        err
+    }
+}
+
+/// A listening socket at `path` whose backlog is full: a connect to it
+/// that may wait, waits for ever.
+fn full_listener(path: &Path) -> (rustix::fd::OwnedFd, Vec<rustix::fd::OwnedFd>) {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(path).unwrap();
+    let l = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&l, &addr).unwrap();
+    rustix::net::listen(&l, 1).unwrap();
+    let mut pending = Vec::new();
+    loop {
+        let c = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::NONBLOCK, None).unwrap();
+        match rustix::net::connect(&c, &addr) {
+            Ok(()) => pending.push(c),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+        assert!(pending.len() < 1000, "the backlog never filled");
+    }
+    (l, pending)
+}
+
+fn iface_flags(name: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap_or_default()
+}
+
+#[test]
+fn the_socket_group_manages_wires_and_reaches_nothing_else() {
+    let Some(env) = setup("confinement", &[]) else { return };
+    let member = Member::create(&format!("vwe2e{}", env.tag));
+    // The member may reach the control socket (mode 0660, its group) but
+    // nothing else here.
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let vhost_dir = env.dir.join("vhost");
+    let opts = FabricOpts {
+        extra: vec![
+            "--socket-group".into(),
+            member.name.clone(),
+            "--vhost-dir".into(),
+            vhost_dir.display().to_string(),
+            "--allow-device".into(),
+            "net_null*".into(),
+        ],
+        uplink: Some((format!("vw{}up", env.tag), "10.77.0.1/24".into())),
+        ..Default::default()
+    };
+    let f = Fabric::start(&env, "h1", opts);
+    // A copy of vwctl the member can run, wherever the build is.
+    let bin = env.dir.join("vwctl");
+    std::fs::copy(env.bin.join("vwctl"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctl = Vwctl { bin, socket: &f.socket, member: &member };
+    assert_eq!(ctl.run(&["status"]).0, 0, "a member may ask for the status");
+
+    // Victims: a root-only file and directory, a live datagram socket, a
+    // listener whose backlog is full, an interface.
+    let secret_dir = env.dir.join("root-only");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = secret_dir.join("secret");
+    std::fs::write(&secret, b"do not touch\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let victims: Vec<PathBuf> = vec![secret.clone(), secret_dir.clone()];
+    let before: Vec<_> = victims.iter().map(|p| fingerprint(p)).collect();
+    let lo_flags = iface_flags("lo");
+    let s = secret.display().to_string();
+
+    // 1. Raw devargs that reach files and interfaces: permission_denied.
+    for devargs in [
+        format!("net_vhost9,iface={s}"),
+        format!("net_pcap1,tx_pcap={s}"),
+        format!("net_pcap6,rx_pcap={s},infinite_rx=1"),
+        "net_af_packet0,iface=lo".to_owned(),
+        "net_pcap7,iface=lo".to_owned(),
+        "net_tap8,iface=lo".to_owned(),
+        "net_null3,size=64".to_owned(),
+    ] {
+        let err = ctl.refused(&["endpoint", "add", "x", &devargs], "permission_denied");
+        assert!(err.contains("only root may add DPDK device") && err.contains("`net_null*`"), "{err}");
+    }
+    // An allowed device is taken.
+    let (rc, out, err) = ctl.run(&["endpoint", "add", "n1", "net_null9"]);
+    assert_eq!(rc, 0, "an allowed device: {out}{err}");
+
+    // 2. Vhost-user sockets by path: permission_denied; by name: in --vhost-dir.
+    let err = ctl.refused(&["endpoint", "add", "v", "--vhost-user", &s], "permission_denied");
+    assert!(err.contains("add the endpoint by name"), "{err}");
+    let err = ctl.refused(&["endpoint", "add", "v", "--vhost-user", "--client"], "invalid_argument");
+    assert!(err.contains("root gives its path"), "{err}");
+    for n in ["vm1", "vm2"] {
+        let (rc, out, err) = ctl.run(&["endpoint", "add", n, "--vhost-user"]);
+        assert_eq!(rc, 0, "{out}{err}");
+    }
+    let sock = vhost_dir.join("vm1.sock");
+    let m = std::fs::symlink_metadata(&sock).expect("vm1.sock in --vhost-dir");
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, member.gid), "the socket group's QEMU may connect");
+    let d = std::fs::symlink_metadata(&vhost_dir).unwrap();
+    assert_eq!((d.mode() & 0o777, d.uid(), d.gid()), (0o750, 0, member.gid), "--vhost-dir is the fabric's");
+    let listed = f.json(&["endpoint", "list"]);
+    let vm1 = listed.as_array().unwrap().iter().find(|e| e["name"] == "vm1").unwrap();
+    assert_eq!(vm1["device"], Value::String(sock.display().to_string()), "{vm1}");
+    // Wires: the member's business.
+    assert_eq!(ctl.run(&["connect", "5", "vm1", "vm2"]).0, 0);
+    assert_eq!(ctl.run(&["disconnect", "5"]).0, 0);
+    // Peers the underlay cannot have.
+    for (peer, why) in [
+        ("10.77.0.255", "broadcast address of the uplink subnet"),
+        ("10.77.0.0", "network address of the uplink subnet"),
+        ("10.77.0.1", "own VTEP"),
+        ("224.0.0.5", "multicast"),
+        ("127.0.0.1", "loopback"),
+        ("0.1.2.3", "0.0.0.0/8"),
+        ("250.1.2.3", "reserved"),
+    ] {
+        let err = ctl.refused(&["connect", "6", "vm1", peer], "invalid_argument");
+        assert!(err.contains(why), "{peer}: {err}");
+    }
+    assert_eq!(ctl.run(&["endpoint", "del", "vm2"]).0, 0);
+    assert!(!vhost_dir.join("vm2.sock").exists(), "endpoint del removes the socket it created");
+
+    // 3. Root's own paths: a stale-looking name that is a live datagram
+    // socket, or a listener with a full backlog, is refused and left alone,
+    // without stalling the control thread.
+    let dgram_path = env.dir.join("log.sock");
+    let _dgram = UnixDatagram::bind(&dgram_path).unwrap();
+    let dgram_before = fingerprint(&dgram_path);
+    let err = f.ctl(&["endpoint", "add", "d", "--vhost-user", dgram_path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&err.stderr).to_string();
+    assert!(err.contains("datagram socket"), "{err}");
+    assert_eq!(fingerprint(&dgram_path), dgram_before, "the datagram socket is still there, the same one");
+
+    let full_path = env.dir.join("full.sock");
+    let (listener, pending) = full_listener(&full_path);
+    let t = Instant::now();
+    let out = f.ctl(&["endpoint", "add", "full", "--vhost-user", full_path.to_str().unwrap()]);
+    assert!(t.elapsed() < Duration::from_secs(2), "a probe of a full listener does not wait");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(full_path.exists());
+    drop(listener);
+    drop(pending);
+
+    // 4. A symlink swap: root adds a socket in a directory the member
+    // owns; the member swaps the directory for a symlink to a root-only one
+    // holding a file of the socket's name; the endpoint goes. The victim stays.
+    let home = env.dir.join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(member.uid), Some(member.gid)).unwrap();
+    let d = home.join("d");
+    assert!(member.run(&["mkdir", d.to_str().unwrap()]).status.success());
+    let path = d.join("s.sock");
+    f.ctl_ok(&["endpoint", "add", "swap", "--vhost-user", path.to_str().unwrap()]);
+    let victim = secret_dir.join("s.sock");
+    std::fs::write(&victim, b"not a socket of the fabric\n").unwrap();
+    let victim_before = fingerprint(&victim);
+    assert!(member.run(&["mv", d.to_str().unwrap(), home.join("d.old").to_str().unwrap()]).status.success());
+    assert!(member.run(&["ln", "-s", secret_dir.to_str().unwrap(), d.to_str().unwrap()]).status.success());
+    f.ctl_ok(&["endpoint", "del", "swap"]);
+    assert_eq!(fingerprint(&victim), victim_before, "the file behind the swapped path is untouched");
+    assert!(!home.join("d.old/s.sock").exists(), "the socket went from the directory it was made in");
+
+    // Nothing the member did reached the victims or the interface, and the
+    // operator was answered all along.
+    let after: Vec<_> = victims.iter().map(|p| fingerprint(p)).collect();
+    assert_eq!(after, before, "victim files and directories unchanged");
+    assert_eq!(iface_flags("lo"), lo_flags, "lo's flags unchanged");
+    let t = Instant::now();
+    f.ctl_ok(&["status"]);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(f);
+}
