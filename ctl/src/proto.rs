@@ -140,6 +140,10 @@ pub enum ErrorCode {
     WireLimit,
     /// Only root (or the fabric's own user) may do this.
     PermissionDenied,
+    /// The device arguments name a driver this DPDK does not have.
+    UnknownDriver,
+    /// A file the device arguments name does not exist.
+    NoSuchFile,
 }
 
 impl ErrorCode {
@@ -162,6 +166,8 @@ impl ErrorCode {
             ErrorCode::EndpointLimit => "endpoint_limit",
             ErrorCode::WireLimit => "wire_limit",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::UnknownDriver => "unknown_driver",
+            ErrorCode::NoSuchFile => "no_such_file",
         }
     }
 }

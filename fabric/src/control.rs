@@ -125,6 +125,8 @@ enum Device {
         info: PortInfo,
         /// Its MAC address.
         mac: MacAddr,
+        /// The host interface it took over, as it was (given back so).
+        found: Option<FoundIface>,
     },
     /// A vhost-user socket on librte_vhost; its link and usable queues
     /// follow the VM. Unregistered when dropped.
@@ -164,6 +166,55 @@ struct Port {
     handoff: Option<Handoff>,
     /// The port index's counters when the endpoint was added (an index is reused).
     base: PortTotals,
+}
+
+/// A host interface as the device found it, before it took it over.
+#[derive(Debug, Clone)]
+struct FoundIface {
+    name: String,
+    mac: [u8; 6],
+    promiscuous: bool,
+    up: bool,
+}
+
+/// The host interface devargs name (`iface=NAME`), if it exists now.
+fn found_iface(devargs: &str) -> Option<FoundIface> {
+    let name = devargs.split(',').find_map(|a| a.strip_prefix("iface="))?;
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let dir = std::path::Path::new("/sys/class/net").join(name);
+    let mac: MacAddr = std::fs::read_to_string(dir.join("address")).ok()?.trim().parse().ok()?;
+    let flags = std::fs::read_to_string(dir.join("flags")).ok()?;
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    // IFF_PROMISC, IFF_UP
+    Some(FoundIface { name: name.to_owned(), mac: mac.0, promiscuous: flags & 0x100 != 0, up: flags & 0x1 != 0 })
+}
+
+/// Gives a host interface back as the device found it (promiscuous mode,
+/// MAC address) before the device goes, and (`after`) up if it was.
+fn give_back_after(found: &Option<FoundIface>) {
+    let Some(f) = found else { return };
+    if f.up && std::path::Path::new("/sys/class/net").join(&f.name).exists() {
+        if let Err(e) = port::host_iface_up(&f.name) {
+            crate::log(&format!("interface {}: cannot set it up again: {e}", f.name));
+        }
+    }
+}
+
+/// See [`give_back_after`]; this part runs while the device is there.
+fn give_back(port: PortId, found: &Option<FoundIface>) {
+    let Some(f) = found else { return };
+    if !f.promiscuous {
+        if let Err(e) = port::promiscuous_disable(port) {
+            crate::log(&format!("interface {}: cannot turn promiscuous mode back off: {e}", f.name));
+        }
+    }
+    if port::mac_addr(port).is_ok_and(|m| m != f.mac) {
+        if let Err(e) = port::set_mac(port, f.mac) {
+            crate::log(&format!("interface {}: cannot give its MAC address back: {e}", f.name));
+        }
+    }
 }
 
 /// A device just opened for an endpoint.
@@ -410,10 +461,12 @@ impl Control {
         // socket is unregistered when its `Port` goes.
         self.current = Arc::new(Snapshot::empty(0, 0));
         for p in std::mem::take(&mut self.ports).into_iter().flatten() {
-            if let Device::Eth { port, .. } = p.dev {
+            if let Device::Eth { port, found, .. } = p.dev {
+                give_back(port, &found);
                 if let Err(e) = port::remove(port) {
                     crate::log(&format!("removing endpoint {}: {e}", p.name));
                 }
+                give_back_after(&found);
             }
         }
         if let Some(u) = self.uplink.take() {
@@ -695,7 +748,20 @@ impl Control {
                     }
                 }
                 let queues = self.workers.len() as u16;
-                let probed = port::probe(devargs).map_err(device_error)?;
+                let found = found_iface(devargs);
+                let probed = port::probe(devargs).map_err(|e| {
+                    // Say what was wrong with the request, when the arguments tell.
+                    let known = crate::devargs::known_drivers(std::path::Path::new(crate::devargs::PMD_DIR));
+                    match crate::devargs::diagnose(devargs, &known) {
+                        Some(d @ crate::devargs::Diagnosis::UnknownDriver { .. }) => {
+                            Refusal::new(ErrorCode::UnknownDriver, format!("device {devargs:?}: {d}"))
+                        }
+                        Some(d @ crate::devargs::Diagnosis::NoSuchFile { .. }) => {
+                            Refusal::new(ErrorCode::NoSuchFile, format!("device {devargs:?}: {d}"))
+                        }
+                        None => device_error(e),
+                    }
+                })?;
                 let ports = probed.ports.clone();
                 // Undo only what this request created.
                 let undo = |ports: &[PortId]| {
@@ -731,7 +797,8 @@ impl Control {
                 match setup() {
                     Ok((info, mac)) => Ok(Opened {
                         shown: info.name.clone(),
-                        dev: Device::Eth { port: p, info, mac },
+                        // Only a device this request created took the interface over.
+                        dev: Device::Eth { port: p, info, mac, found: found.filter(|_| probed.created) },
                         kind: EndpointKind::Eth { queues },
                         dir: None,
                     }),
@@ -839,12 +906,14 @@ impl Control {
             }
         }
         match &p.dev {
-            Device::Eth { port, .. } => {
+            Device::Eth { port, found, .. } => {
                 self.counts.eth -= 1;
                 self.eth_ports.remove(port);
+                give_back(*port, found);
                 if let Err(e) = port::remove(*port) {
                     crate::log(&format!("endpoint {name} removed, but its device could not be: {e}"));
                 }
+                give_back_after(found);
             }
             Device::Vhost(v) => {
                 if v.port().client() {

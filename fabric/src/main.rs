@@ -7,6 +7,7 @@
 
 mod claim;
 mod control;
+mod devargs;
 mod journal;
 mod persist;
 mod snapshot;

@@ -314,6 +314,62 @@ pub fn mac_addr(port: PortId) -> Result<[u8; 6]> {
     Ok(mac.addr_bytes)
 }
 
+/// Sets the port's MAC address (gives an interface back the address it had).
+pub fn set_mac(port: PortId, mac: [u8; 6]) -> Result<()> {
+    let mut addr = dpdk_sys::rte_ether_addr { addr_bytes: mac };
+    // SAFETY: addr is a valid pointer for the duration of the call.
+    let rc = unsafe { dpdk_sys::rte_eth_dev_default_mac_addr_set(port.0, &mut addr) };
+    check(|| format!("rte_eth_dev_default_mac_addr_set(port {port})"), rc).map(|_| ())
+}
+
+/// Brings host interface `name` up, as it was before a device that took it
+/// over stopped and set it down (`net_tap` does on an existing tap).
+pub fn host_iface_up(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(Error::from_errno(format!("interface name {name:?}"), libc::EINVAL));
+    }
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::from_errno(
+            "socket for interface flags",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq with a NUL-terminated name (zeroed past
+    // it); SIOCGIFFLAGS fills ifru_flags, SIOCSIFFLAGS reads it.
+    let rc = unsafe {
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        rc
+    };
+    let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: fd is ours and still open.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(Error::from_errno(format!("setting interface {name} up"), err));
+    }
+    Ok(())
+}
+
+/// Turns promiscuous mode off (gives an interface back as it was found).
+pub fn promiscuous_disable(port: PortId) -> Result<()> {
+    // SAFETY: plain call on a valid port id.
+    let rc = unsafe { dpdk_sys::rte_eth_promiscuous_disable(port.0) };
+    if rc < 0 && -rc == libc::ENOTSUP {
+        return Ok(());
+    }
+    check(|| format!("rte_eth_promiscuous_disable(port {port})"), rc).map(|_| ())
+}
+
 /// Sets the port's MTU (L3 payload size, Ethernet header excluded).
 pub fn set_mtu(port: PortId, mtu: u16) -> Result<()> {
     // SAFETY: plain call; DPDK validates the value against the device limits.

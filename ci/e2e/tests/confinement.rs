@@ -249,6 +249,33 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
     assert_eq!(fingerprint(&victim), victim_before, "the file behind the swapped path is untouched");
     assert!(!home.join("d.old/s.sock").exists(), "the socket went from the directory it was made in");
 
+    // Errors that say what was wrong, not an errno from deep inside DPDK.
+    let code = |args: &[&str]| -> String {
+        let out = f.ctl(&[&["--json"], args].concat());
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        format!("{} {}", v["error"]["code"].as_str().unwrap_or("?"), v["error"]["message"].as_str().unwrap_or("?"))
+    };
+    let e = code(&["endpoint", "add", "u", "net_nosuch0"]);
+    assert!(e.starts_with("unknown_driver ") && e.contains("net_tap"), "{e}");
+    let missing = env.dir.join("no-such.pcap");
+    let e = code(&["endpoint", "add", "p", &format!("net_pcap3,rx_pcap={}", missing.display())]);
+    assert!(e.starts_with("no_such_file ") && e.contains("no-such.pcap"), "{e}");
+
+    // 5. Root's device on an existing interface is given back as it was
+    // found: not promiscuous, its own MAC.
+    let pt = format!("vw{}pt", env.tag);
+    sh(&["ip", "tuntap", "add", "dev", &pt, "mode", "tap", "multi_queue"]);
+    sh(&["ip", "link", "set", "dev", &pt, "address", "02:00:00:77:00:01", "up"]);
+    let (flags0, mac0) = (iface_flags(&pt), std::fs::read_to_string(format!("/sys/class/net/{pt}/address")).unwrap());
+    f.ctl_ok(&["endpoint", "add", "pt", &format!("net_tap9,iface={pt}")]);
+    let during = iface_flags(&pt);
+    f.ctl_ok(&["endpoint", "del", "pt"]);
+    let mac1 = std::fs::read_to_string(format!("/sys/class/net/{pt}/address")).unwrap();
+    let flags1 = iface_flags(&pt);
+    sh(&["ip", "tuntap", "del", "dev", &pt, "mode", "tap", "multi_queue"]);
+    assert_ne!(during, flags0, "the fabric made it promiscuous while it used it");
+    assert_eq!((flags1, mac1), (flags0, mac0), "the interface is given back as it was found");
+
     // Nothing the member did reached the victims or the interface, and the
     // operator was answered all along.
     let after: Vec<_> = victims.iter().map(|p| fingerprint(p)).collect();

@@ -43,7 +43,7 @@ impl Control {
         let ep = self.state.endpoint(name).expect("endpoint_info is called for existing endpoints");
         let port = self.ports[ep.ix.ix()].as_ref();
         let (device, driver, mac, link_up, mtu, link_changes) = match port.map(|p| &p.dev) {
-            Some(Device::Eth { port, info, mac }) => (
+            Some(Device::Eth { port, info, mac, .. }) => (
                 info.name.clone(),
                 info.driver.clone(),
                 mac.to_string(),
@@ -303,6 +303,13 @@ impl Control {
             })
             .collect();
         *drops.get_mut(FabricDrop::EndpointRemoved.name()).expect("every reason is listed") += self.removed_in_flight;
+        // Frames the uplink's device refused before any worker saw them
+        // (longer than its MTU, bad FCS) or had no descriptor for.
+        if let Some(u) = &self.uplink {
+            let s = port::stats(u.port).unwrap_or_default();
+            drops.insert("uplink_rx_errors".to_owned(), s.ierrors);
+            drops.insert("uplink_rx_missed".to_owned(), s.imissed + s.rx_nombuf);
+        }
         let control_frames_sent =
             self.workers.iter().map(|w| w.stats.control_frames_sent.load(Ordering::Relaxed)).sum();
         let migration = self.mig.as_ref().map(|ch| {
