@@ -14,7 +14,7 @@
 
 mod report;
 
-use crate::persist::{Change, Saved, SavedWire, Store};
+use crate::persist::{Change, Origin, Saved, SavedWire, Store};
 use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
 use crate::sockdir::SockDir;
 use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
@@ -225,13 +225,15 @@ struct Opened {
     shown: String,
     /// A vhost-user socket's directory.
     dir: Option<Arc<SockDir>>,
+    /// The inode of the server-mode socket it created.
+    socket_ino: Option<u64>,
 }
 
 /// What a change touched, to be recorded in the state journal as it is after
 /// the change (present: saved; absent: removed).
 enum Touched {
-    /// An endpoint, by name.
-    Endpoint(String),
+    /// An endpoint, by name, with its origin if it is there.
+    Endpoint(String, Origin),
     /// A wire.
     Wire(ConnectorId),
 }
@@ -481,7 +483,7 @@ impl Control {
         let result = match request {
             Request::Status => Ok(Reply::ok(&self.status())),
             Request::EndpointAdd { name, spec } => {
-                self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec)).map(|e| Reply::ok(&e))
+                self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec, role)).map(|e| Reply::ok(&e))
             }
             Request::EndpointDel { name } => self.endpoint_del(name).map(|_| Reply::ok(&serde_json::json!({}))),
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
@@ -678,6 +680,7 @@ impl Control {
         path: &str,
         client: bool,
         queues: u16,
+        ours: Option<u64>,
     ) -> Result<(Arc<SockDir>, String, String), Refusal> {
         let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
         if !(1..=vhost::MAX_QUEUE_PAIRS).contains(&queues) {
@@ -686,7 +689,7 @@ impl Control {
                 vhost::MAX_QUEUE_PAIRS
             ));
         }
-        let (dir, file) = if path.is_empty() {
+        let (dir, file, own_dir) = if path.is_empty() {
             if client {
                 return invalid(format!(
                     "endpoint {name}: a client-mode endpoint connects to the socket its VM listens on; root gives \
@@ -697,7 +700,7 @@ impl Control {
             if !policy::socket_name_ok(&file) {
                 return invalid(format!("{name:?} cannot name a socket"));
             }
-            (self.vhost_dir()?, file)
+            (self.vhost_dir()?, file, true)
         } else {
             let p = std::path::Path::new(path);
             if !path.starts_with('/') || path.len() > 107 {
@@ -707,14 +710,16 @@ impl Control {
                 return invalid(format!("vhost-user socket path {path:?} names no file"));
             };
             let dir = SockDir::open(parent).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
-            (Arc::new(dir), file.to_owned())
+            (Arc::new(dir), file.to_owned(), false)
         };
         let shown = dir.shown(&file).display().to_string();
         if self.vhost_paths.contains(&shown) {
             return invalid(format!("vhost-user socket {shown} is already used by another endpoint"));
         }
         if !client {
-            dir.clear_stale(&file).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
+            // Only the fabric writes to its own directory; elsewhere a stale
+            // socket goes only if it is the one this fabric made.
+            dir.clear_stale(&file, own_dir, ours).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
         }
         Ok((dir, file, shown))
     }
@@ -722,18 +727,25 @@ impl Control {
     /// Creates the device behind endpoint `name` at port index `ix`, with
     /// its kind for the core, the path users see (a vhost-user socket's)
     /// and the directory the socket is reached through.
-    fn open_device(&mut self, name: &str, spec: &EndpointSpec, ix: PortIndex) -> Result<Opened, Refusal> {
+    fn open_device(
+        &mut self,
+        name: &str,
+        spec: &EndpointSpec,
+        ix: PortIndex,
+        ours: Option<u64>,
+    ) -> Result<Opened, Refusal> {
         match spec {
             EndpointSpec::VhostUser { path, client, queues } => {
-                let (dir, file, shown) = self.vhost_place(name, path, *client, *queues)?;
+                let (dir, file, shown) = self.vhost_place(name, path, *client, *queues, ours)?;
                 let sock = VhostSocket::start(&dir.socket_path(&file), *client, *queues, ix.0).map_err(device_error)?;
                 if path.is_empty() {
                     // QEMU in the socket group connects to it.
                     dir.share(&file, self.settings.socket_group)
                         .map_err(|m| Refusal::new(ErrorCode::Unavailable, m))?;
                 }
+                let socket_ino = if *client { None } else { dir.inode(&file) };
                 let kind = EndpointKind::Vhost { queues: *queues, client: *client };
-                Ok(Opened { dev: Device::Vhost(sock), kind, shown, dir: Some(dir) })
+                Ok(Opened { dev: Device::Vhost(sock), kind, shown, dir: Some(dir), socket_ino })
             }
             EndpointSpec::Dpdk { devargs } => {
                 if devargs.trim().is_empty() {
@@ -790,6 +802,7 @@ impl Control {
                             pool: self.pool,
                             mtu: None,
                             promiscuous: true,
+                            rx_l4_checksum: false,
                         },
                     )?;
                     Ok((port::info(p)?, MacAddr(port::mac_addr(p)?)))
@@ -801,6 +814,7 @@ impl Control {
                         dev: Device::Eth { port: p, info, mac, found: found.filter(|_| probed.created) },
                         kind: EndpointKind::Eth { queues },
                         dir: None,
+                        socket_ino: None,
                     }),
                     Err(e) => {
                         undo(&ports);
@@ -821,18 +835,26 @@ impl Control {
         t
     }
 
-    fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec) -> Result<proto::EndpointInfo, Refusal> {
-        self.endpoint_add_with(name, spec, true)
+    fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec, role: Role) -> Result<proto::EndpointInfo, Refusal> {
+        self.endpoint_add_with(name, spec, true, Origin { member: role == Role::Member, socket_ino: None })
     }
 
+    /// Adds an endpoint; `origin` says who asked and, restoring, the inode
+    /// of the socket the fabric created for it before (the only stale
+    /// socket it replaces outside `--vhost-dir`).
     fn endpoint_add_with(
         &mut self,
         name: &str,
         spec: &EndpointSpec,
         save: bool,
+        origin: Origin,
     ) -> Result<proto::EndpointInfo, Refusal> {
         // The name first: nothing is opened for a request that fails anyway.
         self.state.table().clone().add_endpoint(name)?;
+        if origin.member {
+            // Restoring what a member added: only what is still allowed.
+            self.permit(spec, Role::Member)?;
+        }
         self.check_limits(spec)?;
         let Some(&ix) = self.free_ports.first() else {
             return Err(Refusal::new(
@@ -841,7 +863,8 @@ impl Control {
             ));
         };
         let ix = PortIndex(ix);
-        let Opened { dev, kind, shown, dir } = self.open_device(name, spec, ix)?;
+        let Opened { dev, kind, shown, dir, socket_ino } = self.open_device(name, spec, ix, origin.socket_ino)?;
+        let origin = Origin { socket_ino, ..origin };
         let workers = self.workers.len();
         let vhost = matches!(kind, EndpointKind::Vhost { .. });
         let queues = match kind {
@@ -852,7 +875,7 @@ impl Control {
         let mut next = self.state.clone();
         next.add_endpoint(name, ep)?;
         let devices = self.devices_with(ix, PortDevice { io: dev.io(), handoff: handoff.clone() });
-        let touched = [Touched::Endpoint(name.to_owned())];
+        let touched = [Touched::Endpoint(name.to_owned(), origin)];
         if let Err(e) = self.apply_with(next, if save { &touched } else { &[] }, Some(devices)) {
             // Never undo once a publish failed (a worker may still poll the
             // port; the fabric is stopping). A vhost-user socket goes with
@@ -894,7 +917,7 @@ impl Control {
         let mut next = self.state.clone();
         let ep = next.remove_endpoint(name)?;
         let devices = self.devices_with(ep.ix, PortDevice::NONE);
-        self.apply_with(next, &[Touched::Endpoint(name.to_owned())], Some(devices))?;
+        self.apply_with(next, &[Touched::Endpoint(name.to_owned(), Origin::default())], Some(devices))?;
         // No worker polls or sends to the port any more. Frames still in
         // its handoff rings are freed with them.
         let Some(p) = self.ports[ep.ix.ix()].take() else { return Ok(()) };
@@ -1077,8 +1100,8 @@ impl Control {
         let changes: Vec<Change> = touched
             .iter()
             .map(|t| match t {
-                Touched::Endpoint(name) => match st.endpoint(name) {
-                    Some(e) => Change::EndpointAdded { name: name.clone(), spec: e.spec.clone() },
+                Touched::Endpoint(name, origin) => match st.endpoint(name) {
+                    Some(e) => Change::EndpointAdded { name: name.clone(), spec: e.spec.clone(), origin: *origin },
                     None => Change::EndpointRemoved { name: name.clone() },
                 },
                 Touched::Wire(id) => match st.table().wire(*id) {
@@ -1112,7 +1135,7 @@ impl Control {
         let mut restored = 0;
         self.restoring = true;
         for e in &saved.endpoints {
-            match self.endpoint_add_with(&e.name, &e.spec, false) {
+            match self.endpoint_add_with(&e.name, &e.spec, false, e.origin) {
                 Ok(_) => restored += 1,
                 Err(r) => {
                     crate::log(&format!("cannot restore endpoint {} from {}: {}", e.name, path.display(), r.message));

@@ -266,6 +266,7 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             pool,
             mtu: None,
             promiscuous: false,
+            rx_l4_checksum: true,
         },
     )
     .map_err(err)?;

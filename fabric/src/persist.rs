@@ -72,6 +72,28 @@ pub struct SavedEndpoint {
     pub name: String,
     /// How to create it.
     pub spec: EndpointSpec,
+    /// Who added it and what the fabric created for it.
+    #[serde(default, skip_serializing_if = "Origin::is_default")]
+    pub origin: Origin,
+}
+
+/// Who added an endpoint and what the fabric created for it, so that a
+/// restart neither grants what the operator no longer allows nor removes
+/// what the fabric did not create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Added by a member of the socket group (not an operator).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub member: bool,
+    /// The inode of the server-mode vhost-user socket the fabric created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_ino: Option<u64>,
+}
+
+impl Origin {
+    fn is_default(&self) -> bool {
+        *self == Origin::default()
+    }
 }
 
 /// A wire as saved (the arguments of `connect`).
@@ -151,6 +173,9 @@ pub enum Change {
         name: String,
         /// How to create it.
         spec: EndpointSpec,
+        /// Who added it, what was created for it.
+        #[serde(default, skip_serializing_if = "Origin::is_default")]
+        origin: Origin,
     },
     /// An endpoint was removed (nothing happens if there is none by that
     /// name).
@@ -241,8 +266,8 @@ struct Live {
 impl Live {
     fn from_saved(endpoints: Vec<SavedEndpoint>, wires: Vec<SavedWire>) -> Live {
         let mut live = Live::default();
-        for SavedEndpoint { name, spec } in endpoints {
-            live.add_endpoint(name, spec);
+        for SavedEndpoint { name, spec, origin } in endpoints {
+            live.add_endpoint(name, spec, origin);
         }
         for w in wires {
             live.wires.insert(w.wire, w);
@@ -250,12 +275,12 @@ impl Live {
         live
     }
 
-    fn add_endpoint(&mut self, name: String, spec: EndpointSpec) {
+    fn add_endpoint(&mut self, name: String, spec: EndpointSpec, origin: Origin) {
         self.remove_endpoint(&name);
         let key = self.next;
         self.next += 1;
         self.order.insert(name.clone(), key);
-        self.endpoints.insert(key, SavedEndpoint { name, spec });
+        self.endpoints.insert(key, SavedEndpoint { name, spec, origin });
     }
 
     fn remove_endpoint(&mut self, name: &str) {
@@ -266,7 +291,7 @@ impl Live {
 
     fn apply(&mut self, change: &Change) {
         match change {
-            Change::EndpointAdded { name, spec } => self.add_endpoint(name.clone(), spec.clone()),
+            Change::EndpointAdded { name, spec, origin } => self.add_endpoint(name.clone(), spec.clone(), *origin),
             Change::EndpointRemoved { name } => self.remove_endpoint(name),
             Change::WireSaved(w) => {
                 self.wires.insert(w.wire, w.clone());
@@ -580,6 +605,7 @@ mod tests {
         Change::EndpointAdded {
             name: name.into(),
             spec: EndpointSpec::Dpdk { devargs: format!("net_tap,iface={name}") },
+            origin: Origin::default(),
         }
     }
 
@@ -606,10 +632,15 @@ mod tests {
         let s = Saved {
             version: VERSION,
             endpoints: vec![
-                SavedEndpoint { name: "vm1".into(), spec: EndpointSpec::Dpdk { devargs: "net_tap1,iface=a".into() } },
+                SavedEndpoint {
+                    name: "vm1".into(),
+                    spec: EndpointSpec::Dpdk { devargs: "net_tap1,iface=a".into() },
+                    origin: Origin::default(),
+                },
                 SavedEndpoint {
                     name: "vm2".into(),
                     spec: EndpointSpec::VhostUser { path: "/tmp/x.sock".into(), client: true, queues: 2 },
+                    origin: Origin::default(),
                 },
             ],
             wires: vec![SavedWire {
@@ -653,6 +684,7 @@ mod tests {
                 Change::EndpointAdded {
                     name: "vm1".into(),
                     spec: EndpointSpec::VhostUser { path: "/run/vm1.sock".into(), client: false, queues: 4 },
+                    origin: Origin { member: true, socket_ino: Some(77) },
                 },
                 tap("vm4"),
                 Change::WireSaved(wire(3, "vm4", "vm1", 0)),
@@ -793,10 +825,15 @@ mod tests {
         let old = Saved {
             version: VERSION,
             endpoints: vec![
-                SavedEndpoint { name: "vm2".into(), spec: EndpointSpec::Dpdk { devargs: "net_tap2".into() } },
+                SavedEndpoint {
+                    name: "vm2".into(),
+                    spec: EndpointSpec::Dpdk { devargs: "net_tap2".into() },
+                    origin: Origin::default(),
+                },
                 SavedEndpoint {
                     name: "vm1".into(),
                     spec: EndpointSpec::VhostUser { path: "/tmp/vm1.sock".into(), client: true, queues: 2 },
+                    origin: Origin::default(),
                 },
             ],
             wires: vec![wire(4, "vm1", "vm2", 0), wire(9, "vm2", "10.0.0.7", 1_700_000_000_000_000_000)],

@@ -99,10 +99,16 @@ impl SockDir {
         self.path.join(name)
     }
 
+    /// The inode of `name` here (not following a symlink), if it exists.
+    pub fn inode(&self, name: &str) -> Option<u64> {
+        rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok().map(|st| st.st_ino)
+    }
+
     /// Makes room for a server-mode socket `name`: nothing there, or a
-    /// socket nobody listens on (removed). Anything else is refused and
-    /// left as it is.
-    pub fn clear_stale(&self, name: &str) -> Result<(), String> {
+    /// socket nobody listens on that is this fabric's (`own`: in its own
+    /// directory, or with inode `ours`), which is removed. Anything else is
+    /// refused and left as it is.
+    pub fn clear_stale(&self, name: &str, own: bool, ours: Option<u64>) -> Result<(), String> {
         let shown = self.shown(name);
         let st = match rustix::fs::statat(self.fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
@@ -134,6 +140,12 @@ impl SockDir {
                 ));
             }
             Err(e) => return Err(format!("{} cannot be replaced: {e}", shown.display())),
+        }
+        if !own && ours != Some(st.st_ino) {
+            return Err(format!(
+                "{} is a socket nobody listens on, but not one this fabric created (remove it if it is a leftover)",
+                shown.display()
+            ));
         }
         // Stale: the directory handle makes sure it is this one that goes.
         rustix::fs::unlinkat(self.fd.as_fd(), name, AtFlags::empty())

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use vw_pmd::{Burst, FreeBatch, Mbuf, Mempool, PortIo, TxBuffer};
-use vw_wire::underlay::{classify, Underlay, UnderlayError};
+use vw_wire::underlay::{classify_verified, Underlay, UnderlayError};
 use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
 
 /// Empty polls in a row before the idle back-off sleeps.
@@ -448,7 +448,7 @@ impl Io {
                 self.drop_frame(m, FabricDrop::Oversize.index());
                 continue;
             }
-            match classify(m.data(), m.pkt_len() as usize, &up.underlay) {
+            match classify_verified(m.data(), m.pkt_len() as usize, &up.underlay, m.l4_checksum_good()) {
                 Ok(Underlay::Tunnel(d)) => {
                     let key = decap_key(d.encap, d.connector.0);
                     let found = match last {

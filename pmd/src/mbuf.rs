@@ -170,6 +170,14 @@ impl Mbuf {
         Some(&mut self.data_mut()[old..old + n])
     }
 
+    /// The receiving device verified the L4 (UDP) checksum and found it
+    /// correct. False when it did not check, found it bad, or there is none.
+    #[inline(always)]
+    pub fn l4_checksum_good(&self) -> bool {
+        self.raw().ol_flags & u64::from(dpdk_sys::RTE_MBUF_F_RX_L4_CKSUM_MASK)
+            == u64::from(dpdk_sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD)
+    }
+
     /// The RSS hash the receiving device computed, if it set one.
     #[inline(always)]
     pub fn rss_hash(&self) -> Option<u32> {

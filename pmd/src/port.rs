@@ -53,7 +53,13 @@ pub struct PortConfig {
     pub mtu: Option<u16>,
     /// Receive every frame whatever its destination MAC.
     pub promiscuous: bool,
+    /// Ask the device to verify UDP checksums on receive, if it can (the
+    /// verdict is in each mbuf's flags: [`crate::Mbuf::l4_checksum_good`]).
+    pub rx_l4_checksum: bool,
 }
+
+/// `RTE_ETH_RX_OFFLOAD_UDP_CKSUM` (a function-like macro in rte_ethdev.h).
+const RX_OFFLOAD_UDP_CKSUM: u64 = 1 << 2;
 
 /// Static facts about a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +245,9 @@ pub fn configure_and_start(port: PortId, cfg: &PortConfig) -> Result<()> {
     if cfg.rx_queues > 1 && rss_hf != 0 {
         conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+    }
+    if cfg.rx_l4_checksum && di.rx_offload_capa & RX_OFFLOAD_UDP_CKSUM != 0 {
+        conf.rxmode.offloads |= RX_OFFLOAD_UDP_CKSUM;
     }
     // SAFETY: conf is a valid, fully initialised configuration.
     let rc = unsafe { dpdk_sys::rte_eth_dev_configure(port.0, cfg.rx_queues, cfg.tx_queues, &conf) };

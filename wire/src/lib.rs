@@ -38,7 +38,7 @@ pub mod vxlan;
 pub use encap::{Encap, EncapTemplate};
 pub use ethernet::MacAddr;
 pub use table::{ConnectorId, Peer, TableError, Wire, WireKind, WireTable};
-pub use underlay::{classify, Decap, Underlay, UnderlayConfig, UnderlayError};
+pub use underlay::{classify, classify_verified, Decap, Underlay, UnderlayConfig, UnderlayError};
 
 /// Byte range of a fixed-size header field.
 pub type Field = core::ops::Range<usize>;

@@ -261,6 +261,18 @@ fn ipv4_header_checksum_ok(h: &[u8; UDP]) -> bool {
 /// Checks run in the order of the [`UnderlayError`] variants; the first failing one is returned.
 #[inline]
 pub fn classify(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underlay, UnderlayError> {
+    classify_verified(data, pkt_len, cfg, false)
+}
+
+/// [`classify`], for a frame whose UDP checksum the receiving device has
+/// already verified as correct when `udp_checksum_good` (it is not
+/// computed again); any other verdict of the device is checked here.
+pub fn classify_verified(
+    data: &[u8],
+    pkt_len: usize,
+    cfg: &UnderlayConfig,
+    udp_checksum_good: bool,
+) -> Result<Underlay, UnderlayError> {
     use UnderlayError as E;
 
     // 1-2. Ethernet (IEEE 802.3): for us, broadcast or multicast (I/G bit).
@@ -349,7 +361,7 @@ pub fn classify(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Und
     // that no NIC completed (Linux leaves it so on veth and tap links, as
     // the kernel trusts such frames): nothing was computed, nothing to check.
     let field = be16(h[UDP + 6], h[UDP + 7]);
-    if field != 0 {
+    if field != 0 && !udp_checksum_good {
         if let Some(dgram) = data.get(UDP..UDP + udp_len) {
             let src = Ipv4Addr::new(h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]);
             let pseudo = crate::checksum::fold(crate::checksum::pseudo_header_v4(
@@ -772,6 +784,16 @@ mod tests {
         let mut f = LINUX_VXLAN.to_vec();
         f[UDP + 7] ^= 0x01;
         assert_eq!(run(&f), Err(UnderlayError::UdpChecksum));
+    }
+
+    #[test]
+    fn a_checksum_the_device_verified_is_not_computed_again() {
+        let mut f = tunnel(Encap::Vwire);
+        fill_udp_checksum(&mut f);
+        f[UDP + 7] ^= 0x01;
+        assert_eq!(run(&f), Err(UnderlayError::UdpChecksum));
+        // The device said good: taken (its verdict, not ours, counts).
+        assert!(matches!(classify_verified(&f, f.len(), &CFG, true), Ok(Underlay::Tunnel(_))));
     }
 
     #[test]

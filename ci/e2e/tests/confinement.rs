@@ -276,6 +276,16 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
     assert_ne!(during, flags0, "the fabric made it promiscuous while it used it");
     assert_eq!((flags1, mac1), (flags0, mac0), "the interface is given back as it was found");
 
+    // 6. A socket nobody listens on is replaced only if this fabric made
+    // it: one left by someone else is refused and stays.
+    let stale = env.dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let stale_before = fingerprint(&stale);
+    let out = f.ctl(&["endpoint", "add", "st", "--vhost-user", stale.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not one this fabric created"), "{err}");
+    assert_eq!(fingerprint(&stale), stale_before);
+
     // Nothing the member did reached the victims or the interface, and the
     // operator was answered all along.
     let after: Vec<_> = victims.iter().map(|p| fingerprint(p)).collect();
@@ -284,5 +294,51 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
     let t = Instant::now();
     f.ctl_ok(&["status"]);
     assert!(t.elapsed() < Duration::from_secs(1));
+    drop(f);
+}
+
+#[test]
+fn a_fabric_that_crashed_replaces_its_own_stale_sockets_and_only_those() {
+    let Some(env) = setup("own_stale", &[]) else { return };
+    if !require_hugepages("own_stale") {
+        return;
+    }
+    let member = Member::create(&format!("vwe2f{}", env.tag));
+    let state = env.dir.join("state.json");
+    let vhost_dir = env.dir.join("vhost");
+    let opts = FabricOpts {
+        extra: vec![
+            "--state".into(),
+            state.display().to_string(),
+            "--socket-group".into(),
+            member.name.clone(),
+            "--vhost-dir".into(),
+            vhost_dir.display().to_string(),
+        ],
+        ..Default::default()
+    };
+    let mut f = Fabric::start(&env, "h1", opts.clone());
+    let path = env.dir.join("root.sock");
+    f.ctl_ok(&["endpoint", "add", "r", "--vhost-user", path.to_str().unwrap()]);
+    f.ctl_ok(&["endpoint", "add", "byname", "--vhost-user"]);
+    let ino = fingerprint(&path).unwrap().2;
+    let journal = std::fs::read_to_string(env.dir.join("state.json.journal")).unwrap_or_default();
+    assert!(journal.contains(&format!("\"socket_ino\":{ino}")), "the inode is recorded: {journal}");
+    // A crash leaves both sockets behind, nobody listening.
+    f.kill9();
+    assert!(path.exists() && vhost_dir.join("byname.sock").exists());
+    let f = Fabric::start(&env, "h1", opts);
+    let listed = f.json(&["endpoint", "list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["byname", "r"], "both restored: {}", f.log_text());
+    // (The new socket may get the old inode number back: tmpfs reuses them.)
+    let _ = ino;
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "its own stale socket was replaced: the fabric listens"
+    );
+    assert!(std::os::unix::net::UnixStream::connect(vhost_dir.join("byname.sock")).is_ok());
+    let st = f.json(&["status"]);
+    assert_eq!(st["unrestored"].as_array().map(Vec::len), Some(0), "{st}");
     drop(f);
 }

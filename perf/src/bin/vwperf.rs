@@ -606,6 +606,7 @@ fn main() -> ExitCode {
             pool,
             mtu: None,
             promiscuous: true,
+            rx_l4_checksum: false,
         };
         if let Err(e) = port::configure_and_start(p, &cfg) {
             return fail(format!("{d}: {e}"));
