@@ -194,11 +194,16 @@ fn insert_poll(v: &mut Vec<(PortIndex, u16)>, entry: (PortIndex, u16)) {
 /// handoff rings drained.
 fn port(plan: &mut Plan, st: &State, ix: PortIndex) {
     let workers = st.config().workers;
+    // Both lists are sorted with a port's entries together: cut them out.
+    let poll_key = |p: &(PortIndex, u16)| (p.0 == PortIndex::UPLINK, p.0);
+    let this = (ix == PortIndex::UPLINK, ix);
     for list in &mut plan.polls {
-        list.retain(|p| p.0 != ix);
+        let (a, b) = (list.partition_point(|p| poll_key(p) < this), list.partition_point(|p| poll_key(p) <= this));
+        list.drain(a..b);
     }
     for list in &mut plan.drains {
-        list.retain(|d| d.0 != ix);
+        let (a, b) = (list.partition_point(|d| d.0 < ix), list.partition_point(|d| d.0 <= ix));
+        list.drain(a..b);
     }
     let decision = if ix == PortIndex::UPLINK {
         match st.config().uplink {

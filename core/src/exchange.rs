@@ -333,15 +333,6 @@ pub type Ended = (ConnectorId, Departed, u32);
 /// Ends grace periods that are over. Returns the next state and the ends
 /// whose grace period ended (with their slot), if anything did.
 pub fn expire(st: &State, now: Instant) -> Option<(State, Vec<Ended>)> {
-    let due = st.departures().any(|(_, (d, _))| now >= d.until)
-        || st.moves().any(|(_, m)| {
-            m.old.is_some_and(|o| now >= o.2)
-                || m.arrival_until.is_some_and(|t| now >= t)
-                || m.awaiting_ack.is_some_and(|t| now >= t)
-        });
-    if !due {
-        return None;
-    }
     let mut next = st.clone();
     let ended: Vec<ConnectorId> = st.departures().filter(|(_, (d, _))| now >= d.until).map(|(id, _)| *id).collect();
     let mut gone = Vec::new();
@@ -355,6 +346,6 @@ pub fn expire(st: &State, now: Instant) -> Option<(State, Vec<Ended>)> {
         }
         gone.push((id, d, slot));
     }
-    next.expire_moves(now);
-    Some((next, gone))
+    let moves_ended = next.expire_moves(now);
+    (moves_ended || !gone.is_empty()).then_some((next, gone))
 }

@@ -64,6 +64,13 @@ pub struct WireMove {
 }
 
 impl WireMove {
+    /// Whether a grace period has ended.
+    pub fn due(&self, now: Instant) -> bool {
+        self.old.is_some_and(|(_, _, t)| now >= t)
+            || self.arrival_until.is_some_and(|t| now >= t)
+            || self.awaiting_ack.is_some_and(|t| now >= t)
+    }
+
     /// Drops grace periods that ended; true if one did.
     pub fn expire(&mut self, now: Instant) -> bool {
         let mut changed = false;

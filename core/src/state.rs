@@ -351,11 +351,6 @@ impl State {
         self.moves.get(&id)
     }
 
-    /// Every wire's moves.
-    pub fn moves(&self) -> impl Iterator<Item = (&ConnectorId, &WireMove)> {
-        self.moves.iter()
-    }
-
     /// An end that left, in its grace period, with its slot.
     pub fn departed(&self, id: ConnectorId) -> Option<&(Departed, u32)> {
         self.departed.get(&id)
@@ -639,16 +634,7 @@ impl State {
 
     /// Drops grace periods that ended; returns whether one did.
     pub fn expire_moves(&mut self, now: Instant) -> bool {
-        let due: Vec<ConnectorId> = self
-            .moves
-            .iter()
-            .filter(|(_, m)| {
-                m.old.is_some_and(|o| now >= o.2)
-                    || m.arrival_until.is_some_and(|t| now >= t)
-                    || m.awaiting_ack.is_some_and(|t| now >= t)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let due: Vec<ConnectorId> = self.moves.iter().filter(|(_, m)| m.due(now)).map(|(id, _)| *id).collect();
         for id in &due {
             self.move_mut(*id).expire(now);
         }

@@ -305,6 +305,9 @@ pub struct Control {
     /// The configuration (committed: what the workers run).
     state: State,
     current: Arc<Snapshot>,
+    /// The committed state's device table: `current`'s, or while the state
+    /// file is restored, the one `restore` publishes.
+    devices: Arc<[PortDevice]>,
     /// Per port index: the endpoint's device and what goes with it.
     ports: Vec<Option<Port>>,
     counts: Counts,
@@ -367,7 +370,8 @@ impl Control {
         }
         let plan = compile::compile(&state);
         state.take_dirty();
-        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.into() });
+        let devices: Arc<[PortDevice]> = devices.into();
+        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.clone() });
         Control {
             mig: settings.migration.clone().map(Channel::new),
             wire_bases: vec![WireTotals::default(); settings.max_wires],
@@ -378,6 +382,7 @@ impl Control {
             uplink,
             state,
             current,
+            devices,
             ports: (0..max_ports()).map(|_| None).collect(),
             counts: Counts::default(),
             vhost_paths: HashSet::new(),
@@ -462,6 +467,7 @@ impl Control {
         // The workers' snapshot holds the devices' io handles; a vhost-user
         // socket is unregistered when its `Port` goes.
         self.current = Arc::new(Snapshot::empty(0, 0));
+        self.devices = self.current.devices.clone();
         for p in std::mem::take(&mut self.ports).into_iter().flatten() {
             if let Device::Eth { port, found, .. } = p.dev {
                 give_back(port, &found);
@@ -526,7 +532,7 @@ impl Control {
             self.state = next;
             if let Some(d) = devices {
                 // Published by `restore`, with the plan.
-                self.current = Arc::new(Snapshot { version: 0, plan: self.current.plan.clone(), devices: d });
+                self.devices = d;
             }
             return Ok(());
         }
@@ -535,7 +541,7 @@ impl Control {
         compile::update(&mut plan, &mut next);
         let version = self.next_version;
         self.next_version += 1;
-        let devices = devices.unwrap_or_else(|| self.current.devices.clone());
+        let devices = devices.unwrap_or_else(|| self.devices.clone());
         let snap = Arc::new(Snapshot { version, plan, devices });
         if let Err(e) = snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT) {
             let msg = format!("{e}; stopping the fabric");
@@ -543,6 +549,7 @@ impl Control {
             self.fatal = Some(Fatal::WorkerStuck(msg.clone()));
             return Err(Refusal::new(ErrorCode::Unavailable, msg));
         }
+        self.devices = snap.devices.clone();
         self.current = snap;
         self.state = next;
         self.free_stranded(&touched);
@@ -568,7 +575,7 @@ impl Control {
 
     /// The device table with port `ix` set to `dev`.
     fn devices_with(&self, ix: PortIndex, dev: PortDevice) -> Arc<[PortDevice]> {
-        let mut d = self.current.devices.to_vec();
+        let mut d = self.devices.to_vec();
         d[ix.ix()] = dev;
         d.into()
     }

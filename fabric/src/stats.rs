@@ -268,9 +268,10 @@ pub struct WorkerStats {
     pub rxq_frames: Box<[AtomicU64]>,
 }
 
-/// RX queues per port counted in [`WorkerStats::rxq_frames`] (the most a
-/// vhost-user endpoint offers; an ethdev has one per worker).
-pub const RXQ_SLOTS: usize = 16;
+/// RX queues per port counted in [`WorkerStats::rxq_frames`]: the most a
+/// vhost-user endpoint offers (an ethdev has one per worker; queues past
+/// this are not counted).
+pub const RXQ_SLOTS: usize = vw_pmd::vhost::MAX_QUEUE_PAIRS as usize;
 
 impl WorkerStats {
     /// Zeroed counters for `max_wires` wire slots and `max_ports` ports.
