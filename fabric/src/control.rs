@@ -266,7 +266,11 @@ impl From<TableError> for Refusal {
 }
 
 fn device_error(e: vw_pmd::Error) -> Refusal {
-    Refusal::new(ErrorCode::DeviceError, e.to_string())
+    let code = match e {
+        vw_pmd::Error::PortLimit { .. } => ErrorCode::EndpointLimit,
+        _ => ErrorCode::DeviceError,
+    };
+    Refusal::new(code, e.to_string())
 }
 
 /// A failure that stops the fabric.

@@ -118,6 +118,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", requires = "uplink")]
     gateway: Option<Ipv4Addr>,
     /// Underlay MTU (default: the uplink's current MTU). Set on the uplink.
+    /// A frame of this MTU must fit one mbuf: MTU + 14 + 128 of headroom
+    /// at most --mbuf-size (2176 by default: MTU 2034 at most).
     #[arg(long, value_name = "BYTES")]
     underlay_mtu: Option<u16>,
     /// UDP destination port of the vwire format (both ends must agree).
@@ -238,6 +240,23 @@ fn read_key(path: &std::path::Path) -> Result<vw_wire::migration::Key, StartErro
     vw_wire::migration::Key::from_hex(&text).map_err(bad)
 }
 
+/// Underlay frames are received into one mbuf each (no scatter): a frame of
+/// the MTU must fit, headroom included, or the device would refuse the
+/// largest frames as RX errors and UDP checksums could not be verified in
+/// one pass.
+fn check_mtu_fits(mtu: u16, mbuf_size: u16) -> Result<(), String> {
+    let needed = u32::from(mtu) + 14 + u32::from(port::mbuf_headroom());
+    if needed > u32::from(mbuf_size) {
+        return Err(format!(
+            "an underlay MTU of {mtu} needs mbufs of at least {needed} bytes (MTU + 14 of Ethernet header + \
+             {} of headroom); --mbuf-size is {mbuf_size}\n  hint: raise --mbuf-size to {needed} or more, or \
+             lower --underlay-mtu",
+            port::mbuf_headroom()
+        ));
+    }
+    Ok(())
+}
+
 fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink>, StartError> {
     let (Some(devargs), Some(vtep)) = (&args.uplink, args.vtep) else { return Ok(None) };
     let err = |e| StartError::Uplink(devargs.clone(), e);
@@ -283,6 +302,7 @@ fn setup_uplink(args: &Args, pool: Mempool, queues: u16) -> Result<Option<Uplink
             Err(e) => return Err(err(e)),
         },
     };
+    check_mtu_fits(mtu, args.mbuf_size).map_err(|m| StartError::Config(format!("uplink {devargs}: {m}")))?;
     let mac = MacAddr(port::mac_addr(p).map_err(err)?);
     Ok(Some(Uplink {
         devargs: devargs.clone(),
@@ -310,6 +330,9 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     }
     if args.max_wires == 0 {
         return Err(StartError::Config("--max-wires must be at least 1".into()));
+    }
+    if let Some(mtu) = args.underlay_mtu {
+        check_mtu_fits(mtu, args.mbuf_size).map_err(StartError::Config)?;
     }
     // Claims first, before DPDK or any device: a second fabric on the same
     // socket or the same file prefix stops here with a clear message.

@@ -32,6 +32,17 @@ pub enum Error {
     /// No ethdev port matched a device.
     #[error("device {0:?} was probed but created no ethdev port")]
     NoPort(String),
+    /// A device needed more ethdev ports than DPDK had free.
+    #[error(
+        "device {devargs:?} needs more ethdev ports than are free: this DPDK is built with \
+         RTE_MAX_ETHPORTS = {max} and all are in use (the ports the failed probe made were closed)"
+    )]
+    PortLimit {
+        /// The device arguments.
+        devargs: String,
+        /// RTE_MAX_ETHPORTS.
+        max: u16,
+    },
 }
 
 impl Error {

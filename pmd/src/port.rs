@@ -140,11 +140,25 @@ pub struct Probed {
 
 /// Probes (hot-plugs) the device described by `devargs` and returns its
 /// ethdev ports. A device that is already present is not an error.
+///
+/// A probe that fails can leave behind the ports it made before failing (a
+/// multi-port device that ran out of port ids, say): they are closed, and
+/// running out of port ids is [`Error::PortLimit`].
 pub fn probe(devargs: &str) -> Result<Probed> {
     let c = cstring(devargs, "device arguments")?;
+    let before = existing();
     // SAFETY: c is a valid C string for the duration of the call.
     let rc = unsafe { dpdk_sys::rte_dev_probe(c.as_ptr()) };
     if rc < 0 && -rc != libc::EEXIST {
+        let after = existing();
+        for p in after.iter().filter(|p| !before.contains(p)) {
+            // SAFETY: the port was made by the probe that just failed; it was
+            // never configured or started and nothing else refers to it.
+            unsafe { dpdk_sys::rte_eth_dev_close(p.0) };
+        }
+        if after.len() >= usize::from(max_ports()) {
+            return Err(Error::PortLimit { devargs: devargs.to_owned(), max: max_ports() });
+        }
         return Err(Error::from_errno(format!("rte_dev_probe({devargs})"), -rc));
     }
     let ports = ports_matching(devargs)?;
@@ -152,6 +166,15 @@ pub fn probe(devargs: &str) -> Result<Probed> {
         return Err(Error::NoPort(devargs.to_owned()));
     }
     Ok(Probed { ports, created: rc >= 0 })
+}
+
+/// The ethdev ports that exist now.
+pub fn existing() -> Vec<PortId> {
+    (0..max_ports())
+        // SAFETY: a plain query on any port id.
+        .filter(|&p| unsafe { dpdk_sys::rte_eth_dev_is_valid_port(p) } == 1)
+        .map(PortId)
+        .collect()
 }
 
 /// Ports whose device matches `devargs` (by DPDK's device iterator, else by

@@ -4,9 +4,9 @@
 //! wires (vwire or VXLAN, RFC 7348 §5), an ARP packet or an ICMP echo request for our VTEP
 //! address, and otherwise which [`UnderlayError`] counter to bump. It only reads the
 //! contiguous first segment, allocates nothing and never panics. Looking the connector up in
-//! the wire table and checking the source VTEP are left to the caller. UDP checksums are not
-//! verified: RFC 7348 §5 says senders SHOULD send zero and a decapsulating end point MAY verify
-//! a non-zero one; doing so would cost a pass over the whole packet, which may span segments.
+//! the wire table and checking the source VTEP are left to the caller. A non-zero UDP checksum
+//! is verified (RFC 7348 §5: senders SHOULD send zero and a decapsulating end point MAY verify
+//! a non-zero one, as Linux does), unless the receiving device already did.
 
 use std::net::Ipv4Addr;
 
@@ -355,23 +355,29 @@ pub fn classify_verified(
         return Err(E::UdpLength);
     }
     // A sender that computed the UDP checksum (zero: it did not) covered
-    // the whole datagram: verify it when the datagram is in this segment
-    // (it always is with the default mbuf size and underlay MTU). A field
-    // that holds just the pseudo-header sum is a sender's checksum offload
-    // that no NIC completed (Linux leaves it so on veth and tap links, as
-    // the kernel trusts such frames): nothing was computed, nothing to check.
+    // the whole datagram. A field that holds just the pseudo-header sum is
+    // a sender's checksum offload that no NIC completed (Linux leaves it so
+    // on veth and tap links, as the kernel trusts such frames): nothing was
+    // computed, nothing to check. Any other value is verified over the
+    // datagram, which must then lie in this segment: the fabric refuses an
+    // underlay MTU whose frames do not fit one mbuf, so only a device that
+    // split a frame anyway leaves one it cannot verify here, and such a
+    // frame is not taken on trust.
     let field = be16(h[UDP + 6], h[UDP + 7]);
     if field != 0 && !udp_checksum_good {
-        if let Some(dgram) = data.get(UDP..UDP + udp_len) {
-            let src = Ipv4Addr::new(h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]);
-            let pseudo = crate::checksum::fold(crate::checksum::pseudo_header_v4(
-                src,
-                cfg.vtep_ip,
-                ipv4::protocol::UDP,
-                udp_len as u16,
-            ));
+        let src = Ipv4Addr::new(h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]);
+        let pseudo = crate::checksum::fold(crate::checksum::pseudo_header_v4(
+            src,
+            cfg.vtep_ip,
+            ipv4::protocol::UDP,
+            udp_len as u16,
+        ));
+        if field != pseudo {
+            let Some(dgram) = data.get(UDP..UDP + udp_len) else {
+                return Err(E::UdpChecksum);
+            };
             let sum = u32::from(pseudo) + u32::from(crate::checksum::fold(crate::checksum::sum(dgram)));
-            if crate::checksum::fold(sum) != 0xffff && field != pseudo {
+            if crate::checksum::fold(sum) != 0xffff {
                 return Err(E::UdpChecksum);
             }
         }
@@ -794,6 +800,19 @@ mod tests {
         assert_eq!(run(&f), Err(UnderlayError::UdpChecksum));
         // The device said good: taken (its verdict, not ours, counts).
         assert!(matches!(classify_verified(&f, f.len(), &CFG, true), Ok(Underlay::Tunnel(_))));
+    }
+
+    #[test]
+    fn a_checksum_beyond_the_first_segment_is_not_taken_on_trust() {
+        let mut f = tunnel(Encap::Vxlan);
+        fill_udp_checksum(&mut f);
+        // Correct, but the datagram runs past the first segment: refused,
+        // unless the device verified it.
+        assert_eq!(classify(&f[..64], f.len(), &CFG), Err(UnderlayError::UdpChecksum));
+        assert!(matches!(classify_verified(&f[..64], f.len(), &CFG, true), Ok(Underlay::Tunnel(_))));
+        // The pseudo-header sum alone is not a computed checksum.
+        let split = LINUX_VXLAN.len() - 10;
+        assert!(classify(&LINUX_VXLAN[..split], LINUX_VXLAN.len(), &CFG).is_ok());
     }
 
     #[test]

@@ -342,3 +342,40 @@ fn a_fabric_that_crashed_replaces_its_own_stale_sockets_and_only_those() {
     assert_eq!(st["unrestored"].as_array().map(Vec::len), Some(0), "{st}");
     drop(f);
 }
+
+#[test]
+fn a_device_that_needs_more_ports_than_are_free_is_refused_as_a_limit_and_leaves_none_behind() {
+    let Some(env) = setup("port_limit", &[]) else { return };
+    let f = Fabric::start(&env, "h1", FabricOpts::default());
+    // Fill every ethdev port: the fabric's own count refuses the next one.
+    let mut max = 0;
+    loop {
+        let out = f.ctl(&["--json", "endpoint", "add", &format!("n{max}"), &format!("net_null{max}")]);
+        if !out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["error"]["code"], "endpoint_limit", "{v}");
+            break;
+        }
+        max += 1;
+        assert!(max <= 1024, "no limit on DPDK-device endpoints");
+    }
+    f.ctl_ok(&["endpoint", "del", "n0"]);
+    f.ctl_ok(&["endpoint", "del", "n1"]);
+    // Three ports wanted, two free: the probe runs out of port ids.
+    let out = f.ctl(&[
+        "--json",
+        "endpoint",
+        "add",
+        "r",
+        "net_ring0,nodeaction=vwra:0:CREATE,nodeaction=vwrb:0:CREATE,nodeaction=vwrc:0:CREATE",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "endpoint_limit", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains(&format!("RTE_MAX_ETHPORTS = {max}")) && m.contains("needs more ethdev ports"), "{m}");
+    // The ports the failed probe made are gone: both ids are free again.
+    f.ctl_ok(&["endpoint", "add", "n0", "net_null0"]);
+    f.ctl_ok(&["endpoint", "add", "n1", "net_null1"]);
+    assert_eq!(f.json(&["status"])["endpoints"].as_u64(), Some(max as u64), "{}", f.log_text());
+    drop(f);
+}

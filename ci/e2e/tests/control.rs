@@ -145,6 +145,16 @@ fn socket_permissions_group_and_second_fabrics() {
     // A group that does not exist.
     let err = run_refused(cmd(&other_socket, &format!("{prefix}-y"), &["--socket-group", "no-such-group-vw"]));
     assert!(err.contains("no-such-group-vw: no such group"), "{err}");
+    // An underlay MTU whose frames would not fit one mbuf.
+    let err = run_refused(cmd(
+        &other_socket,
+        &format!("{prefix}-z"),
+        &["--uplink", "net_null9", "--vtep", "10.0.0.1/24", "--underlay-mtu", "9000"],
+    ));
+    assert!(
+        err.contains("an underlay MTU of 9000 needs mbufs of at least 9142 bytes") && err.contains("--mbuf-size"),
+        "{err}"
+    );
 
     // The first fabric did not notice.
     assert_eq!(f.json(&["status"])["pid"], pid);

@@ -413,6 +413,42 @@ fn d_bad_underlay_frames_are_dropped_and_counted_by_reason() {
     }
     assert_eq!(u(&t.h1.port("vm1")["tx_packets"]) - vm1_tx, 8, "exactly the 8 valid frames reached the VM");
     assert!(t.h1.ctl_ok(&["stats"]).contains("wrong_peer"), "vwctl stats shows the reasons");
+
+    // Jumbo frames from an underlay whose links take more than the fabric's
+    // MTU (1500): one byte over, one that still fits an mbuf, and two
+    // larger than an mbuf, which net_tap refuses (RX errors). Each is
+    // counted under a drop reason and none reaches the VM.
+    let up1 = format!("vw{}u1", env.tag);
+    for dev in [up1.as_str(), "br0"] {
+        t.ul.ns.sh(&["ip", "link", "set", dev, "mtu", "16000"]);
+    }
+    let inner_of = |len: usize| {
+        let mut f = inner.clone();
+        f.resize(len, 0x77);
+        f
+    };
+    let (fits, refused) = ([1500 - 46 + 14 + 1, 1900], [9000 - 46, 15000]);
+    let before = t.h1.all_drops();
+    let vm1_tx = u(&t.h1.port("vm1")["tx_packets"]);
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for len in fits.iter().chain(&refused) {
+        let f = build_tunnel_frame(&tmpl(Encap::Vwire, 7, h2ip, 4795), &inner_of(*len), 50000);
+        frames.extend(std::iter::repeat_n(f, 2));
+    }
+    t.ul.ns.send_raw("br0", &frames);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = t.h1.all_drops();
+    let delta = |r: &str| u(&after[r]) - u(&before[r]);
+    assert_eq!(delta("oversize"), 4, "frames over the MTU that fit an mbuf: oversize\nbefore {before}\nafter {after}");
+    assert_eq!(
+        delta("uplink_rx_errors"),
+        4,
+        "frames larger than an mbuf, refused by net_tap: uplink_rx_errors\nbefore {before}\nafter {after}"
+    );
+    assert_eq!(u(&t.h1.port("vm1")["tx_packets"]), vm1_tx, "no jumbo frame reached the VM");
+    for dev in [up1.as_str(), "br0"] {
+        t.ul.ns.sh(&["ip", "link", "set", dev, "mtu", "1500"]);
+    }
     t.stop();
 }
 

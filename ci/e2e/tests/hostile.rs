@@ -246,6 +246,13 @@ fn hostile(b: &Builder) -> Vec<(Fate, Vec<u8>)> {
         (Encap::Vwire, 7, Ipv4Addr::new(10, 0, 0, 77)),
         (Encap::Vwire, 7, VTEP),
         (Encap::Vwire, 7, Ipv4Addr::UNSPECIFIED),
+        // Sources no peer can have (refused as peers at `connect`).
+        (Encap::Vwire, 7, Ipv4Addr::new(10, 0, 0, 255)),
+        (Encap::Vwire, 7, Ipv4Addr::new(10, 0, 0, 0)),
+        (Encap::Vwire, 7, Ipv4Addr::BROADCAST),
+        (Encap::Vwire, 7, Ipv4Addr::new(224, 0, 0, 1)),
+        (Encap::Vxlan, 8, Ipv4Addr::LOCALHOST),
+        (Encap::Vxlan, 8, Ipv4Addr::new(240, 0, 0, 1)),
         (Encap::Vxlan, 8, PEER_A),
         (Encap::Vwire, 10, PEER_B),
     ] {

@@ -328,18 +328,18 @@ impl Bench {
                         "--vtep",
                         "10.0.0.1/24",
                         "--underlay-mtu",
-                        "9000",
+                        "2000",
                         "--force-encap",
                     ]);
                 }
                 Switch::FabricNullEncap => {
-                    cmd.args(["--uplink", "net_null1,no-rx=1", "--vtep", "10.0.0.1/24", "--underlay-mtu", "9000"]);
+                    cmd.args(["--uplink", "net_null1,no-rx=1", "--vtep", "10.0.0.1/24", "--underlay-mtu", "2000"]);
                     cmd.args(["--neighbour", "10.0.0.2=02:00:00:00:00:02"]);
                 }
                 Switch::FabricNullDecap => {
                     let pcap = self.tunnel_pcap(size)?;
                     cmd.args(["--uplink", &format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display())]);
-                    cmd.args(["--vtep", "10.0.0.1/24", "--underlay-mtu", "9000"]);
+                    cmd.args(["--vtep", "10.0.0.1/24", "--underlay-mtu", "2000"]);
                     cmd.args(["--neighbour", "10.0.0.2=02:00:00:00:00:02"]);
                 }
                 _ => {}
