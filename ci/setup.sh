@@ -2,7 +2,8 @@
 # Installs and sets up what VirtualWire needs on a Debian 12 machine, and
 # only what is missing: DPDK 22.11 (runtime, headers, PMDs), clang for
 # bindgen, tshark/python3/iproute2 for the end-to-end tests, hugepages and
-# /dev/net/tun. Needs root. Safe to run again.
+# /dev/net/tun, QEMU and the test guest (ci/guest/build.sh). Needs root.
+# Safe to run again.
 set -euo pipefail
 
 say() { echo "setup: $*"; }
@@ -25,6 +26,9 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v sysctl >/dev/null || need+=(procps)
 command -v cc >/dev/null || need+=(gcc)
 command -v c++ >/dev/null || need+=(g++)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -59,3 +63,8 @@ if [ ! -c /dev/net/tun ]; then
     mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun || true
 fi
 [ -c /dev/net/tun ] && say "/dev/net/tun present" || say "WARNING: no /dev/net/tun; net_tap tests cannot run"
+
+# The QEMU test guest: Debian's cloud kernel and a busybox initramfs, cached
+# in /var/cache/virtualwire/guest (or $VW_GUEST_DIR) until either changes.
+say "$(qemu-system-x86_64 --version | head -1)"
+"$(dirname "$0")/guest/build.sh"

@@ -124,6 +124,59 @@ impl Role {
     }
 }
 
+/// The longest device name (before the first comma) DPDK takes:
+/// `RTE_DEV_NAME_MAX_LEN` is 64 with the terminating NUL.
+pub const MAX_DEVICE_NAME: usize = 63;
+
+/// Checks the form of device arguments before anything is asked of DPDK,
+/// for every client: `DRIVER[,KEY=VALUE]...`, where the device name is
+/// 1-63 of `A-Z a-z 0-9 _ . : -` (a vdev name such as `net_tap3` or a PCI
+/// address), no control characters or surrounding blanks anywhere, and
+/// not DPDK's layered `bus=/class=/driver=` syntax (some of its forms crash
+/// DPDK's device iterator). A member's arguments, which an allow-list
+/// pattern with wildcards may pass, are further limited to
+/// `A-Z a-z 0-9 _ . : , = + -`: no paths, spaces, brackets or quotes.
+pub fn check_devargs(devargs: &str, role: Role) -> Result<(), String> {
+    if devargs.is_empty() {
+        return Err("device arguments are empty".into());
+    }
+    if let Some(c) = devargs.chars().find(|c| c.is_control()) {
+        return Err(format!("device arguments may not contain control characters ({:?} found)", c));
+    }
+    if devargs.trim() != devargs {
+        return Err("device arguments may not start or end with blanks".into());
+    }
+    let name = devargs.split(',').next().unwrap_or_default();
+    if name.is_empty() || name.len() > MAX_DEVICE_NAME {
+        return Err(format!(
+            "the device name {name:?} must be 1-{MAX_DEVICE_NAME} characters (DPDK's RTE_DEV_NAME_MAX_LEN)"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+        return Err(format!(
+            "the device name {name:?} may hold only A-Z a-z 0-9 _ . : - ({c:?} found); give DRIVER[,KEY=VALUE]..."
+        ));
+    }
+    for layer in ["bus=", "class=", "driver="] {
+        if devargs.contains(&format!("/{layer}")) {
+            return Err(format!(
+                "DPDK's layered device syntax (`/{layer}...`) is not accepted; give DRIVER[,KEY=VALUE]..."
+            ));
+        }
+    }
+    if role == Role::Member {
+        if let Some(c) = devargs
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | ',' | '=' | '+' | '-')))
+        {
+            return Err(format!(
+                "device arguments from the socket group may hold only A-Z a-z 0-9 _ . : , = + - ({c:?} found)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `name` is usable as a file name in the vhost-user directory
 /// (endpoint names are checked by the wire table; this is belt and braces).
 pub fn socket_name_ok(name: &str) -> bool {
@@ -133,6 +186,30 @@ pub fn socket_name_ok(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_arguments_of_the_wrong_form_are_refused_before_dpdk_sees_them() {
+        use Role::{Member, Operator};
+        for ok in ["net_null0", "net_tap3,iface=vm7", "0000:03:00.0", "net_pcap0,rx_pcap=/tmp/a b.pcap"] {
+            assert_eq!(check_devargs(ok, Operator), Ok(()), "{ok}");
+        }
+        assert!(check_devargs("net_null0,size=64", Member).is_ok());
+        let refused = |d: &str, r: Role, why: &str| {
+            let e = check_devargs(d, r).unwrap_err();
+            assert!(e.contains(why), "{d:?}: {e}");
+        };
+        // The forms that crash DPDK's iterator, from anyone.
+        refused("net_null1=x/class=eth", Operator, "may hold only");
+        refused("net_null2,size=64/class=eth", Operator, "layered");
+        refused("net_null2,a=b/bus=vdev", Member, "layered");
+        refused("", Operator, "empty");
+        refused(" net_null6", Operator, "blanks");
+        refused("net_null0\u{1b}[2J", Operator, "control characters");
+        refused("net_null21\n", Member, "control characters");
+        refused(&format!("net_{}", "x".repeat(80)), Operator, "1-63 characters");
+        refused("net_null0,rx_pcap=/etc/shadow", Member, "socket group may hold only");
+        refused("net_null0,size=[1,copy=1]", Member, "socket group may hold only");
+    }
 
     #[test]
     fn patterns_allow_exactly_what_they_name() {

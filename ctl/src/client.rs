@@ -49,10 +49,16 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
         let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        // A fabric that refuses the connection (too many clients) answers
+        // and closes at once: its reply is still there to read when the
+        // write fails.
+        let written = self.writer.write_all(&line);
         let mut s = String::new();
-        if self.reader.read_line(&mut s)? == 0 {
-            return Err(ClientError::Protocol("the fabric closed the connection".into()));
+        match self.reader.read_line(&mut s) {
+            Ok(0) | Err(_) if written.is_err() => return Err(written.unwrap_err().into()),
+            Ok(0) => return Err(ClientError::Protocol("the fabric closed the connection".into())),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
         serde_json::from_str(&s).map_err(|e| ClientError::Protocol(format!("{e}: {}", s.trim())))
     }

@@ -66,10 +66,14 @@ pub enum Request {
     Status,
     /// Hot-plug a device and make it an endpoint.
     EndpointAdd {
-        /// Endpoint name (1-32 of `[A-Za-z0-9_.-]`).
+        /// Endpoint name (1-32 of `[A-Za-z0-9_.-]`, not starting with `.`).
         name: String,
         /// The device.
         spec: EndpointSpec,
+        /// Root's endpoint may be used by the socket group (wired,
+        /// disconnected, deleted); a member's always may.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        group: bool,
     },
     /// Remove an endpoint (it must carry no wire) and its device.
     EndpointDel {
@@ -328,6 +332,10 @@ pub struct EndpointInfo {
     /// the worker that polls it.
     #[serde(default)]
     pub rx_workers: Vec<RxqPlace>,
+    /// Members of the socket group may use it: they added it, or root did
+    /// with `--group`.
+    #[serde(default)]
+    pub group: bool,
 }
 
 /// An RX queue and the worker polling it.
@@ -535,7 +543,8 @@ mod tests {
             add,
             Request::EndpointAdd {
                 name: "vm1".into(),
-                spec: EndpointSpec::Dpdk { devargs: "net_tap0,iface=vm1".into() }
+                spec: EndpointSpec::Dpdk { devargs: "net_tap0,iface=vm1".into() },
+                group: false
             }
         );
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(), Request::Status);
@@ -547,7 +556,8 @@ mod tests {
             vh,
             Request::EndpointAdd {
                 name: "vm2".into(),
-                spec: EndpointSpec::VhostUser { path: "/run/vm2.sock".into(), client: false, queues: 1 }
+                spec: EndpointSpec::VhostUser { path: "/run/vm2.sock".into(), client: false, queues: 1 },
+                group: false
             }
         );
     }

@@ -9,6 +9,7 @@
 
 use crate::proto::{ErrorCode, Reply, Request};
 use crossbeam::channel::{bounded, Sender};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -16,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,12 @@ pub struct ServerConfig {
     pub reply_timeout: Duration,
     /// Most clients connected at once.
     pub max_clients: usize,
+    /// Most connections one user other than root and the server's own user
+    /// may hold at once.
+    pub max_clients_per_user: usize,
+    /// Connections only root and the server's own user may take: other
+    /// users together hold at most `max_clients` minus these.
+    pub reserved_for_operators: usize,
 }
 
 impl ServerConfig {
@@ -53,6 +60,8 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(300),
             reply_timeout: Duration::from_secs(60),
             max_clients: 64,
+            max_clients_per_user: 16,
+            reserved_for_operators: 8,
         }
     }
 }
@@ -208,8 +217,43 @@ impl Drop for Server {
     }
 }
 
+/// Whether a new connection from `uid` is taken, given the connections
+/// held now (`active` in all, `of_user` by that user). Root and the
+/// server's own user (`operator`) may use every slot; any other user at most
+/// `max_clients_per_user`, and all of them together leave
+/// `reserved_for_operators` free, so no member of the socket group can lock
+/// the operator out.
+fn admit(cfg: &ServerConfig, operator: bool, active: usize, of_user: usize) -> Result<(), String> {
+    if active >= cfg.max_clients {
+        return Err(format!(
+            "{} clients are connected, the most this fabric serves at once; retry later",
+            cfg.max_clients
+        ));
+    }
+    if operator {
+        return Ok(());
+    }
+    if of_user >= cfg.max_clients_per_user {
+        return Err(format!(
+            "this user holds {of_user} connections, the most one user other than root may hold at once; close one \
+             or retry later"
+        ));
+    }
+    let shared = cfg.max_clients.saturating_sub(cfg.reserved_for_operators);
+    if active >= shared {
+        return Err(format!(
+            "{active} clients are connected; the remaining {} connections are kept for root; retry later",
+            cfg.max_clients - active
+        ));
+    }
+    Ok(())
+}
+
 fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
+    // Connections per user, for `admit`; touched once per connection.
+    let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
+    let own_uid = rustix::process::geteuid().as_raw();
     while !stop.load(Ordering::SeqCst) {
         let mut stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -224,25 +268,41 @@ fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, sto
                 continue;
             }
         };
-        if active.load(Ordering::SeqCst) >= cfg.max_clients {
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            let r = Reply::err(
-                ErrorCode::TooManyClients,
-                format!("{} clients are connected, the most this fabric serves at once; retry later", cfg.max_clients),
-            );
-            let _ = write_reply(&mut stream, &r);
-            continue;
-        }
         // Without credentials a client cannot be told apart from root: refused.
         let Ok(caller) = Caller::of(&stream) else { continue };
-        active.fetch_add(1, Ordering::SeqCst);
-        let (cfg, jobs, active2, stop2) = (cfg.clone(), jobs.clone(), active.clone(), stop.clone());
+        let operator = caller.uid == 0 || caller.uid == own_uid;
+        {
+            let mut users = per_user.lock().unwrap_or_else(|e| e.into_inner());
+            let of_user = users.get(&caller.uid).copied().unwrap_or(0);
+            if let Err(m) = admit(&cfg, operator, active.load(Ordering::SeqCst), of_user) {
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = write_reply(&mut stream, &Reply::err(ErrorCode::TooManyClients, m));
+                continue;
+            }
+            *users.entry(caller.uid).or_default() += 1;
+            active.fetch_add(1, Ordering::SeqCst);
+        }
+        let release = {
+            let (active, per_user) = (active.clone(), per_user.clone());
+            move || {
+                let mut users = per_user.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = users.get_mut(&caller.uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        users.remove(&caller.uid);
+                    }
+                }
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        let (cfg, jobs, stop2) = (cfg.clone(), jobs.clone(), stop.clone());
+        let release2 = release.clone();
         let spawned = std::thread::Builder::new().name("vw-ctl-client".into()).spawn(move || {
             serve_client(stream, caller, &cfg, &jobs, &stop2);
-            active2.fetch_sub(1, Ordering::SeqCst);
+            release2();
         });
         if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+            release();
         }
     }
 }
@@ -263,9 +323,14 @@ enum Line {
 /// Reads one line, enforcing the size limit, the idle timeout before the
 /// first byte and the request timeout after it. `buf` keeps bytes read past
 /// the end of the line for the next call.
-fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>, cfg: &ServerConfig, stop: &AtomicBool) -> Line {
+fn read_line(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    cfg: &ServerConfig,
+    stop: &AtomicBool,
+    idle_since: Instant,
+) -> Line {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
-    let idle_since = Instant::now();
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -328,8 +393,11 @@ fn read_line(stream: &mut UnixStream, buf: &mut Vec<u8>, cfg: &ServerConfig, sto
 fn serve_client(mut stream: UnixStream, caller: Caller, cfg: &ServerConfig, jobs: &Sender<Job>, stop: &AtomicBool) {
     let _ = stream.set_write_timeout(Some(cfg.request_timeout));
     let mut buf = Vec::new();
+    // The idle timer runs from the last request answered: blank lines do
+    // not keep a connection alive.
+    let mut idle_since = Instant::now();
     loop {
-        let line = match read_line(&mut stream, &mut buf, cfg, stop) {
+        let line = match read_line(&mut stream, &mut buf, cfg, stop, idle_since) {
             Line::Request(l) => l,
             Line::Closed => return,
             Line::Refused(reply) => {
@@ -355,6 +423,7 @@ fn serve_client(mut stream: UnixStream, caller: Caller, cfg: &ServerConfig, jobs
         if write_reply(&mut stream, &reply).is_err() {
             return;
         }
+        idle_since = Instant::now();
     }
 }
 
@@ -494,6 +563,48 @@ mod tests {
         let r: Reply = serde_json::from_str(&s).unwrap();
         assert_eq!(r.error.unwrap().code, ErrorCode::TooManyClients);
         drop((a, b));
+        drop(server);
+        fabric.join().unwrap();
+    }
+
+    #[test]
+    fn no_user_but_root_can_take_the_last_connections() {
+        let cfg = ServerConfig::new("/unused");
+        // A member: up to 16 of its own, and never the 8 kept for root.
+        assert!(admit(&cfg, false, 0, 0).is_ok());
+        assert!(admit(&cfg, false, 20, 15).is_ok());
+        assert!(admit(&cfg, false, 20, 16).unwrap_err().contains("the most one user other than root may hold"));
+        assert!(admit(&cfg, false, 55, 3).is_ok());
+        assert!(admit(&cfg, false, 56, 3).unwrap_err().contains("kept for root"));
+        // Root: every slot, but not more.
+        assert!(admit(&cfg, true, 56, 50).is_ok());
+        assert!(admit(&cfg, true, 63, 63).is_ok());
+        assert!(admit(&cfg, true, 64, 0).unwrap_err().contains("64 clients are connected"));
+    }
+
+    #[test]
+    fn blank_lines_do_not_keep_a_connection_alive() {
+        let path = temp_socket("blank");
+        let mut cfg = ServerConfig::new(&path);
+        cfg.idle_timeout = Duration::from_millis(600);
+        let (server, fabric) = echo_server(cfg);
+        let mut c = UnixStream::connect(&path).unwrap();
+        let t = Instant::now();
+        // A blank line every 100 ms: the connection still closes when the
+        // idle time since the last request is over.
+        let closed = loop {
+            if c.write_all(b"\n").is_err() {
+                break t.elapsed();
+            }
+            c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Ok(0) => break t.elapsed(),
+                _ if t.elapsed() > Duration::from_secs(5) => panic!("still open after 5 s of blank lines"),
+                _ => {}
+            }
+        };
+        assert!(closed >= Duration::from_millis(500), "closed after {closed:?}");
         drop(server);
         fabric.join().unwrap();
     }

@@ -166,6 +166,8 @@ struct Port {
     handoff: Option<Handoff>,
     /// The port index's counters when the endpoint was added (an index is reused).
     base: PortTotals,
+    /// Who added it, and whether the socket group may use it.
+    origin: Origin,
 }
 
 /// A host interface as the device found it, before it took it over.
@@ -492,16 +494,37 @@ impl Control {
         let role = Role::of(caller.uid, self.own_uid);
         let result = match request {
             Request::Status => Ok(Reply::ok(&self.status())),
-            Request::EndpointAdd { name, spec } => {
-                self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec, role)).map(|e| Reply::ok(&e))
+            Request::EndpointAdd { name, spec, group } => {
+                self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec, role, *group)).map(|e| Reply::ok(&e))
             }
-            Request::EndpointDel { name } => self.endpoint_del(name).map(|_| Reply::ok(&serde_json::json!({}))),
+            Request::EndpointDel { name } => self
+                .may_use(role, &[name.as_str()], "delete")
+                .and_then(|_| self.endpoint_del(name))
+                .map(|_| Reply::ok(&serde_json::json!({}))),
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
             Request::Connect { wire, endpoint, peer, encap } => {
-                self.connect(ConnectorId(*wire), endpoint, peer, *encap).map(|w| Reply::ok(&w))
+                // A peer that names a local endpoint makes a loopback wire.
+                let ends: Vec<&str> = [endpoint.as_str(), peer.as_str()]
+                    .into_iter()
+                    .filter(|n| self.state.endpoint(n).is_some())
+                    .collect();
+                self.may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect")
+                    .and_then(|_| self.connect(ConnectorId(*wire), endpoint, peer, *encap))
+                    .map(|w| Reply::ok(&w))
             }
             Request::Disconnect { wire } => {
-                self.disconnect(ConnectorId(*wire)).map(|_| Reply::ok(&serde_json::json!({})))
+                let ends: Vec<String> = self
+                    .state
+                    .table()
+                    .wire(ConnectorId(*wire))
+                    .map(|w| {
+                        [Some(w.endpoint.clone()), w.local_peer().map(str::to_owned)].into_iter().flatten().collect()
+                    })
+                    .unwrap_or_default();
+                let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
+                self.may_use(role, &ends, "disconnect")
+                    .and_then(|_| self.disconnect(ConnectorId(*wire)))
+                    .map(|_| Reply::ok(&serde_json::json!({})))
             }
             Request::WireList => Ok(Reply::ok(&self.wire_list())),
             Request::Stats => Ok(Reply::ok(&self.stats())),
@@ -622,6 +645,30 @@ impl Control {
             )),
             EndpointSpec::VhostUser { .. } => Ok(()),
         }
+    }
+
+    /// Refuses a member's request (`what`) that touches an endpoint root
+    /// added without `--group`: the socket group manages its own endpoints'
+    /// wires, not root's devices. Names that are not endpoints are left to
+    /// the request itself to refuse.
+    fn may_use(&self, role: Role, names: &[&str], what: &str) -> Result<(), Refusal> {
+        if role == Role::Operator {
+            return Ok(());
+        }
+        for name in names {
+            let Some(e) = self.state.endpoint(name) else { continue };
+            let Some(p) = self.ports[e.ix.ix()].as_ref() else { continue };
+            if !p.origin.group_may_use() {
+                return Err(Refusal::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "endpoint {name} is root's: members of the socket group may {what} only the endpoints they \
+                         added, or that root added with `endpoint add --group`"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `--vhost-dir`, set up at its first use.
@@ -782,6 +829,13 @@ impl Control {
                         Some(d @ crate::devargs::Diagnosis::NoSuchFile { .. }) => {
                             Refusal::new(ErrorCode::NoSuchFile, format!("device {devargs:?}: {d}"))
                         }
+                        None if matches!(e, vw_pmd::Error::Dpdk { .. }) => Refusal::new(
+                            ErrorCode::DeviceError,
+                            format!(
+                                "device {devargs:?}: the driver refused it ({e}); DPDK logs the reason to the \
+                                 fabric's output (often an argument it cannot parse)"
+                            ),
+                        ),
                         None => device_error(e),
                     }
                 })?;
@@ -846,8 +900,15 @@ impl Control {
         t
     }
 
-    fn endpoint_add(&mut self, name: &str, spec: &EndpointSpec, role: Role) -> Result<proto::EndpointInfo, Refusal> {
-        self.endpoint_add_with(name, spec, true, Origin { member: role == Role::Member, socket_ino: None })
+    fn endpoint_add(
+        &mut self,
+        name: &str,
+        spec: &EndpointSpec,
+        role: Role,
+        group: bool,
+    ) -> Result<proto::EndpointInfo, Refusal> {
+        let member = role == Role::Member;
+        self.endpoint_add_with(name, spec, true, Origin { member, group: group && !member, socket_ino: None })
     }
 
     /// Adds an endpoint; `origin` says who asked and, restoring, the inode
@@ -862,6 +923,10 @@ impl Control {
     ) -> Result<proto::EndpointInfo, Refusal> {
         // The name first: nothing is opened for a request that fails anyway.
         self.state.table().clone().add_endpoint(name)?;
+        if let EndpointSpec::Dpdk { devargs } = spec {
+            let role = if origin.member { Role::Member } else { Role::Operator };
+            vw_core::policy::check_devargs(devargs, role).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
+        }
         if origin.member {
             // Restoring what a member added: only what is still allowed.
             self.permit(spec, Role::Member)?;
@@ -919,7 +984,7 @@ impl Control {
             }
         };
         let base = self.port_totals(ix);
-        self.ports[ix.ix()] = Some(Port { name: name.to_owned(), shown, dev, _dir: dir, handoff, base });
+        self.ports[ix.ix()] = Some(Port { name: name.to_owned(), shown, dev, _dir: dir, handoff, base, origin });
         crate::log(&format!("endpoint {name} added: {what}"));
         Ok(self.endpoint_info(name))
     }

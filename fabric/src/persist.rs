@@ -85,12 +85,20 @@ pub struct Origin {
     /// Added by a member of the socket group (not an operator).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub member: bool,
+    /// Root let the socket group use it (`endpoint add --group`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
     /// The inode of the server-mode vhost-user socket the fabric created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_ino: Option<u64>,
 }
 
 impl Origin {
+    /// Whether members of the socket group may use the endpoint.
+    pub fn group_may_use(&self) -> bool {
+        self.member || self.group
+    }
+
     fn is_default(&self) -> bool {
         *self == Origin::default()
     }
@@ -684,7 +692,7 @@ mod tests {
                 Change::EndpointAdded {
                     name: "vm1".into(),
                     spec: EndpointSpec::VhostUser { path: "/run/vm1.sock".into(), client: false, queues: 4 },
-                    origin: Origin { member: true, socket_ino: Some(77) },
+                    origin: Origin { member: true, group: false, socket_ino: Some(77) },
                 },
                 tap("vm4"),
                 Change::WireSaved(wire(3, "vm4", "vm1", 0)),

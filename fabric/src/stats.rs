@@ -46,11 +46,15 @@ pub enum FabricDrop {
     /// header (a peer with a larger MTU, or a uplink that does not enforce
     /// its own).
     Oversize,
+    /// A frame whose lengths, as its device gave them, do not fit its
+    /// buffers (a driver fault, or a device set up to make such frames):
+    /// freed unread.
+    MalformedMbuf,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 12] = [
+    pub const ALL: [FabricDrop; 13] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -63,6 +67,7 @@ impl FabricDrop {
         FabricDrop::EndpointRemoved,
         FabricDrop::MigrationBacklog,
         FabricDrop::Oversize,
+        FabricDrop::MalformedMbuf,
     ];
 
     /// Counter name.
@@ -80,6 +85,7 @@ impl FabricDrop {
             FabricDrop::EndpointRemoved => "endpoint_removed",
             FabricDrop::MigrationBacklog => "migration_backlog",
             FabricDrop::Oversize => "oversize",
+            FabricDrop::MalformedMbuf => "malformed_mbuf",
         }
     }
 

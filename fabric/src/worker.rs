@@ -268,6 +268,14 @@ impl Io {
     }
 
     #[inline(always)]
+    /// Frames a device handed over with lengths that do not fit their
+    /// buffers, freed unread by the burst (not counted as received: no
+    /// frame was read).
+    #[cold]
+    fn count_malformed(&self, n: u32) {
+        bump(&self.stats.drops[FabricDrop::MalformedMbuf.index()], u64::from(n));
+    }
+
     fn drop_frame(&mut self, m: Mbuf, reason: usize) {
         self.free.push(m);
         bump(&self.stats.drops[reason], 1);
@@ -290,6 +298,10 @@ impl Io {
     #[inline(always)]
     fn poll_endpoint(&mut self, snap: &Snapshot, port: PortIndex, queue: u16, action: EndpointAction) -> usize {
         let n = self.rx.rx_from(&snap.devices[port.ix()].io, queue, &self.pool);
+        let bad = self.rx.take_malformed();
+        if bad != 0 {
+            self.count_malformed(bad);
+        }
         if n == 0 {
             return 0;
         }
@@ -433,6 +445,10 @@ impl Io {
     fn poll_uplink(&mut self, snap: &Snapshot, up: &UplinkPlan, queue: u16) -> usize {
         let decap = &snap.decap;
         let n = self.rx.rx_from(&snap.devices[up.port.ix()].io, queue, &self.pool);
+        let bad = self.rx.take_malformed();
+        if bad != 0 {
+            self.count_malformed(bad);
+        }
         if n == 0 {
             return 0;
         }

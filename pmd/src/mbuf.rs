@@ -261,6 +261,8 @@ pub struct Burst {
     pkts: [RawMbuf; BURST_SIZE],
     len: usize,
     next: usize,
+    /// Malformed packets `rx` freed since the last `take_malformed`.
+    malformed: u32,
 }
 
 // SAFETY: the burst owns its mbufs exclusively (see Mbuf).
@@ -272,10 +274,47 @@ impl Default for Burst {
     }
 }
 
+/// Most segments a received packet may have (a 64 KB frame in 1 KB mbufs).
+const MAX_SEGMENTS: u32 = 64;
+
+/// Whether every segment's data lies in its buffer, and the segments' data
+/// lengths add up to the packet length.
+///
+/// # Safety
+/// `p` must point to a valid mbuf whose `next` chain is valid.
+#[inline(always)]
+unsafe fn well_formed(p: RawMbuf) -> bool {
+    // SAFETY: per the function's contract.
+    let m = unsafe { &*p };
+    if m.nb_segs == 1 && m.next.is_null() {
+        return u32::from(m.data_off) + u32::from(m.data_len) <= u32::from(m.buf_len)
+            && m.pkt_len == u32::from(m.data_len);
+    }
+    well_formed_chain(p)
+}
+
+#[cold]
+fn well_formed_chain(p: RawMbuf) -> bool {
+    let (mut seg, mut total, mut segs) = (p, 0u64, 0u32);
+    while !seg.is_null() {
+        // SAFETY: the chain is the driver's, valid per `well_formed`.
+        let s = unsafe { &*seg };
+        segs += 1;
+        if segs > MAX_SEGMENTS || u32::from(s.data_off) + u32::from(s.data_len) > u32::from(s.buf_len) {
+            return false;
+        }
+        total += u64::from(s.data_len);
+        seg = s.next;
+    }
+    // SAFETY: as above.
+    let m = unsafe { &*p };
+    u32::from(m.nb_segs) == segs && total == u64::from(m.pkt_len)
+}
+
 impl Burst {
     /// An empty burst.
     pub const fn new() -> Burst {
-        Burst { pkts: [std::ptr::null_mut(); BURST_SIZE], len: 0, next: 0 }
+        Burst { pkts: [std::ptr::null_mut(); BURST_SIZE], len: 0, next: 0, malformed: 0 }
     }
 
     /// Receives up to [`BURST_SIZE`] packets from `queue` of `port`,
@@ -289,7 +328,32 @@ impl Burst {
         let n = unsafe { dpdk_sys::rte_eth_rx_burst(port.0, queue, self.pkts.as_mut_ptr(), BURST_SIZE as u16) };
         self.len = n as usize;
         self.next = 0;
+        // A driver's lengths are checked before anything reads the data: a
+        // packet whose segments do not lie in their buffers or do not add
+        // up to its length (net_null with `size=` larger than an mbuf hands
+        // out such packets) is freed unread.
+        let mut kept = 0;
+        for i in 0..self.len {
+            let p = self.pkts[i];
+            // SAFETY: p is an mbuf the driver just handed over.
+            if unsafe { well_formed(p) } {
+                self.pkts[kept] = p;
+                kept += 1;
+            } else {
+                self.malformed += 1;
+                // SAFETY: p is owned and never used again; its chain's
+                // next pointers are the driver's, freed with it.
+                unsafe { dpdk_sys::rte_pktmbuf_free(p) };
+            }
+        }
+        self.len = kept;
         self.len
+    }
+
+    /// Malformed packets `rx` freed since the last call (to be counted).
+    #[inline(always)]
+    pub fn take_malformed(&mut self) -> u32 {
+        std::mem::take(&mut self.malformed)
     }
 
     /// Receives up to [`BURST_SIZE`] packets from queue (pair) `queue` of

@@ -226,6 +226,9 @@ pub fn validate_endpoint_name(name: &str) -> Result<(), TableError> {
         "only A-Z, a-z, 0-9, '_', '.' and '-' are allowed"
     } else if name.len() > MAX_ENDPOINT_NAME_LEN {
         "must be at most 32 characters"
+    } else if name.starts_with('.') {
+        // `.` and `..` would make socket names `..sock` and `...sock`.
+        "must not start with '.'"
     } else {
         return Ok(());
     };

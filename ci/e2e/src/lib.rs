@@ -44,6 +44,8 @@ pub fn sh(cmd: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+pub mod guest;
+
 fn have(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -81,6 +83,42 @@ pub struct Env {
     pub bin: PathBuf,
 }
 
+/// True (after saying so) when `test` must be skipped for what is
+/// `missing`; panics instead in CI (`CI=true`), where a missing
+/// prerequisite is a failure.
+pub fn skip_for(test: &str, missing: &[String]) -> bool {
+    if missing.is_empty() {
+        return false;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true: a missing prerequisite is a failure)");
+    }
+    eprintln!("SKIPPED {msg}");
+    true
+}
+
+/// Two fabrics, `h1` (VTEP 10.0.0.1) and `h2` (10.0.0.2), with net_tap
+/// uplinks on one underlay bridge. Fields drop in order: the fabrics first.
+pub fn two_fabrics(env: &Env) -> (Fabric, Fabric, Underlay) {
+    let t = &env.tag;
+    let mut ul = Underlay::new(env);
+    let (up1, up2) = (format!("vw{t}u1"), format!("vw{t}u2"));
+    let h1 = Fabric::start(
+        env,
+        "h1",
+        FabricOpts { uplink: Some((up1.clone(), "10.0.0.1/24".into())), ..Default::default() },
+    );
+    let h2 = Fabric::start(
+        env,
+        "h2",
+        FabricOpts { uplink: Some((up2.clone(), "10.0.0.2/24".into())), ..Default::default() },
+    );
+    ul.plug(&up1);
+    ul.plug(&up2);
+    (h1, h2, ul)
+}
+
 /// Checks the prerequisites for `test` (plus `tools`). Returns `None` to skip
 /// (outside CI); panics in CI (`CI=true`) when something is missing.
 pub fn setup(test: &str, tools: &[&str]) -> Option<Env> {
@@ -102,12 +140,7 @@ pub fn setup(test: &str, tools: &[&str]) -> Option<Env> {
             missing.push(format!("{} (run `cargo build --release --workspace` first)", bin.join(b).display()));
         }
     }
-    if !missing.is_empty() {
-        let msg = format!("{test}: missing {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} (CI=true: a missing prerequisite is a failure)");
-        }
-        eprintln!("SKIPPED {msg}");
+    if skip_for(test, &missing) {
         return None;
     }
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);

@@ -65,7 +65,16 @@ struct Vwctl<'a> {
     member: &'a Member,
 }
 
-impl Vwctl<'_> {
+impl<'a> Vwctl<'a> {
+    /// `vwctl` for `member` on `f`'s socket: a copy the member can run,
+    /// wherever the build is.
+    fn for_member(env: &Env, f: &'a Fabric, member: &'a Member) -> Vwctl<'a> {
+        let bin = env.dir.join("vwctl");
+        std::fs::copy(env.bin.join("vwctl"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Vwctl { bin, socket: &f.socket, member }
+    }
+
     /// As the member: (exit code, stdout, stderr).
     fn run(&self, args: &[&str]) -> (i32, String, String) {
         let bin = self.bin.display().to_string();
@@ -135,11 +144,7 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
         ..Default::default()
     };
     let f = Fabric::start(&env, "h1", opts);
-    // A copy of vwctl the member can run, wherever the build is.
-    let bin = env.dir.join("vwctl");
-    std::fs::copy(env.bin.join("vwctl"), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ctl = Vwctl { bin, socket: &f.socket, member: &member };
+    let ctl = Vwctl::for_member(&env, &f, &member);
     assert_eq!(ctl.run(&["status"]).0, 0, "a member may ask for the status");
 
     // Victims: a root-only file and directory, a live datagram socket, a
@@ -378,4 +383,108 @@ fn a_device_that_needs_more_ports_than_are_free_is_refused_as_a_limit_and_leaves
     f.ctl_ok(&["endpoint", "add", "n1", "net_null1"]);
     assert_eq!(f.json(&["status"])["endpoints"].as_u64(), Some(max as u64), "{}", f.log_text());
     drop(f);
+}
+
+#[test]
+fn a_member_cannot_crash_the_fabric_lock_out_root_or_use_root_s_endpoints() {
+    let Some(env) = setup("member_limits", &["python3"]) else { return };
+    let member = Member::create(&format!("vwe2e{}", env.tag));
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let opts = FabricOpts {
+        extra: vec![
+            "--socket-group".into(),
+            member.name.clone(),
+            "--allow-device".into(),
+            "net_null*".into(),
+            "--allow-device".into(),
+            "net_null*,size=*".into(),
+        ],
+        ..Default::default()
+    };
+    let f = Fabric::start(&env, "h1", opts);
+    let ctl = Vwctl::for_member(&env, &f, &member);
+    let pid = f.json(&["status"])["pid"].clone();
+
+    // Device arguments that crash DPDK's device iterator (its layered
+    // syntax, which the wildcards match), or carry terminal escapes and
+    // forged lines: refused before DPDK sees them.
+    for (devargs, why) in [
+        ("net_null1=x/class=eth", "may hold only"),
+        ("net_null2,size=64/class=eth", "layered"),
+        ("net_null3\u{1b}[2J\nroot-vm  1  net_pcap  FAKE", "control characters"),
+        (" net_null4", "blanks"),
+    ] {
+        let err = ctl.refused(&["endpoint", "add", "x", devargs], "invalid_argument");
+        assert!(err.contains(why) && !err.contains('\u{1b}'), "{devargs:?}: {err}");
+    }
+    let long = format!("net_null{}", "x".repeat(80));
+    assert!(ctl.refused(&["endpoint", "add", "x", &long], "invalid_argument").contains("1-63 characters"));
+    assert!(ctl.refused(&["endpoint", "add", "..", "--vhost-user"], "invalid_argument").contains("'.'"));
+    assert_eq!(f.json(&["status"])["pid"], pid, "the fabric is still the same process");
+
+    // Root's endpoints are root's, unless root adds them with --group.
+    f.ctl_ok(&["endpoint", "add", "rootdev", "net_null10"]);
+    f.ctl_ok(&["endpoint", "add", "shared", "net_null11", "--group"]);
+    f.ctl_ok(&["endpoint", "add", "other", "net_null12"]);
+    assert_eq!(ctl.run(&["endpoint", "add", "m1", "net_null13"]).0, 0);
+    assert_eq!(ctl.run(&["endpoint", "add", "m2", "net_null14"]).0, 0);
+    let err = ctl.refused(&["connect", "3", "rootdev", "m1"], "permission_denied");
+    assert!(err.contains("endpoint rootdev is root's") && err.contains("--group"), "{err}");
+    ctl.refused(&["connect", "3", "m1", "rootdev"], "permission_denied");
+    ctl.refused(&["endpoint", "del", "rootdev"], "permission_denied");
+    f.ctl_ok(&["connect", "9", "rootdev", "other"]);
+    ctl.refused(&["disconnect", "9"], "permission_denied");
+    assert_eq!(ctl.run(&["connect", "4", "shared", "m1"]).0, 0, "root shared it");
+    assert_eq!(ctl.run(&["disconnect", "4"]).0, 0);
+    assert_eq!(ctl.run(&["endpoint", "del", "shared"]).0, 0);
+    let listed = f.json(&["endpoint", "list"]);
+    let group = |n: &str| listed.as_array().unwrap().iter().find(|e| e["name"] == n).unwrap()["group"].clone();
+    assert_eq!((group("rootdev"), group("m1")), (Value::Bool(false), Value::Bool(true)));
+    assert!(f.wire(9)["wire"] == 9, "root's wire is still there");
+
+    // A device that hands over frames longer than their buffers: freed
+    // unread and counted, never forwarded.
+    assert_eq!(ctl.run(&["endpoint", "add", "big", "net_null20,size=60000"]).0, 0);
+    assert_eq!(ctl.run(&["connect", "5", "big", "m2"]).0, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(f.drops("malformed_mbuf") > 0, "{}", f.ctl_ok(&["stats"]));
+    assert_eq!(u64_of(&f.wire(5)["forward"]["frames"]), 0, "nothing of it forwarded");
+    assert_eq!(ctl.run(&["disconnect", "5"]).0, 0);
+
+    // Connections: one member holds at most 16, and the last 8 are root's.
+    const HOG: &str = "import socket,sys,time\n\
+        held,refused=[],0\n\
+        for i in range(40):\n\
+        \x20   s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(0.3)\n\
+        \x20   try:\n\
+        \x20       d=s.recv(4096)\n\
+        \x20       refused+=1 if b'too_many_clients' in d else 0\n\
+        \x20   except socket.timeout:\n\
+        \x20       held.append(s)\n\
+        print('held',len(held),'refused',refused,flush=True)\n\
+        time.sleep(30)\n";
+    let socket = f.socket.display().to_string();
+    let mut hog = Command::new("setpriv")
+        .args([&format!("--reuid={}", member.uid), &format!("--regid={}", member.gid), "--clear-groups", "--"])
+        // The system's Python: a per-user one may be unreadable to the member.
+        .args([if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }, "-c", HOG, &socket])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hog.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "held 16 refused 24", "one member's connections are capped");
+    let (rc, _, err) = ctl.run(&["status"]);
+    assert!(rc == 1 && err.contains("the most one user other than root may hold"), "{err}");
+    let t = Instant::now();
+    f.ctl_ok(&["status"]);
+    assert!(t.elapsed() < Duration::from_secs(1), "root is answered while the member holds its connections");
+    let _ = hog.kill();
+    let _ = hog.wait();
+    drop(f);
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }

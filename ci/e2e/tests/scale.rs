@@ -32,7 +32,7 @@ fn ok(c: &mut Client, r: Request) -> Value {
 }
 
 fn add(c: &mut Client, name: &str, path: &Path) {
-    ok(c, Request::EndpointAdd { name: name.into(), spec: vhost(path) });
+    ok(c, Request::EndpointAdd { name: name.into(), spec: vhost(path), group: false });
 }
 
 fn connect(c: &mut Client, wire: u32, a: &str, b: &str) {
@@ -124,7 +124,7 @@ fn a_thousand_vhost_endpoints_with_traffic_changes_a_crash_and_a_restore() {
     let mut extra = Vec::new();
     let refusal = loop {
         let i = ENDPOINTS + extra.len();
-        let r = c.call(&Request::EndpointAdd { name: format!("vm{i}"), spec: vhost(&idle(i)) }).unwrap();
+        let r = c.call(&Request::EndpointAdd { name: format!("vm{i}"), spec: vhost(&idle(i)), group: false }).unwrap();
         if !r.ok {
             break r.error.unwrap();
         }

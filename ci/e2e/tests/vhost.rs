@@ -82,21 +82,7 @@ fn vhost_encap(encap: &str) {
     if !require_hugepages("vhost_encap") {
         return;
     }
-    let t = &env.tag;
-    let mut ul = Underlay::new(&env);
-    let (up1, up2) = (format!("vw{t}u1"), format!("vw{t}u2"));
-    let h1 = Fabric::start(
-        &env,
-        "h1",
-        FabricOpts { uplink: Some((up1.clone(), "10.0.0.1/24".into())), ..Default::default() },
-    );
-    let h2 = Fabric::start(
-        &env,
-        "h2",
-        FabricOpts { uplink: Some((up2.clone(), "10.0.0.2/24".into())), ..Default::default() },
-    );
-    ul.plug(&up1);
-    ul.plug(&up2);
+    let (h1, h2, ul) = two_fabrics(&env);
     let bare = (h1.mbufs_idle(), h2.mbufs_idle());
     let (a, b) = (sock(&env, "vm1"), sock(&env, "vm2"));
     h1.ctl_ok(&["endpoint", "add", "vm1", "--vhost-user", a.to_str().unwrap()]);

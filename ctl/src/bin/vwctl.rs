@@ -96,7 +96,7 @@ enum EndpointCmd {
     /// vhost-user port for a VM (--vhost-user).
     #[command(group(clap::ArgGroup::new("device").required(true).args(["devargs", "vhost_user"])))]
     Add {
-        /// Endpoint name (1-32 of A-Z a-z 0-9 _ . -).
+        /// Endpoint name (1-32 of A-Z a-z 0-9 _ . -, not starting with .).
         name: String,
         /// DPDK device arguments, e.g. `net_tap0,iface=vm1` or a PCI address.
         devargs: Option<String>,
@@ -105,8 +105,8 @@ enum EndpointCmd {
         /// members of the socket group add VMs. With PATH (root only), on
         /// that socket, or with --client connects to it. A fabric holds up
         /// to 1023 client-mode or 511 server-mode vhost-user endpoints (and
-        /// 31 DPDK devices besides its uplink); past that the request is
-        /// refused with endpoint_limit.
+        /// 32 DPDK devices, one fewer with an uplink); past that the request
+        /// is refused with endpoint_limit.
         #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
         vhost_user: Option<String>,
         /// Connect to a socket the VM side listens on (reconnecting when it
@@ -116,6 +116,11 @@ enum EndpointCmd {
         /// Queue pairs offered to the VM (spread over the workers).
         #[arg(long, requires = "vhost_user", default_value_t = 1)]
         queues: u16,
+        /// (root) Let members of the socket group use this endpoint: wire
+        /// it, disconnect its wire, delete it. Without it they may not; the
+        /// endpoints they add themselves they always may.
+        #[arg(long)]
+        group: bool,
     },
     /// Remove endpoint NAME and its device (disconnect its wire first).
     Del {
@@ -144,13 +149,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match &cli.command {
         Command::Status => Request::Status,
-        Command::Endpoint(EndpointCmd::Add { name, devargs, vhost_user, client, queues }) => {
+        Command::Endpoint(EndpointCmd::Add { name, devargs, vhost_user, client, queues, group }) => {
             let spec = match (devargs, vhost_user) {
                 (_, Some(path)) => EndpointSpec::VhostUser { path: path.clone(), client: *client, queues: *queues },
                 (Some(d), None) => EndpointSpec::Dpdk { devargs: d.clone() },
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            Request::EndpointAdd { name: name.clone(), spec }
+            Request::EndpointAdd { name: name.clone(), spec, group: *group }
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
@@ -190,7 +195,7 @@ fn main() -> ExitCode {
     }
     if !reply.ok {
         let e = reply.error.unwrap();
-        eprintln!("vwctl: {} ({})", e.message, e.code.as_str());
+        eprintln!("vwctl: {} ({})", printable(&e.message), e.code.as_str());
         return ExitCode::from(1);
     }
     let result = reply.result.unwrap_or_default();
@@ -231,8 +236,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `s` with control characters escaped (`\u{1b}`): names and device
+/// arguments come from other clients and must not drive the terminal or
+/// forge table lines.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// Prints rows as a left-aligned table with a header line.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c)).collect()).collect();
+    let rows = &rows[..];
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -292,6 +309,13 @@ fn print_status(s: &Status) {
             })
             .collect();
         table(&["NEIGHBOUR", "MAC", "STATE", "WIRES", "ARP-REQUESTS"], &rows);
+    }
+    if !s.unrestored.is_empty() {
+        out!();
+        out!("not restored from the state file (kept there, retried at the next start; the log says why):");
+        for u in &s.unrestored {
+            out!("  {}", printable(u));
+        }
     }
 }
 

@@ -77,6 +77,7 @@ impl Control {
                 .of(ep.ix)
                 .map(|(queue, r)| proto::RxqPlace { queue, worker: r.worker, frames_per_s: r.load })
                 .collect(),
+            group: port.is_some_and(|p| p.origin.group_may_use()),
         }
     }
 

@@ -867,7 +867,7 @@ impl Ctl {
 
     fn add(&mut self, name: &str, path: &Path) -> Res<Duration> {
         let spec = vw_ctl::proto::EndpointSpec::VhostUser { path: path.display().to_string(), client: true, queues: 1 };
-        self.call(vw_ctl::Request::EndpointAdd { name: name.into(), spec })
+        self.call(vw_ctl::Request::EndpointAdd { name: name.into(), spec, group: false })
     }
 
     fn connect(&mut self, wire: u32, a: &str, b: &str) -> Res<Duration> {
