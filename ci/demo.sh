@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # VirtualWire demo: two hosts, two VMs, one wire, a ping, the counters.
 #
-#   vm1 (netns) --tap-- [vwfabric h1] --tap-- underlay bridge --tap-- [vwfabric h2] --tap-- vm2 (netns)
-#    192.168.7.1          VTEP 10.0.0.1        (netns vwdemo-ul)          VTEP 10.0.0.2        192.168.7.2
+#   vm1 (QEMU) --vhost-user-- [vwfabric h1] --tap-- underlay bridge --tap-- [vwfabric h2] --vhost-user-- vm2 (QEMU)
+#   192.168.7.1                VTEP 10.0.0.1        (netns vwdemo-ul)        VTEP 10.0.0.2               192.168.7.2
 #
 # Each "host" is a vwfabric process whose uplink is a DPDK net_tap port
-# plugged into a Linux bridge; each "VM" is a network namespace holding a
-# net_tap endpoint's interface. Wire 7 joins vm1 and vm2 across the
+# plugged into a Linux bridge; each VM is a real Linux guest in QEMU (the
+# test guest of ci/guest/build.sh) whose virtio-net NIC is a vhost-user
+# endpoint of its host's fabric. Wire 7 joins vm1 and vm2 across the
 # underlay in the vwire format (UDP + 32-bit connector ID). Run as root.
 # ENCAP=vxlan ci/demo.sh uses RFC 7348 VXLAN instead.
 set -euo pipefail
@@ -16,19 +17,22 @@ B=target/release
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
+D=/tmp/vwdemo
 cleanup() {
+    for q in "$D"/vm*.pid; do [ -f "$q" ] && kill -TERM "$(cat "$q")" 2>/dev/null; done || true
     [ -n "${H1:-}" ] && kill -TERM "$H1" 2>/dev/null || true
     [ -n "${H2:-}" ] && kill -TERM "$H2" 2>/dev/null || true
     wait 2>/dev/null || true
-    for n in vwdemo-vm1 vwdemo-vm2 vwdemo-ul; do ip netns del $n 2>/dev/null || true; done
+    ip netns del vwdemo-ul 2>/dev/null || true
 }
 trap cleanup EXIT
 
-say "setting up (packages, hugepages) and building"
+say "setting up (packages, hugepages, QEMU and the guest image) and building"
 ci/setup.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --bins --quiet
 cleanup
+rm -rf "$D" && mkdir -p "$D"
 
 say "the underlay: a Linux bridge in namespace vwdemo-ul"
 ip netns add vwdemo-ul
@@ -55,27 +59,42 @@ h1() { run $B/vwctl --socket /tmp/vwdemo-h1.sock "$@"; }
 h2() { run $B/vwctl --socket /tmp/vwdemo-h2.sock "$@"; }
 h1 status
 
-say "two VMs: a net_tap endpoint on each host, its interface moved into a namespace"
-h1 endpoint add vm1 net_tap1,iface=vwd-vm1
-h2 endpoint add vm2 net_tap1,iface=vwd-vm2
+say "two VMs: a vhost-user endpoint on each host, a QEMU guest on each"
+h1 endpoint add vm1 --vhost-user $D/vm1.sock
+h2 endpoint add vm2 --vhost-user $D/vm2.sock
+# 1500-byte underlay: the guest's MTU leaves room for the outer headers
+# (46 bytes of vwire, 50 of VXLAN: docs/qemu.md); QEMU tells the guest.
+[ "$ENCAP" = vxlan ] && mtu=1450 || mtu=1454
+# Under TCG (no KVM here); QEMU 7 needs vectors=0 there (docs/qemu.md).
+vectors=""
+[ "$(qemu-system-x86_64 --version | awk '/version/ {split($4, v, "."); print v[1]; exit}')" -lt 8 ] && vectors=",vectors=0"
+G=${VW_GUEST_DIR:-/var/cache/virtualwire/guest}
 for v in 1 2; do
-    ip netns add vwdemo-vm$v
-    ip link set vwd-vm$v netns vwdemo-vm$v
-    ip -n vwdemo-vm$v addr add 192.168.7.$v/24 dev vwd-vm$v
-    # 1500-byte underlay: leave room for the outer headers (docs/wire-format.md).
-    ip -n vwdemo-vm$v link set vwd-vm$v mtu 1400 up
+    args=(-name vm$v -accel tcg -m 256M -nographic -nodefaults
+          -kernel $G/vmlinuz -initrd $G/initrd.img -append "console=ttyS0 quiet vw.ip=192.168.7.$v/24 vw.name=vm$v"
+          -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem
+          -chardev socket,id=vu,path=$D/vm$v.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=vu
+          -device virtio-net-pci,netdev=n0,mac=52:54:00:07:00:0$v,host_mtu=$mtu,romfile=$vectors
+          -chardev file,id=con,path=$D/vm$v-console.log -serial chardev:con
+          -chardev socket,id=agent,path=$D/vm$v-agent.sock,server=on,wait=off -serial chardev:agent
+          -pidfile $D/vm$v.pid -daemonize)
+    printf '$ qemu-system-x86_64 %s\n' "${args[*]}"
+    qemu-system-x86_64 "${args[@]}"
 done
+vm1() { printf '$ (in vm1) %s\n' "$*"; ci/guest/cmd.py $D/vm1-agent.sock "$*"; }
+vm1 "cat /sys/class/net/eth0/mtu"
+h1 endpoint list
 
 say "wire 7: connected on both hosts, each naming the other's VTEP ($ENCAP)"
 h1 connect 7 vm1 10.0.0.2 --encap "$ENCAP"
 h2 connect 7 vm2 10.0.0.1 --encap "$ENCAP"
 
 say "vm1 pings vm2 across the wire"
-run ip netns exec vwdemo-vm1 ping -c 5 -i 0.2 192.168.7.2
+vm1 "ping -c 5 -i 0.2 192.168.7.2"
 
 say "what the fabrics saw (drops on the uplink are underlay chatter not meant for the VTEP: IPv6, IGMP)"
 h1 wire list
 h2 wire list
 h1 stats
 h1 status
-say "done: the hosts and VMs are removed on exit (logs in /tmp/vwdemo-h1.log, /tmp/vwdemo-h2.log)"
+say "done: the hosts and VMs are removed on exit (logs in /tmp/vwdemo-h1.log, /tmp/vwdemo-h2.log, $D/vm*-console.log)"

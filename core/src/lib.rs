@@ -22,6 +22,7 @@
 pub mod compile;
 pub mod exchange;
 pub mod migrate;
+pub mod mtu;
 pub mod neighbour;
 pub mod plan;
 pub mod policy;

@@ -242,6 +242,9 @@ pub struct Status {
     /// in the file, retried at the next start).
     #[serde(default)]
     pub unrestored: Vec<String>,
+    /// Wires whose endpoints' MTUs do not fit them (each also logged once).
+    #[serde(default)]
+    pub mtu_warnings: Vec<String>,
 }
 
 /// A worker lcore.
@@ -395,6 +398,14 @@ pub struct WireInfo {
     /// Moves of this wire's ends seen by this fabric (with `--migration-key-file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<WireMigration>,
+    /// The largest MTU the wire carries for its local end's frames (an
+    /// encap wire: the underlay MTU less the encapsulation); none for a
+    /// loopback wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carries_mtu: Option<u16>,
+    /// The endpoints' MTUs do not fit the wire (see `Status::mtu_warnings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_warning: Option<String>,
 }
 
 /// The moves of one wire, as this fabric saw them.

@@ -348,6 +348,8 @@ pub struct Control {
     last_measure: (Instant, HashMap<(PortIndex, u16), u64>),
     /// When RX queues were last re-balanced.
     last_rebalance: Instant,
+    /// The MTU mismatch last logged per wire (each is logged once).
+    mtu_logged: HashMap<ConnectorId, String>,
     /// The migration channel, with `--migration-key-file`.
     mig: Option<Channel>,
     /// `oversize` drops already reported in the log, and when last.
@@ -407,6 +409,7 @@ impl Control {
             last_measure: (Instant::now(), HashMap::new()),
             last_rebalance: Instant::now(),
             oversize_logged: (0, None),
+            mtu_logged: HashMap::new(),
         }
     }
 
@@ -508,9 +511,13 @@ impl Control {
                     .into_iter()
                     .filter(|n| self.state.endpoint(n).is_some())
                     .collect();
-                self.may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect")
-                    .and_then(|_| self.connect(ConnectorId(*wire), endpoint, peer, *encap))
-                    .map(|w| Reply::ok(&w))
+                let r = self
+                    .may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect")
+                    .and_then(|_| self.connect(ConnectorId(*wire), endpoint, peer, *encap));
+                if r.is_ok() {
+                    self.report_mtu(endpoint);
+                }
+                r.map(|w| Reply::ok(&w))
             }
             Request::Disconnect { wire } => {
                 let ends: Vec<String> = self
@@ -522,9 +529,10 @@ impl Control {
                     })
                     .unwrap_or_default();
                 let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
-                self.may_use(role, &ends, "disconnect")
-                    .and_then(|_| self.disconnect(ConnectorId(*wire)))
-                    .map(|_| Reply::ok(&serde_json::json!({})))
+                self.may_use(role, &ends, "disconnect").and_then(|_| self.disconnect(ConnectorId(*wire))).map(|_| {
+                    self.mtu_logged.remove(&ConnectorId(*wire));
+                    Reply::ok(&serde_json::json!({}))
+                })
             }
             Request::WireList => Ok(Reply::ok(&self.wire_list())),
             Request::Stats => Ok(Reply::ok(&self.stats())),
@@ -1410,12 +1418,34 @@ impl Control {
             return;
         }
         let mut next = self.state.clone();
+        let mut names = Vec::new();
         for tag in changed {
             if let Some(Some(p)) = self.ports.get(tag as usize) {
                 next.set_link(&p.name, p.dev.link());
+                names.push(p.name.clone());
             }
         }
         self.commit(next);
+        // A VM that came says its MTU (host_mtu): does it fit its wire?
+        for name in names {
+            self.report_mtu(&name);
+        }
+    }
+
+    /// Logs, once per wire and mismatch, an MTU of `endpoint` that does not
+    /// fit its wire (also in `vwctl status` and `wire list`).
+    fn report_mtu(&mut self, endpoint: &str) {
+        let Some(id) = self.state.table().wire_of(endpoint).map(|w| w.id) else { return };
+        match self.wire_mtu(id).1 {
+            Some(m) if self.mtu_logged.get(&id) != Some(&m) => {
+                crate::log(&format!("warning: wire {}: {m}", id.0));
+                self.mtu_logged.insert(id, m);
+            }
+            Some(_) => {}
+            None => {
+                self.mtu_logged.remove(&id);
+            }
+        }
     }
 
     fn send_arp_requests(&mut self) {

@@ -98,6 +98,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
 fn valid_name(name: &str) -> bool {
     (1..=MAX_ENDPOINT_NAME_LEN).contains(&name.len())
         && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && !name.starts_with('.')
 }
 
 /// What `decode` must return for `b`, from the documented layout.

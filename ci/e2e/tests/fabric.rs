@@ -93,6 +93,18 @@ fn encap_wire_carries_ping_and_tcp(encap: &str, overhead: u32) {
         assert_eq!(w["state"], "up");
         assert!(u(&w["forward"]["frames"]) > 1000 && u(&w["reverse"]["frames"]) > 1000, "{w}");
     }
+    // What the wire carries, and that the endpoints' 1500-byte ports do
+    // not fit it: in `wire list`, in `status` and once in the log.
+    let carries = 1500 - overhead;
+    for h in [&t.h1, &t.h2] {
+        let w = h.wire(7);
+        assert_eq!(u(&w["carries_mtu"]), u64::from(carries), "{w}");
+        let warnings = h.json(&["status"])["mtu_warnings"].clone();
+        let want = format!("has MTU 1500 but its wire carries at most {carries}");
+        assert!(warnings.as_array().unwrap().iter().any(|m| m.as_str().unwrap().contains(&want)), "{warnings}");
+        assert_eq!(h.log_text().matches(&want).count(), 1, "logged once:\n{}", h.log_text());
+        assert!(h.ctl_ok(&["wire", "list"]).contains(&format!("{carries}!")), "marked in the table");
+    }
     // 8 MB crossed h1 -> h2: h1's forward bytes and h2's reverse bytes say so.
     assert!(u(&t.h1.wire(7)["forward"]["bytes"]) > 8 << 20);
     assert!(u(&t.h2.wire(7)["reverse"]["bytes"]) > 8 << 20);

@@ -149,6 +149,9 @@ fn guests_on_an_encap_wire_between_two_fabrics() {
     let mut g2 = Guest::start(&env, &image, "g2", &o2);
     assert_eq!(g1.ok("cat /sys/class/net/eth0/mtu").trim(), "1454", "the guest took host_mtu");
     assert_eq!(u(&endpoint(&h1, "vm1")["mtu"]), 1454, "the fabric learnt the guest's MTU");
+    let w = h1.wire(7);
+    assert!(u(&w["carries_mtu"]) == 1454 && w.get("mtu_warning").is_none(), "the guest fits its wire: {w}");
+    assert_eq!(h1.json(&["status"])["mtu_warnings"], serde_json::json!([]));
     let ctx = || format!("--- h1 ---\n{}\n--- h2 ---\n{}", h1.log_text(), h2.log_text());
     ping_and_transfer(&mut g1, "192.168.7.1", &mut g2, "192.168.7.2", &ctx);
     // The largest frame the guest sends crosses whole.

@@ -310,6 +310,13 @@ fn print_status(s: &Status) {
             .collect();
         table(&["NEIGHBOUR", "MAC", "STATE", "WIRES", "ARP-REQUESTS"], &rows);
     }
+    if !s.mtu_warnings.is_empty() {
+        out!();
+        out!("MTU mismatches (docs/qemu.md):");
+        for m in &s.mtu_warnings {
+            out!("  {}", printable(m));
+        }
+    }
     if !s.unrestored.is_empty() {
         out!();
         out!("not restored from the state file (kept there, retried at the next start; the log says why):");
@@ -382,6 +389,12 @@ fn print_wires(v: &[WireInfo]) {
                 w.reverse.frames.to_string(),
                 w.reverse.bytes.to_string(),
                 w.dropped.to_string(),
+                match (w.carries_mtu, &w.mtu_warning) {
+                    (Some(m), None) => m.to_string(),
+                    (Some(m), Some(_)) => format!("{m}!"),
+                    (None, Some(_)) => "-!".into(),
+                    (None, None) => "-".into(),
+                },
             ];
             if migration {
                 let m = w.migration.clone().unwrap_or_default();
@@ -398,11 +411,16 @@ fn print_wires(v: &[WireInfo]) {
         })
         .collect();
     let mut header =
-        vec!["WIRE", "KIND", "ENDS", "STATE", "FWD-FRAMES", "FWD-BYTES", "REV-FRAMES", "REV-BYTES", "DROPPED"];
+        vec!["WIRE", "KIND", "ENDS", "STATE", "FWD-FRAMES", "FWD-BYTES", "REV-FRAMES", "REV-BYTES", "DROPPED", "MTU"];
     if migration {
         header.extend(["MOVES", "LAST-MOVE (APPLIED IN)", "FORWARDED", "GRACE"]);
     }
     table(&header, &rows);
+    for w in v {
+        if let Some(m) = &w.mtu_warning {
+            out!("wire {}: {}", w.wire, printable(m));
+        }
+    }
 }
 
 /// `HH:MM:SS.mmm` UTC of a time in ms since the Unix epoch.

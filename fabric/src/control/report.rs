@@ -39,6 +39,30 @@ impl Control {
         port::link(p).map(|l| l.up).unwrap_or(false)
     }
 
+    /// An endpoint's MTU: its port's, or what its VM said (0: not known).
+    pub(super) fn endpoint_mtu(&self, name: &str) -> u16 {
+        let Some(ep) = self.state.endpoint(name) else { return 0 };
+        match self.ports[ep.ix.ix()].as_ref().map(|p| &p.dev) {
+            Some(Device::Eth { port, .. }) => port::mtu(*port).unwrap_or(0),
+            Some(Device::Vhost(v)) => v.port().state().mtu,
+            None => 0,
+        }
+    }
+
+    /// What wire `id` carries, and what does not fit it.
+    pub(super) fn wire_mtu(&self, id: ConnectorId) -> (Option<u16>, Option<String>) {
+        let Some(w) = self.state.table().wire(id) else { return (None, None) };
+        let mtu = self.endpoint_mtu(&w.endpoint);
+        match &w.peer {
+            Peer::Local(b) => (None, vw_core::mtu::mismatch(&w.endpoint, mtu, None, Some((b, self.endpoint_mtu(b))))),
+            Peer::Remote { encap, .. } => {
+                let Some(u) = &self.uplink else { return (None, None) };
+                let max = vw_core::mtu::encap_carries(*encap, u.mtu);
+                (Some(max), vw_core::mtu::mismatch(&w.endpoint, mtu, Some(max), None))
+            }
+        }
+    }
+
     pub(super) fn endpoint_info(&self, name: &str) -> proto::EndpointInfo {
         let ep = self.state.endpoint(name).expect("endpoint_info is called for existing endpoints");
         let port = self.ports[ep.ix.ix()].as_ref();
@@ -98,7 +122,10 @@ impl Control {
                 (vtep.to_string(), Some(encap_name(*encap)), if resolved { "up" } else { "resolving" })
             }
         };
+        let (carries_mtu, mtu_warning) = self.wire_mtu(id);
         proto::WireInfo {
+            carries_mtu,
+            mtu_warning,
             wire: id.0,
             kind: w.kind().name().to_owned(),
             endpoint: w.endpoint.clone(),
@@ -151,6 +178,8 @@ impl Control {
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
             dropped: totals.dropped,
             migration: Some(self.wire_migration(id, totals.forwarded, Some(d))),
+            carries_mtu: None,
+            mtu_warning: None,
         }
     }
 
@@ -204,6 +233,12 @@ impl Control {
             wires: self.state.table().wire_count(),
             mempool: self.mempool(),
             idle_sleep_us: self.settings.idle_sleep_us,
+            mtu_warnings: self
+                .state
+                .table()
+                .wires()
+                .filter_map(|w| self.wire_mtu(w.id).1.map(|m| format!("wire {}: {m}", w.id.0)))
+                .collect(),
             unrestored: self
                 .unrestored
                 .endpoints
