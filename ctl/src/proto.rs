@@ -93,6 +93,11 @@ pub enum Request {
         /// Tunnel format for a remote peer (default vwire); refused for a local peer.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         encap: Option<EncapName>,
+        /// Connect when the endpoint's VM starts here (its vhost-user device
+        /// comes up), not now: how the destination of a live migration is
+        /// prepared, so the wire follows the VM with no command at switch-over.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        incoming: bool,
     },
     /// Disconnect a wire.
     Disconnect {
@@ -542,6 +547,7 @@ mod tests {
             endpoint: "vm1".into(),
             peer: "10.0.0.2".into(),
             encap: Some(EncapName::Vxlan),
+            incoming: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"cmd":"connect","wire":7,"endpoint":"vm1","peer":"10.0.0.2","encap":"vxlan"}"#);

@@ -19,7 +19,7 @@ use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex
 use crate::sockdir::SockDir;
 use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -240,6 +240,14 @@ enum Touched {
     Wire(ConnectorId),
 }
 
+/// A connect waiting for its endpoint's VM (`connect --incoming`).
+#[derive(Debug, Clone)]
+struct Incoming {
+    wire: ConnectorId,
+    peer: String,
+    encap: Option<EncapName>,
+}
+
 /// A refused request.
 #[derive(Debug)]
 struct Refusal {
@@ -350,6 +358,9 @@ pub struct Control {
     last_rebalance: Instant,
     /// The MTU mismatch last logged per wire (each is logged once).
     mtu_logged: HashMap<ConnectorId, String>,
+    /// Connects waiting for their endpoint's VM to start here
+    /// (`connect --incoming`), by endpoint.
+    incoming: BTreeMap<String, Incoming>,
     /// The migration channel, with `--migration-key-file`.
     mig: Option<Channel>,
     /// `oversize` drops already reported in the log, and when last.
@@ -410,6 +421,7 @@ impl Control {
             last_rebalance: Instant::now(),
             oversize_logged: (0, None),
             mtu_logged: HashMap::new(),
+            incoming: BTreeMap::new(),
         }
     }
 
@@ -505,15 +517,19 @@ impl Control {
                 .and_then(|_| self.endpoint_del(name))
                 .map(|_| Reply::ok(&serde_json::json!({}))),
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
-            Request::Connect { wire, endpoint, peer, encap } => {
+            Request::Connect { wire, endpoint, peer, encap, incoming } => {
                 // A peer that names a local endpoint makes a loopback wire.
                 let ends: Vec<&str> = [endpoint.as_str(), peer.as_str()]
                     .into_iter()
                     .filter(|n| self.state.endpoint(n).is_some())
                     .collect();
-                let r = self
-                    .may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect")
-                    .and_then(|_| self.connect(ConnectorId(*wire), endpoint, peer, *encap));
+                let r = self.may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect").and_then(|_| {
+                    if *incoming {
+                        self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap)
+                    } else {
+                        self.connect(ConnectorId(*wire), endpoint, peer, *encap)
+                    }
+                });
                 if r.is_ok() {
                     self.report_mtu(endpoint);
                 }
@@ -1000,6 +1016,9 @@ impl Control {
     fn endpoint_del(&mut self, name: &str) -> Result<(), Refusal> {
         let mut next = self.state.clone();
         let ep = next.remove_endpoint(name)?;
+        if let Some(p) = self.incoming.remove(name) {
+            crate::log(&format!("wire {}: the connect waiting for {name}'s VM is cancelled", p.wire));
+        }
         let devices = self.devices_with(ep.ix, PortDevice::NONE);
         self.apply_with(next, &[Touched::Endpoint(name.to_owned(), Origin::default())], Some(devices))?;
         // No worker polls or sends to the port any more. Frames still in
@@ -1039,6 +1058,77 @@ impl Control {
         Ok(())
     }
 
+    /// Arms a connect that is made when `endpoint`'s VM starts here: the
+    /// destination of a live migration, prepared before it. Checked now as
+    /// far as it can be; made at once if the VM is already there.
+    fn connect_incoming(
+        &mut self,
+        id: ConnectorId,
+        endpoint: &str,
+        peer: &str,
+        encap: Option<EncapName>,
+    ) -> Result<proto::WireInfo, Refusal> {
+        let invalid = |m: String| Err(Refusal::new(ErrorCode::InvalidArgument, m));
+        let Some(ep) = self.state.endpoint(endpoint) else {
+            return Err(Refusal::new(ErrorCode::NoSuchEndpoint, format!("no endpoint named {endpoint}")));
+        };
+        if !matches!(ep.kind, EndpointKind::Vhost { .. }) {
+            return invalid(format!(
+                "--incoming waits for a VM to start on a vhost-user endpoint; {endpoint} is a DPDK device (connect it \
+                 without --incoming)"
+            ));
+        }
+        if ep.link.up && ep.link.vrings != 0 {
+            return self.connect(id, endpoint, peer, encap);
+        }
+        if let Some(w) = self.state.table().wire_of(endpoint) {
+            return Err(Refusal::new(
+                ErrorCode::EndpointBusy,
+                format!("endpoint {endpoint} already carries wire {}", w.id),
+            ));
+        }
+        if self.state.table().wire(id).is_some() || self.incoming.values().any(|p| p.wire == id) {
+            return Err(Refusal::new(ErrorCode::WireExists, format!("wire {id} exists")));
+        }
+        if let Some(p) = self.incoming.get(endpoint) {
+            return Err(Refusal::new(
+                ErrorCode::EndpointBusy,
+                format!("endpoint {endpoint} already waits to connect wire {}", p.wire),
+            ));
+        }
+        self.parse_peer(id, peer, encap)?;
+        self.incoming.insert(endpoint.to_owned(), Incoming { wire: id, peer: peer.to_owned(), encap });
+        crate::log(&format!("wire {id}: {endpoint} <-> {peer} is connected when {endpoint}'s VM starts here"));
+        Ok(self.incoming_info(endpoint))
+    }
+
+    /// The far end `peer` names: a remote VTEP the underlay can have, with
+    /// its encapsulation, or a local endpoint (a loopback wire).
+    fn parse_peer(&self, id: ConnectorId, peer: &str, encap: Option<EncapName>) -> Result<Peer, Refusal> {
+        match peer.parse::<Ipv4Addr>() {
+            Ok(vtep) => {
+                let Some(u) = &self.uplink else {
+                    return Err(Refusal::new(
+                        ErrorCode::NoUplink,
+                        format!("wire {id} to {vtep} needs an uplink; this fabric was started without --uplink"),
+                    ));
+                };
+                vw_wire::table::validate_vtep(vtep)?;
+                u.check_peer(vtep).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
+                let encap = match encap.unwrap_or_default() {
+                    EncapName::Vwire => Encap::Vwire,
+                    EncapName::Vxlan => Encap::Vxlan,
+                };
+                Ok(Peer::Remote { vtep, encap })
+            }
+            Err(_) if encap.is_some() => Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("--encap applies to wires to a remote VTEP; {peer} is a local endpoint name"),
+            )),
+            Err(_) => Ok(Peer::Local(peer.to_owned())),
+        }
+    }
+
     fn connect(
         &mut self,
         id: ConnectorId,
@@ -1068,32 +1158,7 @@ impl Control {
             }
         }
         let mut next = self.state.clone();
-        let peer = match peer.parse::<Ipv4Addr>() {
-            Ok(vtep) => {
-                let Some(u) = &self.uplink else {
-                    return Err(Refusal::new(
-                        ErrorCode::NoUplink,
-                        format!("wire {id} to {vtep} needs an uplink; this fabric was started without --uplink"),
-                    ));
-                };
-                vw_wire::table::validate_vtep(vtep)?;
-                u.check_peer(vtep).map_err(|m| Refusal::new(ErrorCode::InvalidArgument, m))?;
-                let encap = match encap.unwrap_or_default() {
-                    EncapName::Vwire => Encap::Vwire,
-                    EncapName::Vxlan => Encap::Vxlan,
-                };
-                Peer::Remote { vtep, encap }
-            }
-            Err(_) => {
-                if encap.is_some() {
-                    return Err(Refusal::new(
-                        ErrorCode::InvalidArgument,
-                        format!("--encap applies to wires to a remote VTEP; {peer} is a local endpoint name"),
-                    ));
-                }
-                Peer::Local(peer.to_owned())
-            }
-        };
+        let peer = self.parse_peer(id, peer, encap)?;
         if let Peer::Remote { vtep, .. } = peer {
             if let Some(u) = &self.uplink {
                 u.next_hop(vtep).map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e.to_string()))?;
@@ -1140,6 +1205,11 @@ impl Control {
     }
 
     fn disconnect(&mut self, id: ConnectorId) -> Result<(), Refusal> {
+        if let Some(name) = self.incoming.iter().find(|(_, p)| p.wire == id).map(|(n, _)| n.clone()) {
+            self.incoming.remove(&name);
+            crate::log(&format!("wire {id}: the connect waiting for {name}'s VM is cancelled"));
+            return Ok(());
+        }
         let mut next = self.state.clone();
         let w = next.disconnect(id)?;
         if let Some(ch) = &mut self.mig {
@@ -1419,13 +1489,31 @@ impl Control {
         }
         let mut next = self.state.clone();
         let mut names = Vec::new();
+        let mut arriving = Vec::new();
         for tag in changed {
             if let Some(Some(p)) = self.ports.get(tag as usize) {
-                next.set_link(&p.name, p.dev.link());
+                let link = p.dev.link();
+                if link.up && link.vrings != 0 && self.incoming.contains_key(&p.name) {
+                    // A VM that migrated here: its wire first, then its rings,
+                    // so nothing it sends meets an endpoint without a wire.
+                    arriving.push((p.name.clone(), link));
+                } else {
+                    next.set_link(&p.name, link);
+                }
                 names.push(p.name.clone());
             }
         }
         self.commit(next);
+        for (name, link) in arriving {
+            let Some(p) = self.incoming.remove(&name) else { continue };
+            match self.connect(p.wire, &name, &p.peer, p.encap) {
+                Ok(_) => crate::log(&format!("wire {}: {name}'s VM started here; connected to {}", p.wire, p.peer)),
+                Err(r) => crate::log(&format!("wire {}: {name}'s VM started here, but: {}", p.wire, r.message)),
+            }
+            let mut next = self.state.clone();
+            next.set_link(&name, link);
+            self.commit(next);
+        }
         // A VM that came says its MTU (host_mtu): does it fit its wire?
         for name in names {
             self.report_mtu(&name);

@@ -89,6 +89,9 @@ pub struct GuestOpts {
     pub host_mtu: Option<u16>,
     /// Guest memory in MiB.
     pub memory_mb: u32,
+    /// Wait for an incoming migration on this TCP port of 127.0.0.1
+    /// (`-incoming`) instead of booting.
+    pub incoming: Option<u16>,
 }
 
 impl GuestOpts {
@@ -103,6 +106,7 @@ impl GuestOpts {
             cpus: 1,
             host_mtu: None,
             memory_mb: 256,
+            incoming: None,
         }
     }
 }
@@ -134,7 +138,8 @@ pub fn qemu_args(image: &GuestImage, name: &str, opts: &GuestOpts, dir: &Path) -
         "vhost-user,id=n0,chardev=vu".into()
     };
     let s = |v: &str| v.to_string();
-    vec![
+    let incoming = opts.incoming.map(|p| vec![s("-incoming"), format!("tcp:127.0.0.1:{p}")]).unwrap_or_default();
+    let mut args = vec![
         s("-name"),
         s(name),
         s("-accel"),
@@ -172,7 +177,18 @@ pub fn qemu_args(image: &GuestImage, name: &str, opts: &GuestOpts, dir: &Path) -
         netdev,
         s("-device"),
         nic,
-    ]
+    ];
+    args.extend(incoming);
+    args
+}
+
+/// What QEMU reported of a finished migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrated {
+    /// Total time, ms.
+    pub total_ms: u64,
+    /// The time the guest was stopped, ms (QEMU's `downtime`).
+    pub downtime_ms: u64,
 }
 
 /// A running guest.
@@ -224,8 +240,54 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut g = g.unwrap();
-        g.wait_ready();
+        if opts.incoming.is_none() {
+            g.wait_ready();
+        }
         g
+    }
+
+    /// Migrates the guest (QEMU's own live migration, over QMP) to a QEMU
+    /// started with `incoming` on `port`, waiting until it completed.
+    /// Afterwards run commands on the destination's `Guest`.
+    pub fn migrate_to(&mut self, env: &Env, port: u16) -> Migrated {
+        let qmp = env.dir.join(format!("{}-qmp.sock", self.name));
+        let s = UnixStream::connect(&qmp).expect("QMP socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut call = |cmd: &str| -> serde_json::Value {
+            w.write_all(cmd.as_bytes()).unwrap();
+            w.write_all(b"\n").unwrap();
+            loop {
+                let mut line = String::new();
+                assert!(r.read_line(&mut line).unwrap() > 0, "QMP closed");
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                // Events and the greeting come between replies.
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return v;
+                }
+            }
+        };
+        call(r#"{"execute":"qmp_capabilities"}"#);
+        let v = call(&format!(r#"{{"execute":"migrate","arguments":{{"uri":"tcp:127.0.0.1:{port}"}}}}"#));
+        assert!(v.get("error").is_none(), "migrate: {v}\n{}", self.logs());
+        let t = Instant::now();
+        loop {
+            let v = call(r#"{"execute":"query-migrate"}"#);
+            let st = &v["return"];
+            match st["status"].as_str() {
+                Some("completed") => {
+                    return Migrated {
+                        total_ms: st["total-time"].as_u64().unwrap_or(0),
+                        downtime_ms: st["downtime"].as_u64().unwrap_or(0),
+                    }
+                }
+                Some("failed") | Some("cancelled") => panic!("migration of {}: {st}\n{}", self.name, self.logs()),
+                _ => {}
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "migration of {} did not complete: {st}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What the guest's console printed, and QEMU's own log.

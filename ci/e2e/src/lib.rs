@@ -119,6 +119,32 @@ pub fn two_fabrics(env: &Env) -> (Fabric, Fabric, Underlay) {
     (h1, h2, ul)
 }
 
+/// A migration key file (mode 0600) in the test's directory; returns its path.
+pub fn migration_key(env: &Env) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = env.dir.join("migration.key");
+    std::fs::write(&p, "5f3a9c0e1b7d2486a1c4e9f07b3d5a6c8e2f4a1b9d0c7e3f5a2b8c4d6e1f0a9b\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.display().to_string()
+}
+
+/// Host `i` of a migration test: fabric `h{i}` with VTEP 10.77.0.{i}/24 on
+/// `underlay`, the migration channel keyed by `key`, grace `grace_ms`.
+pub fn migration_host(env: &Env, underlay: &mut Underlay, i: u32, key: &str, grace_ms: u64) -> Fabric {
+    let up = format!("vw{}u{i}", env.tag);
+    let f = Fabric::start(
+        env,
+        &format!("h{i}"),
+        FabricOpts {
+            uplink: Some((up.clone(), format!("10.77.0.{i}/24"))),
+            extra: vec!["--migration-key-file".into(), key.into(), "--migration-grace-ms".into(), grace_ms.to_string()],
+            ..Default::default()
+        },
+    );
+    underlay.plug(&up);
+    f
+}
+
 /// Checks the prerequisites for `test` (plus `tools`). Returns `None` to skip
 /// (outside CI); panics in CI (`CI=true`) when something is missing.
 pub fn setup(test: &str, tools: &[&str]) -> Option<Env> {

@@ -28,26 +28,11 @@ fn now_ns() -> u64 {
 }
 
 fn key_file(env: &Env) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let p = env.dir.join("migration.key");
-    std::fs::write(&p, "5f3a9c0e1b7d2486a1c4e9f07b3d5a6c8e2f4a1b9d0c7e3f5a2b8c4d6e1f0a9b\n").unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p.display().to_string()
+    migration_key(env)
 }
 
 fn host(env: &Env, underlay: &mut Underlay, i: u32, key: &str) -> Fabric {
-    let up = format!("vw{}u{i}", env.tag);
-    let f = Fabric::start(
-        env,
-        &format!("h{i}"),
-        FabricOpts {
-            uplink: Some((up.clone(), format!("10.77.0.{i}/24"))),
-            extra: vec!["--migration-key-file".into(), key.into(), "--migration-grace-ms".into(), GRACE_MS.to_string()],
-            ..Default::default()
-        },
-    );
-    underlay.plug(&up);
-    f
+    migration_host(env, underlay, i, key, GRACE_MS)
 }
 
 /// A running `vw-probe stream` in a VM.

@@ -239,3 +239,71 @@ fn jumbo_frames_on_a_loopback_wire() {
     drop((g1, g2));
     drop(f);
 }
+
+#[test]
+fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
+    let Some((env, image)) = setup_qemu("qemu_migrate") else { return };
+    let key = migration_key(&env);
+    let mut ul = Underlay::new(&env);
+    let hosts: Vec<Fabric> = (1..=3).map(|i| migration_host(&env, &mut ul, i, &key, 2000)).collect();
+    let (h1, h2, h3) = (&hosts[0], &hosts[1], &hosts[2]);
+    let (sa, sb, sb3) = (sock(&env, "vma"), sock(&env, "vmb"), sock(&env, "vmb-h3"));
+    h1.ctl_ok(&["endpoint", "add", "vma", "--vhost-user", sa.to_str().unwrap()]);
+    h2.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb.to_str().unwrap()]);
+    h1.ctl_ok(&["connect", "7", "vma", "10.77.0.2"]);
+    h2.ctl_ok(&["connect", "7", "vmb", "10.77.0.1"]);
+    let (mut oa, mut ob) = guest_pair(&sa, &sb);
+    oa.host_mtu = Some(1454);
+    ob.host_mtu = Some(1454);
+    let mut a = Guest::start(&env, &image, "ga", &oa);
+    let mut b = Guest::start(&env, &image, "gb", &ob);
+    let ctx = || hosts.iter().map(|h| format!("--- {} ---\n{}", h.name, h.log_text())).collect::<String>();
+    assert!(a.wait_reachable("192.168.7.2", 30), "{}", ctx());
+
+    // The destination, prepared before the move: the endpoint, and the wire
+    // armed to connect when the VM starts there. Nothing at switch-over.
+    h3.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb3.to_str().unwrap()]);
+    // What cannot wait for a VM is refused; an armed wire can be cancelled.
+    h3.ctl_ok(&["endpoint", "add", "dev", "net_null0,no-rx=1"]);
+    let out = h3.ctl(&["connect", "9", "dev", "10.77.0.1", "--incoming"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waits for a VM to start on a vhost-user endpoint"));
+    h3.ctl_ok(&["connect", "9", "vmb", "10.77.0.1", "--incoming"]);
+    let out = h3.ctl(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already waits to connect wire 9"));
+    h3.ctl_ok(&["disconnect", "9"]);
+    assert!(h3.wire(9).is_null(), "cancelled");
+    let armed = h3.ctl_ok(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
+    assert!(armed.contains("incoming"), "{armed}");
+    assert_eq!(h3.wire(7)["state"], "incoming");
+    let mut od = ob.clone();
+    od.socket = sb3.clone();
+    od.incoming = Some(47000 + (std::process::id() % 1000) as u16);
+    let mut b3 = Guest::start(&env, &image, "gb3", &od);
+
+    // A pings B every 20 ms through the move.
+    a.ok("(ping -q -i 0.02 -c 400 192.168.7.2 > /tmp/ping.out 2>&1 &)");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let m = b.migrate_to(&env, od.incoming.unwrap());
+    drop(b);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let out = a.ok("cat /tmp/ping.out");
+    eprintln!("QEMU migration: total {} ms, downtime {} ms; A's pings: {}", m.total_ms, m.downtime_ms, out.trim());
+
+    // The wire followed: h3 has it, h1 sends to h3, and B answers from h3.
+    let w3 = h3.wire(7);
+    assert!(w3["kind"] == "encap" && w3["state"] == "up", "{w3}\n{}", ctx());
+    assert_eq!(h1.wire(7)["peer"], "10.77.0.3", "the peer re-pointed by itself\n{}", ctx());
+    assert!(h3.log_text().contains("vmb's VM started here; connected"), "{}", ctx());
+    assert_eq!(h3.drops("no_wire"), 0, "nothing the guest sent at h3 met an endpoint without a wire\n{}", ctx());
+    for h in &hosts {
+        assert!(!h.log_text().contains("warning: wire 7"), "no MTU warning for guests at host_mtu=1454\n{}", ctx());
+    }
+    assert!(out.contains("packets received"), "{out}");
+    assert_eq!(a.ping("192.168.7.2", 20, 56), 20, "{}", ctx());
+    assert_eq!(b3.ping("192.168.7.1", 20, 56), 20, "{}", ctx());
+    let from_b = b3.serve_random("blob", 4);
+    assert_eq!(a.fetch_md5("http://192.168.7.2/blob"), from_b);
+    drop((a, b3));
+    drop(hosts);
+    drop(ul);
+}

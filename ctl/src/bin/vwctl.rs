@@ -68,6 +68,12 @@ enum Command {
         /// Tunnel format of an encap wire.
         #[arg(long, value_enum)]
         encap: Option<EncapArg>,
+        /// Connect when ENDPOINT's VM starts on this host (its vhost-user
+        /// device comes up), not now: prepare the destination of a live
+        /// migration with this, and the wire follows the VM at switch-over
+        /// with no further command. `wire list` shows it as waiting.
+        #[arg(long)]
+        incoming: bool,
     },
     /// Disconnect wire WIRE (traffic on it stops; the endpoints stay).
     Disconnect {
@@ -159,7 +165,8 @@ fn main() -> ExitCode {
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
-        Command::Connect { wire, endpoint, peer, encap } => Request::Connect {
+        Command::Connect { wire, endpoint, peer, encap, incoming } => Request::Connect {
+            incoming: *incoming,
             wire: *wire,
             endpoint: endpoint.clone(),
             peer: peer.clone(),

@@ -53,12 +53,18 @@ impl Control {
     pub(super) fn wire_mtu(&self, id: ConnectorId) -> (Option<u16>, Option<String>) {
         let Some(w) = self.state.table().wire(id) else { return (None, None) };
         let mtu = self.endpoint_mtu(&w.endpoint);
+        // A vhost-user endpoint whose VM has not come yet has not said its
+        // MTU: nothing to judge until it does.
+        let waiting = self
+            .state
+            .endpoint(&w.endpoint)
+            .is_some_and(|e| matches!(e.kind, vw_core::EndpointKind::Vhost { .. }) && !e.link.up);
         match &w.peer {
             Peer::Local(b) => (None, vw_core::mtu::mismatch(&w.endpoint, mtu, None, Some((b, self.endpoint_mtu(b))))),
             Peer::Remote { encap, .. } => {
                 let Some(u) = &self.uplink else { return (None, None) };
                 let max = vw_core::mtu::encap_carries(*encap, u.mtu);
-                (Some(max), vw_core::mtu::mismatch(&w.endpoint, mtu, Some(max), None))
+                (Some(max), vw_core::mtu::mismatch(&w.endpoint, mtu, Some(max), None).filter(|_| !waiting))
             }
         }
     }
@@ -183,8 +189,29 @@ impl Control {
         }
     }
 
+    /// A connect waiting for `endpoint`'s VM (`connect --incoming`).
+    pub(super) fn incoming_info(&self, endpoint: &str) -> proto::WireInfo {
+        let p = &self.incoming[endpoint];
+        let remote = p.peer.parse::<std::net::Ipv4Addr>().is_ok();
+        proto::WireInfo {
+            wire: p.wire.0,
+            kind: if remote { "encap" } else { "loopback" }.to_owned(),
+            endpoint: endpoint.to_owned(),
+            peer: p.peer.clone(),
+            encap: if remote { Some(p.encap.unwrap_or_default()) } else { None },
+            state: "incoming".to_owned(),
+            forward: proto::FlowCounters::default(),
+            reverse: proto::FlowCounters::default(),
+            dropped: 0,
+            migration: None,
+            carries_mtu: None,
+            mtu_warning: None,
+        }
+    }
+
     pub(super) fn wire_list(&self) -> Vec<proto::WireInfo> {
         let mut v: Vec<proto::WireInfo> = self.state.table().wires().map(|w| self.wire_info(w.id)).collect();
+        v.extend(self.incoming.keys().map(|e| self.incoming_info(e)));
         for (id, (d, slot)) in self.state.departures() {
             // A loopback wire's departed end shares the wire's row.
             if matches!(d.peer, Peer::Remote { .. }) {

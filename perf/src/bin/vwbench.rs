@@ -871,7 +871,7 @@ impl Ctl {
     }
 
     fn connect(&mut self, wire: u32, a: &str, b: &str) -> Res<Duration> {
-        self.call(vw_ctl::Request::Connect { wire, endpoint: a.into(), peer: b.into(), encap: None })
+        self.call(vw_ctl::Request::Connect { wire, endpoint: a.into(), peer: b.into(), encap: None, incoming: false })
     }
 }
 
