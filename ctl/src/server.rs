@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -250,9 +250,9 @@ fn admit(cfg: &ServerConfig, operator: bool, active: usize, of_user: usize) -> R
 }
 
 fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    // Connections per user, for `admit`; touched once per connection.
-    let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
+    // Connections held, in all and per user, for `admit`; touched once per
+    // connection.
+    let held: Arc<Mutex<(usize, HashMap<u32, usize>)>> = Arc::default();
     let own_uid = rustix::process::geteuid().as_raw();
     while !stop.load(Ordering::SeqCst) {
         let mut stream = match listener.accept() {
@@ -272,27 +272,27 @@ fn accept_loop(listener: UnixListener, cfg: ServerConfig, jobs: Sender<Job>, sto
         let Ok(caller) = Caller::of(&stream) else { continue };
         let operator = caller.uid == 0 || caller.uid == own_uid;
         {
-            let mut users = per_user.lock().unwrap_or_else(|e| e.into_inner());
+            let (total, users) = &mut *held.lock().unwrap_or_else(|e| e.into_inner());
             let of_user = users.get(&caller.uid).copied().unwrap_or(0);
-            if let Err(m) = admit(&cfg, operator, active.load(Ordering::SeqCst), of_user) {
+            if let Err(m) = admit(&cfg, operator, *total, of_user) {
                 let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
                 let _ = write_reply(&mut stream, &Reply::err(ErrorCode::TooManyClients, m));
                 continue;
             }
             *users.entry(caller.uid).or_default() += 1;
-            active.fetch_add(1, Ordering::SeqCst);
+            *total += 1;
         }
         let release = {
-            let (active, per_user) = (active.clone(), per_user.clone());
+            let held = held.clone();
             move || {
-                let mut users = per_user.lock().unwrap_or_else(|e| e.into_inner());
+                let (total, users) = &mut *held.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(n) = users.get_mut(&caller.uid) {
                     *n -= 1;
                     if *n == 0 {
                         users.remove(&caller.uid);
                     }
                 }
-                active.fetch_sub(1, Ordering::SeqCst);
+                *total -= 1;
             }
         };
         let (cfg, jobs, stop2) = (cfg.clone(), jobs.clone(), stop.clone());

@@ -518,12 +518,9 @@ impl Control {
                 .map(|_| Reply::ok(&serde_json::json!({}))),
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
             Request::Connect { wire, endpoint, peer, encap, incoming } => {
-                // A peer that names a local endpoint makes a loopback wire.
-                let ends: Vec<&str> = [endpoint.as_str(), peer.as_str()]
-                    .into_iter()
-                    .filter(|n| self.state.endpoint(n).is_some())
-                    .collect();
-                let r = self.may_use(role, &[&[endpoint.as_str()][..], &ends].concat(), "connect").and_then(|_| {
+                // A peer that names a local endpoint makes a loopback wire:
+                // both ends must be the caller's to use.
+                let r = self.may_use(role, &[endpoint.as_str(), peer.as_str()], "connect").and_then(|_| {
                     if *incoming {
                         self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap)
                     } else {

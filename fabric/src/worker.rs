@@ -267,7 +267,6 @@ impl Io {
         }
     }
 
-    #[inline(always)]
     /// Frames a device handed over with lengths that do not fit their
     /// buffers, freed unread by the burst (not counted as received: no
     /// frame was read).
@@ -276,6 +275,7 @@ impl Io {
         bump(&self.stats.drops[FabricDrop::MalformedMbuf.index()], u64::from(n));
     }
 
+    #[inline(always)]
     fn drop_frame(&mut self, m: Mbuf, reason: usize) {
         self.free.push(m);
         bump(&self.stats.drops[reason], 1);
