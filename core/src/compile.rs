@@ -7,8 +7,10 @@
 //! not how many endpoints and wires exist. [`compile`] is the same with
 //! everything marked; the tests hold that both always agree.
 
+use crate::migrate::{Hold, HoldAt};
 use crate::plan::{
-    decap_key, poll_order, DecapTarget, EndpointAction, Plan, PortDecision, PortIndex, Role, UplinkPlan,
+    decap_key, poll_order, port_park_key, DecapTarget, EndpointAction, Park, ParkSpec, Plan, PortDecision, PortIndex,
+    Role, UplinkPlan,
 };
 use crate::state::{Endpoint, State};
 use vw_wire::table::Peer;
@@ -34,6 +36,7 @@ pub fn update(plan: &mut Plan, st: &mut State) {
     for &id in &dirty.wires {
         for e in [Encap::Vwire, Encap::Vxlan, Encap::Forward] {
             plan.decap.remove(&decap_key(e, id.0));
+            plan.parks.remove(&decap_key(e, id.0));
         }
         plan.forwards.remove(&id.0);
         wire_entries(plan, st, id);
@@ -76,9 +79,35 @@ fn loop_template(st: &State, id: ConnectorId) -> Option<EncapTemplate> {
     Some(EncapTemplate::new(Encap::Vwire, id, u.mac, u.mac, u.vtep, u.vtep, u.vwire_port, u.mtu))
 }
 
+/// How a hold shows in the plan, and its queue's counter slot.
+fn park_of(st: &State, h: &Hold) -> Option<(Park, ParkSpec)> {
+    let slot = st.slot(h.wire).or_else(|| st.departed(h.wire).map(|(_, s)| *s))?;
+    let park = if h.released { Park::Release } else { Park::Hold };
+    Some((park, ParkSpec { slot, release: h.released }))
+}
+
+/// Decap entries, forward template and inbound hold of connector `id`.
+fn wire_entries(plan: &mut Plan, st: &State, id: ConnectorId) {
+    wire_paths(plan, st, id);
+    let Some(h) = st.hold(&HoldAt::Inbound(id)) else { return };
+    let Some((park, spec)) = park_of(st, h) else { return };
+    // The path the wire's frames from the underlay take to (or past) its
+    // local end: the wire's own, or that of its end that left.
+    let encap = match (st.table().wire(id).map(|w| &w.peer), st.departed(id).map(|(d, _)| &d.peer)) {
+        (Some(Peer::Remote { encap, .. }), _) => *encap,
+        (None, Some(Peer::Remote { encap, .. })) => *encap,
+        _ => return,
+    };
+    let key = decap_key(encap, id.0);
+    if let Some(t) = plan.decap.get_mut(&key) {
+        t.park = park;
+        plan.parks.insert(key, spec);
+    }
+}
+
 /// Decap entries and the forward template of connector `id`: those of its
 /// departed end first, then the wire's (which override them).
-fn wire_entries(plan: &mut Plan, st: &State, id: ConnectorId) {
+fn wire_paths(plan: &mut Plan, st: &State, id: ConnectorId) {
     let has_uplink = st.config().uplink.is_some();
     if let Some((d, slot)) = st.departed(id) {
         if let (Peer::Remote { vtep, encap }, true) = (&d.peer, has_uplink) {
@@ -147,8 +176,6 @@ fn action(st: &State, name: &str) -> EndpointAction {
             Peer::Remote { vtep, encap } => {
                 if st.config().uplink.is_none() {
                     EndpointAction::NoWire
-                } else if st.wire_move(w.id).is_some_and(|m| m.awaiting_ack.is_some()) {
-                    EndpointAction::Unresolved { slot }
                 } else {
                     encap_action(st, w.id, *vtep, *encap, slot)
                 }
@@ -205,16 +232,26 @@ fn port(plan: &mut Plan, st: &State, ix: PortIndex) {
         let (a, b) = (list.partition_point(|d| d.0 < ix), list.partition_point(|d| d.0 <= ix));
         list.drain(a..b);
     }
+    plan.parks.remove(&port_park_key(ix));
     let decision = if ix == PortIndex::UPLINK {
         match st.config().uplink {
-            Some(_) => PortDecision { role: Role::Uplink, txq: workers as u16, up: true },
+            Some(_) => PortDecision { role: Role::Uplink, txq: workers as u16, up: true, park: Park::No },
             None => PortDecision::UNUSED,
         }
     } else {
         match st.endpoint_at(ix) {
             Some((name, ep)) => {
-                let d = PortDecision { role: Role::Endpoint(action(st, name)), txq: ep.txq(workers), up: ep.up() };
+                let mut d = PortDecision {
+                    role: Role::Endpoint(action(st, name)),
+                    txq: ep.txq(workers),
+                    up: ep.up(),
+                    park: Park::No,
+                };
                 drains(plan, ep, d.txq, workers);
+                if let Some((park, spec)) = st.hold(&HoldAt::From(name.to_owned())).and_then(|h| park_of(st, h)) {
+                    d.park = park;
+                    plan.parks.insert(port_park_key(ix), spec);
+                }
                 d
             }
             None => PortDecision::UNUSED,
@@ -291,7 +328,11 @@ mod tests {
                 vxlan_port: 4790,
             }),
             force_encap: false,
-            migration: Some(MigrationConfig { port: 4796, grace: Duration::from_millis(100) }),
+            migration: Some(MigrationConfig {
+                port: 4796,
+                grace: Duration::from_millis(100),
+                hold: Duration::from_millis(200),
+            }),
         }
     }
 
@@ -400,6 +441,7 @@ mod tests {
         PollUplink,
         Rebalance(u64),
         Unpark,
+        Flushed(u32, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -420,6 +462,7 @@ mod tests {
             Just(Op::PollUplink),
             any::<u64>().prop_map(Op::Rebalance),
             Just(Op::Unpark),
+            (1u32..5, 0u8..3).prop_map(|(w, p)| Op::Flushed(w, p)),
         ]
     }
 
@@ -433,7 +476,9 @@ mod tests {
                 let _ = st.remove_endpoint(&name(*i));
             }
             Op::Link(i, up, r) => {
+                let was = crate::hold::accepting(st, &name(*i));
                 st.set_link(&name(*i), Link { up: *up, vrings: *r });
+                crate::hold::link_changed(st, &name(*i), was, now);
             }
             Op::Local(w, a, b) => {
                 if let Some(slot) = st.free_slot() {
@@ -449,6 +494,7 @@ mod tests {
                         st.want(peer(*p), None, now);
                         st.move_mut(ConnectorId(*w)).awaiting_ack = Some(now + Duration::from_millis(50));
                         st.move_mut(ConnectorId(*w)).arrival_until = Some(now + Duration::from_millis(100));
+                        crate::hold::arrive(st, ConnectorId(*w), &name(*a), now);
                     }
                 }
             }
@@ -487,12 +533,20 @@ mod tests {
             Op::Ack(w, m) => {
                 let mut msg = message(kind::ACK, *w, peer(0), "", 0);
                 msg.moves = *m;
-                *st = exchange::on_ack(st, &msg).next;
+                msg.location = peer(*m as u8 % 3);
+                if let Some(w) = st.table().wire(ConnectorId(*w)) {
+                    msg.end = w.endpoint.clone();
+                }
+                *st = exchange::on_ack(st, &msg, now).next;
             }
             Op::Expire(ms) => {
                 if let Some((next, _)) = exchange::expire(st, now + Duration::from_millis(*ms)) {
                     *st = next;
                 }
+                crate::hold::expire(st, now + Duration::from_millis(*ms));
+            }
+            Op::Flushed(w, p) => {
+                let _ = crate::hold::flushed(st, ConnectorId(*w), peer(*p), now);
             }
             Op::PollUplink => st.poll_uplink(),
             Op::Rebalance(seed) => {

@@ -4,6 +4,7 @@
 //! messages to send, or the reason the message is refused; the caller
 //! applies, publishes and sends.
 
+use crate::hold;
 use crate::migrate::Departed;
 use crate::state::State;
 use std::net::Ipv4Addr;
@@ -214,6 +215,7 @@ pub fn on_locate(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Ref
                 Departed { endpoint: msg.end.clone(), peer: Peer::Local(staying.clone()), to: s, until: now + grace };
             next.split(id, d, msg.encap).map_err(|_| Refused::Conflict)?;
             next.want(s, Some(msg.location_mac), now);
+            hold::split(&mut next, &staying, now);
             let m = next.move_mut(id);
             m.moved();
             m.remote_ns = msg.when_ns;
@@ -230,8 +232,9 @@ pub fn on_locate(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Ref
 
 /// ACK: the peer took our LOCATE (the caller checked one was waiting).
 /// Frames held until then are released.
-pub fn on_ack(st: &State, msg: &Message) -> Outcome {
+pub fn on_ack(st: &State, msg: &Message, now: Instant) -> Outcome {
     let mut next = st.clone();
+    hold::acked(&mut next, msg.wire, &msg.end, msg.from, msg.location, now);
     if let Some(m) = st.wire_move(msg.wire) {
         if m.moves < msg.moves || m.awaiting_ack.is_some() {
             let m = next.move_mut(msg.wire);
@@ -269,7 +272,12 @@ pub fn on_moved(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Refu
     next.depart(id, d).map_err(|_| Refused::UnknownWire)?;
     next.want(msg.location, Some(msg.location_mac), now);
     next.move_mut(id).moved();
+    let flush_now = hold::departing(&mut next, id, &w.endpoint, msg.location, now);
     let mut out = Outcome::new(next);
+    if flush_now {
+        // Nothing held here: the new host need not wait for us.
+        out.send.push(flushed_message(st, id, &w.endpoint, msg.location, msg.location_mac, mv.local_ns));
+    }
     out.cancel_locates = true;
     out.log = Some(format!(
         "wire {id}: end {} moved to {}; passing on its frames for {} ms, then forgetting the wire here",
@@ -277,6 +285,32 @@ pub fn on_moved(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Refu
         msg.location,
         grace.as_millis()
     ));
+    Ok(out)
+}
+
+/// The FLUSHED that tells `to` (whose uplink MAC is `mac`, from its
+/// message) that every frame for `end` of wire `id` held here was passed on.
+pub fn flushed_message(st: &State, id: ConnectorId, end: &str, to: Ipv4Addr, mac: MacAddr, when_ns: u64) -> Outgoing {
+    let encap = Encap::Vwire;
+    let msg = message(st, kind::FLUSHED, id, to, encap, end, when_ns);
+    Outgoing { msg, to, mac: Some(mac).filter(|m| *m != MacAddr([0; 6])) }
+}
+
+/// FLUSHED: the old host of our end of wire `msg.wire` has passed on what
+/// it held for it; frames the peer sent here directly, held meanwhile, go
+/// on now.
+pub fn on_flushed(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Refused> {
+    let Some(u) = st.config().uplink.as_ref() else { return Err(Refused::Unresolved) };
+    if msg.location != u.vtep {
+        return Err(Refused::Conflict);
+    }
+    if st.table().wire(msg.wire).is_none() {
+        return Err(Refused::UnknownWire);
+    }
+    let mut next = st.clone();
+    hold::flushed(&mut next, msg.wire, msg.from, now)?;
+    let mut out = Outcome::new(next);
+    out.save = false;
     Ok(out)
 }
 
@@ -303,8 +337,12 @@ pub fn colocate(
     let Some(Peer::Remote { vtep, encap }) = st.table().wire(id).map(|w| w.peer.clone()) else {
         return Err(ArrivalError::NotEncap(id));
     };
+    let resident = st.table().wire(id).map(|w| w.endpoint.clone()).unwrap_or_default();
     let mut next = st.clone();
     next.colocate(id, arriving).map_err(ArrivalError::Table)?;
+    if migration {
+        hold::colocated(&mut next, id, &resident, vtep, now);
+    }
     let old_mac = st.next_hop_mac(vtep);
     next.release(vtep);
     let grace = st.config().grace();

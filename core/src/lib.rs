@@ -13,6 +13,7 @@
 //! * [`rxq`]: which worker polls which receive queue, balanced by load;
 //! * [`exchange`]: the live-migration exchange, message in, next state and
 //!   messages out;
+//! * [`hold`]: frames held in order while a wire end moves;
 //! * [`policy`]: who may do what through the control socket;
 //! * [`neighbour`], [`migrate`]: next-hop resolution and what is known of
 //!   moving wire ends.
@@ -21,6 +22,7 @@
 
 pub mod compile;
 pub mod exchange;
+pub mod hold;
 pub mod migrate;
 pub mod mtu;
 pub mod neighbour;

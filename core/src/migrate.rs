@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vw_wire::migration::{Freshness, Key, Message, MessageError, ReplayWindow};
 use vw_wire::table::Peer;
-use vw_wire::Encap;
+use vw_wire::{ConnectorId, Encap};
 
 /// A message whose `sent` time is further than this from our clock is stale.
 pub const MAX_SKEW: Duration = Duration::from_secs(10);
@@ -35,6 +35,8 @@ pub struct MigrationSettings {
     pub port: u16,
     /// Grace period after a move.
     pub grace: Duration,
+    /// Longest the frames for a stopped end are held.
+    pub hold: Duration,
 }
 
 /// What this fabric knows about the moves of one wire.
@@ -94,6 +96,64 @@ impl WireMove {
         self.moves += 1;
         self.last_move_ms = now_ns() / 1_000_000;
     }
+}
+
+/// Where frames are held while a wire end moves.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HoldAt {
+    /// Frames this local endpoint sends into its wire (to a local peer that
+    /// stopped, or to a remote peer that does not take them from here yet).
+    From(String),
+    /// Frames of the wire that arrive from the underlay for its local end.
+    Inbound(ConnectorId),
+}
+
+/// Why frames are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// The end's VM stopped (QEMU's final migration phase, or a reset): its
+    /// frames are held until it comes back here or its new host takes it.
+    EndStopped,
+    /// The end just arrived here: its frames wait for the peer's ACK.
+    AwaitingAck,
+    /// The end just arrived here: frames the peer sends here directly wait
+    /// until the old host has passed on what it held (its FLUSHED), so that
+    /// they arrive after those, in order.
+    AwaitingFlush,
+}
+
+impl HoldReason {
+    /// Lower-case name (for `vwctl wire list` and the log).
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldReason::EndStopped => "vm_stopped",
+            HoldReason::AwaitingAck => "awaiting_ack",
+            HoldReason::AwaitingFlush => "awaiting_flush",
+        }
+    }
+}
+
+/// Frames of one wire held in order, in a queue the fabric sizes by the
+/// wire's rate and the hold time, then released: sent on, in order, where
+/// the wire goes now (through the queue, so nothing overtakes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The wire.
+    pub wire: ConnectorId,
+    /// Why.
+    pub reason: HoldReason,
+    /// Held frames are being sent on.
+    pub released: bool,
+    /// Held: when the hold ends by itself. Released: when the queue is
+    /// retired and frames take the direct path again.
+    pub until: Instant,
+    /// Held: at `until`, release (true) or drop what is held (false).
+    pub release_at_end: bool,
+    /// Held: released by a FLUSHED from this host (the end's old host).
+    pub flush_from: Option<Ipv4Addr>,
+    /// Released: once the queue is empty, send FLUSHED to this host (the
+    /// end's new host) about this end.
+    pub flush_to: Option<(Ipv4Addr, String)>,
 }
 
 /// A local end that left: during its grace period, frames that still
@@ -219,6 +279,7 @@ mod tests {
             key: Key::new(&[key; 32]).unwrap(),
             port: 4796,
             grace: Duration::from_secs(1),
+            hold: Duration::from_secs(1),
         })
     }
 

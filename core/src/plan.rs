@@ -3,6 +3,7 @@
 //! the snapshot its workers read; nothing here refers to a device.
 
 use hashbrown::HashMap;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use vw_wire::{EncapTemplate, UnderlayConfig};
 
@@ -59,6 +60,46 @@ pub enum EndpointAction {
     },
 }
 
+/// Whether frames on a path are held for a moving wire end (see
+/// `crate::migrate::Hold`): put in the wire's hold queue instead of sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Park {
+    /// Sent as usual.
+    #[default]
+    No,
+    /// Put in the hold queue.
+    Hold,
+    /// Put in the hold queue, which workers empty, in order, onto the
+    /// path's usual action (so nothing overtakes what was held).
+    Release,
+}
+
+/// A hold queue the workers use: the wire's counter slot, and whether it is
+/// being released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkSpec {
+    /// Wire counter slot.
+    pub slot: u32,
+    /// Being released.
+    pub release: bool,
+}
+
+/// Key of the hold queue of frames an endpoint sends (decap paths use
+/// their [`decap_key`], which is below 2^34).
+#[inline(always)]
+pub const fn port_park_key(ix: PortIndex) -> u64 {
+    (1u64 << 63) | ix.0 as u64
+}
+
+/// The endpoint whose frames a hold-queue key holds, if it is such a key.
+pub const fn park_key_port(key: u64) -> Option<PortIndex> {
+    if key >> 63 == 1 {
+        Some(PortIndex(key as u32))
+    } else {
+        None
+    }
+}
+
 /// Role of a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -82,11 +123,13 @@ pub struct PortDecision {
     /// False while a port that follows its peer's link (vhost-user) is known
     /// to be down: frames for it count as `endpoint_down`.
     pub up: bool,
+    /// Frames received on the port are held (key [`port_park_key`]).
+    pub park: Park,
 }
 
 impl PortDecision {
     /// A port that is not part of the fabric.
-    pub const UNUSED: PortDecision = PortDecision { role: Role::Unused, txq: 0, up: false };
+    pub const UNUSED: PortDecision = PortDecision { role: Role::Unused, txq: 0, up: false, park: Park::No };
 }
 
 /// Where a decapsulated frame goes.
@@ -107,12 +150,22 @@ pub struct DecapTarget {
     /// The end left this host: re-encapsulate the frame towards its new
     /// host with `Plan::forwards[connector]` instead of delivering it.
     pub forward: bool,
+    /// Frames for this target are held (key: the target's decap key).
+    pub park: Park,
 }
 
 impl DecapTarget {
     /// A target that delivers to `port` frames from `peer_ip` only.
     pub fn deliver(port: PortIndex, slot: u32, peer_ip: Ipv4Addr) -> DecapTarget {
-        DecapTarget { port, slot, peer_ip, alt_ip: Ipv4Addr::UNSPECIFIED, any_src: false, forward: false }
+        DecapTarget {
+            port,
+            slot,
+            peer_ip,
+            alt_ip: Ipv4Addr::UNSPECIFIED,
+            any_src: false,
+            forward: false,
+            park: Park::No,
+        }
     }
 
     /// Whether a frame from `src` may use this target.
@@ -162,6 +215,8 @@ pub struct Plan {
     /// Connector -> outer headers towards the new host of an end that left
     /// (forwarded-frame format), for targets with `forward` set.
     pub forwards: HashMap<u32, EncapTemplate>,
+    /// Hold queues in use, by key ([`port_park_key`] or a decap key).
+    pub parks: BTreeMap<u64, ParkSpec>,
 }
 
 impl Plan {
@@ -174,6 +229,7 @@ impl Plan {
             uplink: None,
             decap: HashMap::new(),
             forwards: HashMap::new(),
+            parks: BTreeMap::new(),
         }
     }
 }

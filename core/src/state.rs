@@ -7,7 +7,7 @@
 //! what it touched; [`crate::compile::update`] recomputes exactly that part
 //! of the [`crate::Plan`].
 
-use crate::migrate::{Departed, WireMove};
+use crate::migrate::{Departed, Hold, HoldAt, WireMove};
 use crate::neighbour::Neighbours;
 use crate::plan::PortIndex;
 use crate::rxq::Rxqs;
@@ -117,6 +117,8 @@ pub struct MigrationConfig {
     pub port: u16,
     /// Grace period after a move.
     pub grace: Duration,
+    /// Longest a stopped end's frames are held for it (`--migration-hold-ms`).
+    pub hold: Duration,
 }
 
 /// What does not change while the fabric runs.
@@ -274,6 +276,8 @@ pub struct State {
     departed: OrdMap<ConnectorId, (Departed, u32)>,
     rxqs: Rxqs,
     uplink_polled: bool,
+    /// Frames held for wire ends in a live migration (see [`Hold`]).
+    holds: OrdMap<HoldAt, Hold>,
     dirty: Dirty,
 }
 
@@ -299,6 +303,7 @@ impl State {
             departed: OrdMap::new(),
             rxqs,
             uplink_polled: false,
+            holds: OrdMap::new(),
             dirty: Dirty { uplink: true, ports: OrdSet::unit(PortIndex::UPLINK), ..Dirty::default() },
         }
     }
@@ -359,6 +364,16 @@ impl State {
     /// Every end that left, in its grace period.
     pub fn departures(&self) -> impl Iterator<Item = (&ConnectorId, &(Departed, u32))> {
         self.departed.iter()
+    }
+
+    /// Every hold, by where frames are held.
+    pub fn holds(&self) -> impl Iterator<Item = (&HoldAt, &Hold)> {
+        self.holds.iter()
+    }
+
+    /// The hold at `at`, if any.
+    pub fn hold(&self, at: &HoldAt) -> Option<&Hold> {
+        self.holds.get(at)
     }
 
     /// Receive-queue assignment.
@@ -441,6 +456,36 @@ impl State {
         );
         for id in ids {
             self.mark_wire(id);
+        }
+    }
+
+    fn mark_hold(&mut self, at: &HoldAt) {
+        match at {
+            HoldAt::From(name) => self.mark_endpoint(&name.clone()),
+            HoldAt::Inbound(id) => self.mark_wire(*id),
+        }
+    }
+
+    // ---- holds --------------------------------------------------------------
+
+    /// Starts or changes the hold at `at`.
+    pub fn set_hold(&mut self, at: HoldAt, hold: Hold) {
+        self.mark_hold(&at);
+        self.holds.insert(at, hold);
+    }
+
+    /// Ends the hold at `at`.
+    pub fn end_hold(&mut self, at: &HoldAt) -> Option<Hold> {
+        let h = self.holds.remove(at)?;
+        self.mark_hold(at);
+        Some(h)
+    }
+
+    /// The FLUSHED a released hold was to send is sent (reported, not
+    /// compiled: nothing is marked).
+    pub fn flush_sent(&mut self, at: &HoldAt) {
+        if let Some(h) = self.holds.get_mut(at) {
+            h.flush_to = None;
         }
     }
 
@@ -559,6 +604,10 @@ impl State {
         self.mark_wire(id);
         let w = self.table.disconnect(id)?;
         self.moves.remove(&id);
+        let held: Vec<HoldAt> = self.holds.iter().filter(|(_, h)| h.wire == id).map(|(at, _)| at.clone()).collect();
+        for at in held {
+            self.end_hold(&at);
+        }
         self.release_slot(id);
         Ok(w)
     }

@@ -12,6 +12,7 @@
 //! reports (`report.rs`). A periodic tick resolves underlay neighbours
 //! (ARP), re-balances receive queues and checks that every worker is alive.
 
+mod hold;
 mod report;
 
 use crate::persist::{Change, Origin, Saved, SavedWire, Store};
@@ -365,6 +366,12 @@ pub struct Control {
     mig: Option<Channel>,
     /// `oversize` drops already reported in the log, and when last.
     oversize_logged: (u64, Option<Instant>),
+    /// Frames freed from hold queues that ended without a release.
+    hold_expired: u64,
+    /// Per wire slot: frames each way when last measured, and the rate then.
+    rates: Vec<hold::WireRate>,
+    /// When wire rates were last measured.
+    last_rates: Instant,
 }
 
 impl Control {
@@ -377,7 +384,11 @@ impl Control {
             max_wires: settings.max_wires as u32,
             uplink: uplink.as_ref().map(|u| u.net.clone()),
             force_encap: settings.force_encap,
-            migration: settings.migration.as_ref().map(|m| MigrationConfig { port: m.port, grace: m.grace }),
+            migration: settings.migration.as_ref().map(|m| MigrationConfig {
+                port: m.port,
+                grace: m.grace,
+                hold: m.hold,
+            }),
         };
         let mut state = State::new(config);
         for (ip, mac) in &settings.static_neighbours {
@@ -390,7 +401,8 @@ impl Control {
         let plan = compile::compile(&state);
         state.take_dirty();
         let devices: Arc<[PortDevice]> = devices.into();
-        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.clone() });
+        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.clone(), parks: Default::default() });
+        let settings_max_wires = settings.max_wires;
         Control {
             mig: settings.migration.clone().map(Channel::new),
             wire_bases: vec![WireTotals::default(); settings.max_wires],
@@ -422,6 +434,9 @@ impl Control {
             oversize_logged: (0, None),
             mtu_logged: HashMap::new(),
             incoming: BTreeMap::new(),
+            hold_expired: 0,
+            rates: vec![hold::WireRate::default(); settings_max_wires],
+            last_rates: Instant::now(),
         }
     }
 
@@ -463,6 +478,10 @@ impl Control {
             if self.mig.is_some() {
                 self.take_neighbour_events();
                 self.poll_migration();
+                // A VM whose rings stop (QEMU's last migration phase) has
+                // its frames held from the next turn, not the next tick.
+                self.watch_vms();
+                self.tend_holds();
             }
             if self.last_tick.elapsed() >= TICK {
                 self.tick()?;
@@ -489,6 +508,12 @@ impl Control {
         // socket is unregistered when its `Port` goes.
         self.current = Arc::new(Snapshot::empty(0, 0));
         self.devices = self.current.devices.clone();
+        // Held frames go back to the pool while the EAL is up.
+        let held: Vec<_> = self.state.holds().map(|(at, _)| at.clone()).collect();
+        for at in held {
+            self.state.end_hold(&at);
+        }
+        self.state.take_dirty();
         for p in std::mem::take(&mut self.ports).into_iter().flatten() {
             if let Device::Eth { port, found, .. } = p.dev {
                 give_back(port, &found);
@@ -590,7 +615,8 @@ impl Control {
         let version = self.next_version;
         self.next_version += 1;
         let devices = devices.unwrap_or_else(|| self.devices.clone());
-        let snap = Arc::new(Snapshot { version, plan, devices });
+        let (parks, retired) = self.parks_for(&plan);
+        let snap = Arc::new(Snapshot { version, plan, devices, parks });
         if let Err(e) = snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT) {
             let msg = format!("{e}; stopping the fabric");
             crate::log(&msg);
@@ -601,6 +627,7 @@ impl Control {
         self.current = snap;
         self.state = next;
         self.free_stranded(&touched);
+        self.free_parks(retired);
         Ok(())
     }
 
@@ -1183,7 +1210,9 @@ impl Control {
                 m.remote_ns = remote_ns;
                 m.arrival_until = Some(Instant::now() + ch.settings.grace);
                 m.awaiting_ack = Some(Instant::now() + migrate::ACK_WAIT);
-                Some((*vtep, *encap, m.local_ns))
+                let when = m.local_ns;
+                vw_core::hold::arrive(&mut next, id, endpoint, Instant::now());
+                Some((*vtep, *encap, when))
             }
             _ => None,
         };
@@ -1349,6 +1378,7 @@ impl Control {
         self.send_arp_requests();
         self.report_oversize();
         self.balance();
+        self.measure_rates();
         Ok(())
     }
 
@@ -1495,7 +1525,11 @@ impl Control {
                     // so nothing it sends meets an endpoint without a wire.
                     arriving.push((p.name.clone(), link));
                 } else {
+                    let was = vw_core::hold::accepting(&next, &p.name);
                     next.set_link(&p.name, link);
+                    if let Some(l) = vw_core::hold::link_changed(&mut next, &p.name, was, Instant::now()) {
+                        crate::log(&l);
+                    }
                 }
                 names.push(p.name.clone());
             }
@@ -1655,10 +1689,11 @@ impl Control {
                 if ch.pending.len() == before {
                     Err(Refused::Unexpected)
                 } else {
-                    Ok(exchange::on_ack(&self.state, &msg))
+                    Ok(exchange::on_ack(&self.state, &msg, t0))
                 }
             }
             kind::MOVED => exchange::on_moved(&self.state, &msg, t0),
+            kind::FLUSHED => exchange::on_flushed(&self.state, &msg, t0),
             _ => Err(Refused::Malformed),
         };
         let result = outcome.and_then(|o| self.take_outcome(msg.wire, o, t0).map_err(|_| Refused::Unresolved));

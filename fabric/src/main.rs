@@ -182,6 +182,14 @@ struct Args {
     /// end's old host.
     #[arg(long, default_value_t = 2000, value_name = "MILLISECONDS")]
     migration_grace_ms: u64,
+    /// How long frames for a VM whose device stopped (QEMU's last phase of a
+    /// live migration) are held, waiting for the VM to resume here or on its
+    /// new host, where they are then delivered in order. The hold queue of a
+    /// wire is sized for this time at the wire's recent rate; frames beyond
+    /// it count as `hold_overflow`, frames still held at the end as
+    /// `hold_expired`. 0 turns holding off (such frames are `endpoint_down`).
+    #[arg(long, default_value_t = 1000, value_name = "MILLISECONDS")]
+    migration_hold_ms: u64,
     /// EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal: Vec<String>,
@@ -409,6 +417,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
                 key: read_key(path)?,
                 port: args.migration_port,
                 grace: Duration::from_millis(args.migration_grace_ms),
+                hold: Duration::from_millis(args.migration_hold_ms),
             }),
         },
     };

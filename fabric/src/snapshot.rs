@@ -10,6 +10,7 @@
 //! A worker's cost is one empty-queue check per poll iteration.
 
 use crossbeam::queue::ArrayQueue;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,51 @@ impl PortDevice {
     pub const NONE: PortDevice = PortDevice { io: PortIo::None, handoff: None };
 }
 
+/// A hold queue: frames of one wire kept in order while its end moves
+/// (see `vw_core::hold`). Any worker may push; one at a time empties it
+/// (the one that wins [`Park::claim`]), so released frames leave in order.
+pub struct Park {
+    /// The frames, oldest first.
+    pub queue: ArrayQueue<Mbuf>,
+    draining: AtomicBool,
+}
+
+impl Park {
+    /// A queue for `capacity` frames.
+    pub fn new(capacity: usize) -> Park {
+        Park { queue: ArrayQueue::new(capacity.max(1)), draining: AtomicBool::new(false) }
+    }
+
+    /// Worker side: takes the right to empty the queue; false if another
+    /// worker is emptying it now.
+    #[inline]
+    pub fn claim(&self) -> bool {
+        !self.draining.swap(true, Ordering::Acquire)
+    }
+
+    /// Worker side: gives the right back (after the frames taken are sent).
+    #[inline]
+    pub fn unclaim(&self) {
+        self.draining.store(false, Ordering::Release);
+    }
+
+    /// Nothing held, and no worker emptying it.
+    pub fn settled(&self) -> bool {
+        self.queue.is_empty() && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The hold queues of a snapshot: by key (`vw_core::plan::port_park_key` or
+/// a decap key), and those being released, which workers empty every
+/// iteration.
+#[derive(Clone, Default)]
+pub struct Parks {
+    /// Every queue in use.
+    pub by_key: Arc<HashMap<u64, Arc<Park>>>,
+    /// The queues being released.
+    pub releases: Arc<[(u64, Arc<Park>)]>,
+}
+
 /// One immutable configuration of the data path: the compiler's [`Plan`]
 /// (read through `Deref`) and each port's device handles, which change
 /// only when a port comes or goes and are shared between snapshots.
@@ -51,6 +97,8 @@ pub struct Snapshot {
     pub plan: Plan,
     /// Per port index (as long as `plan.ports`).
     pub devices: Arc<[PortDevice]>,
+    /// The hold queues `plan.parks` names.
+    pub parks: Parks,
 }
 
 impl std::ops::Deref for Snapshot {
@@ -63,6 +111,12 @@ impl std::ops::Deref for Snapshot {
 }
 
 impl Snapshot {
+    /// The wire counter slot of hold queue `key` (or one that counts nothing).
+    #[inline]
+    pub fn parks_spec(&self, key: u64) -> u32 {
+        self.plan.parks.get(&key).map_or(u32::MAX, |p| p.slot)
+    }
+
     /// An empty configuration (nothing polled) for `max_ports` ports and
     /// `workers` workers.
     pub fn empty(max_ports: usize, workers: usize) -> Snapshot {
@@ -70,6 +124,7 @@ impl Snapshot {
             version: 0,
             plan: Plan::empty(max_ports, workers),
             devices: vec![PortDevice::NONE; max_ports].into(),
+            parks: Parks::default(),
         }
     }
 }

@@ -50,11 +50,20 @@ pub enum FabricDrop {
     /// buffers (a driver fault, or a device set up to make such frames):
     /// freed unread.
     MalformedMbuf,
+    /// A frame for a wire end whose frames are being held (its VM stopped
+    /// for a live migration, or it just arrived and waits for the frames its
+    /// old host passes on) that found the wire's hold queue full: the queue
+    /// is sized for `--migration-hold-ms` at the wire's recent rate.
+    HoldOverflow,
+    /// A held frame still waiting when the hold ended without a release:
+    /// the VM stopped and neither came back nor moved within
+    /// `--migration-hold-ms` (counted by the control plane, which frees it).
+    HoldExpired,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 13] = [
+    pub const ALL: [FabricDrop; 15] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -68,6 +77,8 @@ impl FabricDrop {
         FabricDrop::MigrationBacklog,
         FabricDrop::Oversize,
         FabricDrop::MalformedMbuf,
+        FabricDrop::HoldOverflow,
+        FabricDrop::HoldExpired,
     ];
 
     /// Counter name.
@@ -86,6 +97,8 @@ impl FabricDrop {
             FabricDrop::MigrationBacklog => "migration_backlog",
             FabricDrop::Oversize => "oversize",
             FabricDrop::MalformedMbuf => "malformed_mbuf",
+            FabricDrop::HoldOverflow => "hold_overflow",
+            FabricDrop::HoldExpired => "hold_expired",
         }
     }
 
@@ -124,11 +137,16 @@ pub enum Handled {
     ArpFromNeighbour,
     /// ICMP echo requests to our VTEP address, answered.
     IcmpEchoAnswered,
+    /// Frames put in a wire's migration hold queue (see docs/migration.md).
+    Held,
+    /// Held frames sent on once their hold was released, in order.
+    Released,
 }
 
 impl Handled {
     /// Every kind, in counter order.
-    pub const ALL: [Handled; 3] = [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered];
+    pub const ALL: [Handled; 5] =
+        [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered, Handled::Held, Handled::Released];
 
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -136,6 +154,8 @@ impl Handled {
             Handled::ArpAnswered => "arp_answered",
             Handled::ArpFromNeighbour => "arp_from_neighbour",
             Handled::IcmpEchoAnswered => "icmp_echo_answered",
+            Handled::Held => "held",
+            Handled::Released => "released",
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::stats::{bump, underlay_index, FabricDrop, Handled, WorkerStats, RXQ_S
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use vw_core::plan::{park_key_port, port_park_key, Park};
 use vw_pmd::{Burst, FreeBatch, Mbuf, Mempool, PortIo, TxBuffer};
 use vw_wire::underlay::{classify_verified, Underlay, UnderlayError};
 use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
@@ -72,6 +73,9 @@ pub struct WorkerContext {
 
 /// Handed-off frames a worker moves to its TX queue per port and iteration.
 const DRAIN_BUDGET: usize = 256;
+/// Held frames a worker sends on per hold queue and turn (the rest wait,
+/// in order, for its next turn).
+const RELEASE_BUDGET: usize = 1024;
 
 /// Per-worker I/O state: the RX burst, one TX buffer per port, drop batch.
 struct Io {
@@ -131,6 +135,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
         }
         if io.held_len > 0 && (updated || vw_pmd::time::tsc() >= io.held_expiry) {
             io.release_held(&snap);
+        }
+        if !snap.parks.releases.is_empty() {
+            io.release_parks(&snap);
         }
         // Only worker 0 is given frames to inject.
         if index == 0 && !mailbox.inject.is_empty() {
@@ -309,6 +316,11 @@ impl Io {
         let pc = &self.stats.ports[port.ix()];
         bump(&pc.rx_frames, n as u64);
         bump(&pc.rx_bytes, bytes);
+        let park = snap.ports[port.ix()].park;
+        if park != Park::No {
+            self.park_burst(snap, port_park_key(port), park);
+            return n;
+        }
         match action {
             EndpointAction::Loopback { peer, slot, dir } => {
                 // The whole burst moves untouched: pointer copies only.
@@ -458,6 +470,7 @@ impl Io {
         let mut cur_port = PortIndex(u32::MAX);
         let mut run = Burst::new();
         let mut last: Option<(u64, Option<DecapTarget>)> = None;
+        let mut released: Option<u64> = None;
         self.rx.prefetch_head();
         while let Some(mut m) = self.rx.pop() {
             if m.pkt_len() > up.max_frame {
@@ -490,6 +503,13 @@ impl Io {
                     // segment and the trailer within the packet.
                     if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
                         self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+                        continue;
+                    }
+                    if target.park != Park::No {
+                        self.park_frame(snap, key, m);
+                        if target.park == Park::Release {
+                            released = Some(key);
+                        }
                         continue;
                     }
                     if target.forward {
@@ -528,7 +548,117 @@ impl Io {
             }
         }
         self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
+        if let Some(key) = released {
+            self.release_park(snap, key);
+        }
         n
+    }
+
+    /// Puts a burst received on an endpoint whose frames are held in its
+    /// hold queue (and sends the queue on if it is being released).
+    #[cold]
+    fn park_burst(&mut self, snap: &Snapshot, key: u64, park: Park) {
+        while let Some(m) = self.rx.pop() {
+            self.park_frame(snap, key, m);
+        }
+        if park == Park::Release {
+            self.release_park(snap, key);
+        }
+    }
+
+    /// Puts one frame in hold queue `key`, or drops it (`hold_overflow`) if
+    /// the queue is full.
+    #[cold]
+    fn park_frame(&mut self, snap: &Snapshot, key: u64, m: Mbuf) {
+        let slot = snap.parks_spec(key);
+        let Some(p) = snap.parks.by_key.get(&key) else {
+            // The plan names every queue it uses; stay safe.
+            self.drop_frame(m, FabricDrop::HoldOverflow.index());
+            self.count_wire(slot, 0, 0, 0, 1);
+            return;
+        };
+        match p.queue.push(m) {
+            Ok(()) => bump(&self.stats.handled[Handled::Held as usize], 1),
+            Err(m) => {
+                self.drop_frame(m, FabricDrop::HoldOverflow.index());
+                self.count_wire(slot, 0, 0, 0, 1);
+            }
+        }
+    }
+
+    /// Sends on what the hold queues being released hold.
+    #[cold]
+    fn release_parks(&mut self, snap: &Snapshot) {
+        for i in 0..snap.parks.releases.len() {
+            let key = snap.parks.releases[i].0;
+            self.release_park(snap, key);
+        }
+    }
+
+    /// Sends on, in order, the frames of hold queue `key` (being released)
+    /// where its path goes now, unless another worker is doing so.
+    #[cold]
+    fn release_park(&mut self, snap: &Snapshot, key: u64) {
+        let Some(p) = snap.parks.by_key.get(&key) else { return };
+        if p.queue.is_empty() || !p.claim() {
+            return;
+        }
+        let mut n = 0u64;
+        while let Some(m) = p.queue.pop() {
+            self.unpark(snap, key, m);
+            n += 1;
+            if n as usize >= RELEASE_BUDGET {
+                break;
+            }
+        }
+        // Out on the ports before another worker may take the queue.
+        self.flush_all(snap);
+        p.unclaim();
+        bump(&self.stats.handled[Handled::Released as usize], n);
+    }
+
+    /// One held frame, sent the way its path goes now.
+    #[cold]
+    fn unpark(&mut self, snap: &Snapshot, key: u64, m: Mbuf) {
+        if let Some(port) = park_key_port(key) {
+            match snap.ports.get(port.ix()).map(|p| p.role) {
+                Some(Role::Endpoint(action)) => self.act_one(snap, port, action, m),
+                _ => self.drop_frame(m, FabricDrop::NoWire.index()),
+            }
+            return;
+        }
+        let Some(t) = snap.decap.get(&key).copied() else {
+            self.drop_frame(m, FabricDrop::UnknownConnector.index());
+            return;
+        };
+        if t.forward {
+            match &snap.uplink {
+                Some(up) => self.forward(snap, up, m, t.slot, key as u32),
+                None => self.drop_frame(m, FabricDrop::NoWire.index()),
+            }
+            return;
+        }
+        let len = m.pkt_len() as u64;
+        self.send(snap, t.port, m);
+        self.count_wire(t.slot, 1, 1, len, 0);
+    }
+
+    /// What an endpoint's action does with one frame it sent.
+    #[cold]
+    fn act_one(&mut self, snap: &Snapshot, port: PortIndex, action: EndpointAction, m: Mbuf) {
+        let len = m.pkt_len() as u64;
+        match action {
+            EndpointAction::Loopback { peer, slot, dir } => {
+                self.send(snap, peer, m);
+                self.count_wire(slot, dir as usize, 1, len, 0);
+            }
+            EndpointAction::Encap { template, uplink, slot } => match self.encap(snap, m, &template, uplink) {
+                Some(_) => self.count_wire(slot, 0, 1, len, 0),
+                None => self.count_wire(slot, 0, 0, 0, 1),
+            },
+            EndpointAction::Unresolved { slot } => self.hold(port, slot, vw_pmd::time::tsc(), m),
+            EndpointAction::NoWire => self.drop_frame(m, FabricDrop::NoWire.index()),
+        }
     }
 
     /// Hands a run of decapsulated frames for one endpoint to its TX buffer

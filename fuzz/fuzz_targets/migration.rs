@@ -106,7 +106,7 @@ fn expected(b: &[u8]) -> Result<Message, MessageError> {
     if b.len() != CONTROL_LEN {
         return Err(MessageError::Length);
     }
-    if b[0] != migration::VERSION || !matches!(b[1], kind::LOCATE | kind::ACK | kind::MOVED) {
+    if b[0] != migration::VERSION || !matches!(b[1], kind::LOCATE | kind::ACK | kind::MOVED | kind::FLUSHED) {
         return Err(MessageError::Header);
     }
     if tag(&b[..BODY]) != b[BODY..] {
@@ -185,7 +185,7 @@ fn message(f: &[u8]) {
     assert_eq!(b[BODY..], tag(&b[..BODY]));
     let got = Message::decode(&b, key());
     assert_eq!(got, expected(&b));
-    if !matches!(m.kind, kind::LOCATE | kind::ACK | kind::MOVED) {
+    if !matches!(m.kind, kind::LOCATE | kind::ACK | kind::MOVED | kind::FLUSHED) {
         assert_eq!(got, Err(MessageError::Header));
     } else if m.encap == Encap::Forward {
         assert_eq!(got, Err(MessageError::Field));

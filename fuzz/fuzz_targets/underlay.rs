@@ -241,7 +241,7 @@ fn reference(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underl
                     migration::kind::FORWARD => {
                         (Encap::Forward, ConnectorId(u32::from_be_bytes([h[4], h[5], h[6], h[7]])))
                     }
-                    migration::kind::LOCATE | migration::kind::ACK | migration::kind::MOVED => {
+                    migration::kind::LOCATE | migration::kind::ACK | migration::kind::MOVED | migration::kind::FLUSHED => {
                         return Ok(Underlay::Migration)
                     }
                     _ => return Err(E::MigrationHeader),

@@ -54,6 +54,10 @@ pub mod kind {
     /// "Your end E of W has moved to L; pass on what still arrives for it": sent by the peer
     /// to the host the end left.
     pub const MOVED: u8 = 4;
+    /// "Every frame for E I held since its VM stopped here has been passed on to you": sent by
+    /// the host an end left to its new host, after the held frames; the new host then delivers
+    /// the frames the peer sent it directly, which it held meanwhile.
+    pub const FLUSHED: u8 = 5;
 }
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -105,7 +109,7 @@ impl Key {
 /// A LOCATE, ACK or MOVED message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// [`kind::LOCATE`], [`kind::ACK`] or [`kind::MOVED`].
+    /// [`kind::LOCATE`], [`kind::ACK`], [`kind::MOVED`] or [`kind::FLUSHED`].
     pub kind: u8,
     /// The wire.
     pub wire: ConnectorId,
@@ -212,7 +216,7 @@ impl Message {
         if payload.len() != CONTROL_LEN {
             return Err(MessageError::Length);
         }
-        if b[0] != VERSION || !matches!(b[1], kind::LOCATE | kind::ACK | kind::MOVED) {
+        if b[0] != VERSION || !matches!(b[1], kind::LOCATE | kind::ACK | kind::MOVED | kind::FLUSHED) {
             return Err(MessageError::Header);
         }
         if !key.verify(&b[..TAG], &b[TAG..]) {
@@ -255,6 +259,7 @@ impl Message {
             kind::LOCATE => "locate",
             kind::ACK => "ack",
             kind::MOVED => "moved",
+            kind::FLUSHED => "flushed",
             _ => "unknown",
         }
     }

@@ -415,9 +415,10 @@ pub fn classify_verified(
                         Encap::Forward,
                         u32::from_be_bytes([h[TUNNEL + 4], h[TUNNEL + 5], h[TUNNEL + 6], h[TUNNEL + 7]]),
                     ),
-                    migration::kind::LOCATE | migration::kind::ACK | migration::kind::MOVED => {
-                        return Ok(Underlay::Migration)
-                    }
+                    migration::kind::LOCATE
+                    | migration::kind::ACK
+                    | migration::kind::MOVED
+                    | migration::kind::FLUSHED => return Ok(Underlay::Migration),
                     _ => return Err(E::MigrationHeader),
                 }
             }
@@ -753,7 +754,7 @@ mod tests {
             E::MigrationHeader => vec![
                 edited(Encap::Forward, |f| f[TUNNEL] = 2),
                 edited(Encap::Forward, |f| f[TUNNEL + 1] = 0),
-                edited(Encap::Forward, |f| f[TUNNEL + 1] = 5),
+                edited(Encap::Forward, |f| f[TUNNEL + 1] = 6),
             ],
             E::UdpChecksum => vec![
                 edited(vw, |f| {

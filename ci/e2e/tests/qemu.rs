@@ -281,6 +281,9 @@ fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
     let mut b3 = Guest::start(&env, &image, "gb3", &od);
 
     // A pings B every 20 ms through the move.
+    let reasons = ["endpoint_down", "hold_overflow", "hold_expired"];
+    let before: Vec<Vec<u64>> = hosts.iter().map(|h| reasons.iter().map(|r| h.drops(r)).collect()).collect();
+    let all_before: Vec<Value> = hosts.iter().map(|h| h.all_drops()).collect();
     a.ok("(ping -q -i 0.02 -c 400 192.168.7.2 > /tmp/ping.out 2>&1 &)");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let m = b.migrate_to(&env, od.incoming.unwrap());
@@ -299,6 +302,33 @@ fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
         assert!(!h.log_text().contains("warning: wire 7"), "no MTU warning for guests at host_mtu=1454\n{}", ctx());
     }
     assert!(out.contains("packets received"), "{out}");
+    // Frames for B that reached h2 after QEMU stopped B's rings there were
+    // held, passed on to h3 when h1 re-pointed, and delivered in order.
+    assert!(h2.log_text().contains("vmb's VM stopped; holding frames"), "{}", ctx());
+    assert!(h2.log_text().contains("went on to 10.77.0.3; FLUSHED sent"), "{}", ctx());
+    for (h, before) in hosts.iter().zip(&before) {
+        for (reason, n) in reasons.iter().zip(before) {
+            assert_eq!(h.drops(reason), *n, "{reason} at {} during the move\n{}", h.name, ctx());
+        }
+    }
+    // The pings B would have missed while QEMU stopped it all came back.
+    // Reported, not asserted: a TCG guest that resumes with frames waiting
+    // sometimes stops taking its RX ring for seconds (tx_full at h3), which
+    // the fabric counts but cannot cure; see docs/migration.md.
+    let changed: Vec<String> = hosts
+        .iter()
+        .zip(&all_before)
+        .flat_map(|(h, b)| {
+            let a = h.all_drops();
+            a.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, v)| **v != b[k.as_str()])
+                .map(|(k, v)| format!("{} {k}: {} -> {v}", h.name, b[k.as_str()]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!("drops during the move: {changed:?}");
     assert_eq!(a.ping("192.168.7.2", 20, 56), 20, "{}", ctx());
     assert_eq!(b3.ping("192.168.7.1", 20, 56), 20, "{}", ctx());
     let from_b = b3.serve_random("blob", 4);

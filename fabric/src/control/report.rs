@@ -137,12 +137,22 @@ impl Control {
             endpoint: w.endpoint.clone(),
             peer,
             encap,
-            state: state.to_owned(),
+            state: self.with_holds(id, state),
             forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
             dropped: totals.dropped,
             migration: self.mig.as_ref().map(|_| self.wire_migration(id, totals.forwarded, None)),
         }
+    }
+
+    /// A wire's state with its holds, e.g. `up, holding 12 (vm_stopped)`.
+    fn with_holds(&self, id: ConnectorId, state: &str) -> String {
+        let mut s = state.to_owned();
+        for (at, h) in self.state.holds().filter(|(_, h)| h.wire == id) {
+            let what = if h.released { "releasing" } else { "holding" };
+            s.push_str(&format!(", {what} {} ({})", self.held_now(at), h.reason.name()));
+        }
+        s
     }
 
     fn wire_migration(&self, id: ConnectorId, forwarded: u64, departed: Option<&Departed>) -> proto::WireMigration {
@@ -179,7 +189,7 @@ impl Control {
             endpoint: d.endpoint.clone(),
             peer,
             encap,
-            state: format!("forwarding to {}", d.to),
+            state: self.with_holds(id, &format!("forwarding to {}", d.to)),
             forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
             dropped: totals.dropped,
@@ -366,6 +376,7 @@ impl Control {
             })
             .collect();
         *drops.get_mut(FabricDrop::EndpointRemoved.name()).expect("every reason is listed") += self.removed_in_flight;
+        *drops.get_mut(FabricDrop::HoldExpired.name()).expect("every reason is listed") += self.hold_expired();
         // Frames the uplink's device refused before any worker saw them
         // (longer than its MTU, bad FCS) or had no descriptor for.
         if let Some(u) = &self.uplink {
