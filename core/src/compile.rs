@@ -300,7 +300,7 @@ fn uplink_plan(st: &State) -> Option<UplinkPlan> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::exchange;
     use crate::state::{Config, Endpoint, EndpointKind, Link, MigrationConfig, UplinkConfig};
@@ -313,7 +313,8 @@ mod tests {
 
     const VTEP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
-    fn config(workers: usize) -> Config {
+    /// A fabric at 10.0.0.1/24 with migration on (also for `hold`'s tests).
+    pub(crate) fn config(workers: usize) -> Config {
         Config {
             workers,
             max_ports: 16,

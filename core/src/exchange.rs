@@ -291,8 +291,7 @@ pub fn on_moved(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Refu
 /// The FLUSHED that tells `to` (whose uplink MAC is `mac`, from its
 /// message) that every frame for `end` of wire `id` held here was passed on.
 pub fn flushed_message(st: &State, id: ConnectorId, end: &str, to: Ipv4Addr, mac: MacAddr, when_ns: u64) -> Outgoing {
-    let encap = Encap::Vwire;
-    let msg = message(st, kind::FLUSHED, id, to, encap, end, when_ns);
+    let msg = message(st, kind::FLUSHED, id, to, Encap::Vwire, end, when_ns);
     Outgoing { msg, to, mac: Some(mac).filter(|m| *m != MacAddr([0; 6])) }
 }
 

@@ -207,35 +207,16 @@ pub fn next_due(st: &State) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Config, Endpoint, EndpointKind, Link, MigrationConfig, UplinkConfig};
+    use crate::state::{Endpoint, EndpointKind, Link};
     use crate::PortIndex;
     use vw_ctl::proto::EndpointSpec;
-    use vw_wire::{Encap, MacAddr};
+    use vw_wire::Encap;
 
-    const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const OLD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const OLD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 
     fn state() -> State {
-        let mut st = State::new(Config {
-            workers: 1,
-            max_ports: 8,
-            max_wires: 8,
-            uplink: Some(UplinkConfig {
-                mac: MacAddr([2, 0, 0, 0, 0, 3]),
-                vtep: Ipv4Addr::new(10, 0, 0, 3),
-                prefix: 24,
-                gateway: None,
-                mtu: 1500,
-                vwire_port: 4789,
-                vxlan_port: 4790,
-            }),
-            force_encap: false,
-            migration: Some(MigrationConfig {
-                port: 4796,
-                grace: Duration::from_millis(500),
-                hold: Duration::from_millis(300),
-            }),
-        });
+        let mut st = State::new(crate::compile::tests::config(1));
         let ep = Endpoint {
             spec: EndpointSpec::Dpdk { devargs: "x".into() },
             ix: PortIndex(1),
@@ -270,7 +251,7 @@ mod tests {
         assert!(st.hold(&inbound).is_none());
         // It stops and nothing comes: what was held is dropped after the hold time.
         stop(&mut st, false, t0);
-        assert!(matches!(expire(&mut st, t0 + Duration::from_millis(300))[..], [Expired::Dropped(..)]));
+        assert!(matches!(expire(&mut st, t0 + Duration::from_millis(200))[..], [Expired::Dropped(..)]));
         // It stops and moves: released towards the new host, FLUSHED once empty.
         stop(&mut st, true, t0);
         stop(&mut st, false, t0);

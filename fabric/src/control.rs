@@ -508,12 +508,6 @@ impl Control {
         // socket is unregistered when its `Port` goes.
         self.current = Arc::new(Snapshot::empty(0, 0));
         self.devices = self.current.devices.clone();
-        // Held frames go back to the pool while the EAL is up.
-        let held: Vec<_> = self.state.holds().map(|(at, _)| at.clone()).collect();
-        for at in held {
-            self.state.end_hold(&at);
-        }
-        self.state.take_dirty();
         for p in std::mem::take(&mut self.ports).into_iter().flatten() {
             if let Device::Eth { port, found, .. } = p.dev {
                 give_back(port, &found);
