@@ -74,7 +74,7 @@ for v in 1 2; do
           -kernel $G/vmlinuz -initrd $G/initrd.img -append "console=ttyS0 quiet vw.ip=192.168.7.$v/24 vw.name=vm$v"
           -object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem
           -chardev socket,id=vu,path=$D/vm$v.sock,reconnect=1 -netdev vhost-user,id=n0,chardev=vu
-          -device virtio-net-pci,netdev=n0,mac=52:54:00:07:00:0$v,host_mtu=$mtu,romfile=$vectors
+          -device virtio-net-pci,netdev=n0,mac=52:54:00:07:00:0$v,host_mtu=$mtu,romfile=,rx_queue_size=1024,tx_queue_size=1024$vectors
           -chardev file,id=con,path=$D/vm$v-console.log -serial chardev:con
           -chardev socket,id=agent,path=$D/vm$v-agent.sock,server=on,wait=off -serial chardev:agent
           -pidfile $D/vm$v.pid -daemonize)

@@ -7,7 +7,7 @@
 //! not how many endpoints and wires exist. [`compile`] is the same with
 //! everything marked; the tests hold that both always agree.
 
-use crate::migrate::{Hold, HoldAt};
+use crate::migrate::{Hold, HoldAt, HoldReason};
 use crate::plan::{
     decap_key, poll_order, port_park_key, DecapTarget, EndpointAction, Park, ParkSpec, Plan, PortDecision, PortIndex,
     Role, UplinkPlan,
@@ -83,14 +83,45 @@ fn loop_template(st: &State, id: ConnectorId) -> Option<EncapTemplate> {
 fn park_of(st: &State, h: &Hold) -> Option<(Park, ParkSpec)> {
     let slot = st.slot(h.wire).or_else(|| st.departed(h.wire).map(|(_, s)| *s))?;
     let park = if h.released { Park::Release } else { Park::Hold };
-    Some((park, ParkSpec { slot, release: h.released }))
+    Some((park, ParkSpec { slot, release: h.released, after: None }))
+}
+
+/// The queue of the frames that wire `id`'s end's old host passes on, if
+/// the end just arrived here: those frames go to the end's VM, which may
+/// have just resumed and take its RX ring slowly at first, so they pass
+/// through a queue (always released; workers send no more than the ring
+/// takes) instead of being dropped as `tx_full`. Newer frames for the end
+/// held elsewhere wait until it is empty.
+fn forwarded_park(plan: &mut Plan, id: ConnectorId) -> Option<u64> {
+    let key = decap_key(Encap::Forward, id.0);
+    let t = plan.decap.get_mut(&key).filter(|t| !t.forward)?;
+    t.park = Park::Release;
+    let slot = t.slot;
+    plan.parks.insert(key, ParkSpec { slot, release: true, after: None });
+    Some(key)
+}
+
+/// The queue holding frames for endpoint `name` while its VM is stopped.
+fn toward_park(st: &State, name: &str) -> Option<u64> {
+    let w = st.table().wire_of(name)?;
+    let stopped = |at: &HoldAt| st.hold(at).is_some_and(|h| h.reason == HoldReason::EndStopped && !h.released);
+    match &w.peer {
+        Peer::Remote { encap, .. } => stopped(&HoldAt::Inbound(w.id)).then(|| decap_key(*encap, w.id.0)),
+        Peer::Local(b) => {
+            let other = if w.endpoint == name { b.as_str() } else { w.endpoint.as_str() };
+            let ix = st.endpoint(other)?.ix;
+            stopped(&HoldAt::From(other.to_owned())).then(|| port_park_key(ix))
+        }
+    }
 }
 
 /// Decap entries, forward template and inbound hold of connector `id`.
 fn wire_entries(plan: &mut Plan, st: &State, id: ConnectorId) {
     wire_paths(plan, st, id);
+    let forwarded = forwarded_park(plan, id);
     let Some(h) = st.hold(&HoldAt::Inbound(id)) else { return };
-    let Some((park, spec)) = park_of(st, h) else { return };
+    let Some((park, mut spec)) = park_of(st, h) else { return };
+    spec.after = forwarded;
     // The path the wire's frames from the underlay take to (or past) its
     // local end: the wire's own, or that of its end that left.
     let encap = match (st.table().wire(id).map(|w| &w.peer), st.departed(id).map(|(d, _)| &d.peer)) {
@@ -235,7 +266,7 @@ fn port(plan: &mut Plan, st: &State, ix: PortIndex) {
     plan.parks.remove(&port_park_key(ix));
     let decision = if ix == PortIndex::UPLINK {
         match st.config().uplink {
-            Some(_) => PortDecision { role: Role::Uplink, txq: workers as u16, up: true, park: Park::No },
+            Some(_) => PortDecision { role: Role::Uplink, txq: workers as u16, up: true, park: Park::No, toward: None },
             None => PortDecision::UNUSED,
         }
     } else {
@@ -246,9 +277,16 @@ fn port(plan: &mut Plan, st: &State, ix: PortIndex) {
                     txq: ep.txq(workers),
                     up: ep.up(),
                     park: Park::No,
+                    toward: toward_park(st, name),
                 };
                 drains(plan, ep, d.txq, workers);
-                if let Some((park, spec)) = st.hold(&HoldAt::From(name.to_owned())).and_then(|h| park_of(st, h)) {
+                if let Some((park, mut spec)) = st.hold(&HoldAt::From(name.to_owned())).and_then(|h| park_of(st, h)) {
+                    // A resident's frames for its newly co-located peer wait
+                    // for what the peer's old host passes on to it.
+                    if let Some(w) = st.table().wire_of(name).filter(|w| w.kind() == vw_wire::WireKind::Loopback) {
+                        let f = decap_key(Encap::Forward, w.id.0);
+                        spec.after = plan.parks.contains_key(&f).then_some(f);
+                    }
                     d.park = park;
                     plan.parks.insert(port_park_key(ix), spec);
                 }
@@ -382,7 +420,7 @@ pub(crate) mod tests {
         assert_eq!(plan.ports[1].role, Role::Endpoint(EndpointAction::Loopback { peer: PortIndex(2), slot, dir: 0 }));
         assert_eq!(plan.ports[2].role, Role::Endpoint(EndpointAction::Loopback { peer: PortIndex(1), slot, dir: 1 }));
         // The VM comes with its two rings: polled, one TX queue, handoff drained.
-        assert!(st.set_link("b", Link { up: true, vrings: 0b11 }));
+        assert!(st.set_link("b", Link { up: true, vrings: 0b11, migrating: false }));
         check(&mut plan, &mut st);
         assert!(plan.ports[2].up);
         assert_eq!(plan.ports[2].txq, 1);
@@ -450,7 +488,7 @@ pub(crate) mod tests {
         prop_oneof![
             (e.clone(), any::<bool>(), 1u16..4).prop_map(|(i, v, q)| Op::Add(i, v, q)),
             e.clone().prop_map(Op::Remove),
-            (e.clone(), any::<bool>(), 0u64..16).prop_map(|(i, u, r)| Op::Link(i, u, r)),
+            (e.clone(), any::<bool>(), 0u64..32).prop_map(|(i, u, r)| Op::Link(i, u, r)),
             (1u32..5, e.clone(), e.clone()).prop_map(|(w, a, b)| Op::Local(w, a, b)),
             (1u32..5, e.clone(), 0u8..3).prop_map(|(w, a, p)| Op::Remote(w, a, p)),
             (1u32..5).prop_map(Op::Disconnect),
@@ -478,7 +516,8 @@ pub(crate) mod tests {
             }
             Op::Link(i, up, r) => {
                 let was = crate::hold::accepting(st, &name(*i));
-                st.set_link(&name(*i), Link { up: *up, vrings: *r });
+                // Bit 4: QEMU is migrating the VM.
+                st.set_link(&name(*i), Link { up: *up, vrings: *r & 15, migrating: *r & 16 != 0 });
                 crate::hold::link_changed(st, &name(*i), was, now);
             }
             Op::Local(w, a, b) => {
@@ -544,7 +583,7 @@ pub(crate) mod tests {
                 if let Some((next, _)) = exchange::expire(st, now + Duration::from_millis(*ms)) {
                     *st = next;
                 }
-                crate::hold::expire(st, now + Duration::from_millis(*ms));
+                crate::hold::expire(st, now + Duration::from_millis(*ms), |_| *ms % 2 == 0);
             }
             Op::Flushed(w, p) => {
                 let _ = crate::hold::flushed(st, ConnectorId(*w), peer(*p), now);

@@ -14,7 +14,8 @@
 //!   frames are held until the old host's FLUSHED says that everything it
 //!   held has been passed on (those frames are older), then released.
 //!
-//! A released queue stays in the path for [`RELEASE_FOR`], so that a frame
+//! A released queue stays in the path for [`RELEASE_FOR`], and after that
+//! until it is empty (at most [`RELEASE_GIVE_UP`] more), so that a frame
 //! that comes while it empties queues up behind the held ones.
 
 use crate::exchange::Refused;
@@ -30,11 +31,18 @@ use vw_wire::ConnectorId;
 /// passing its queue on, one message from there: well under a millisecond
 /// on a LAN; an old host without frames to pass on answers at once).
 pub const FLUSH_WAIT: Duration = Duration::from_millis(100);
-/// How long a released queue stays in the path after its release.
+/// How long a released queue stays in the path after its release, at
+/// least: as long as the hold time if that is longer. The VM that the
+/// frames go to may have just resumed, and a resumed VM can take a while
+/// before it takes its RX ring again (a TCG guest re-translates its code;
+/// 100-300 ms here): while the queue is in the path, the VM's frames wait
+/// in it for room in the ring instead of being dropped as `tx_full`.
 pub const RELEASE_FOR: Duration = Duration::from_millis(100);
-/// How long past [`RELEASE_FOR`] a released queue whose FLUSHED could not
-/// be sent (its new host unresolved) is kept.
-const FLUSH_GIVE_UP: Duration = Duration::from_secs(1);
+/// How long past [`RELEASE_FOR`] a released queue is kept at most while it
+/// has not emptied (a VM that has just resumed may take its RX ring
+/// slowly at first: the queue sends it no more than its ring takes) or its
+/// FLUSHED could not be sent (its new host unresolved).
+pub const RELEASE_GIVE_UP: Duration = Duration::from_secs(1);
 
 /// Whether endpoint `name` takes frames now (a VM's device is running).
 pub fn accepting(st: &State, name: &str) -> bool {
@@ -56,10 +64,16 @@ fn held(wire: ConnectorId, reason: HoldReason, until: Instant, release_at_end: b
     Hold { wire, reason, released: false, until, release_at_end, flush_from: None, flush_to: None }
 }
 
+/// How long a released queue stays in the path (see [`RELEASE_FOR`]).
+pub fn release_for(st: &State) -> Duration {
+    st.config().migration.map_or(RELEASE_FOR, |m| m.hold.max(RELEASE_FOR))
+}
+
 /// Releases the hold at `at`: its frames go on, in order, through the queue.
 fn release(st: &mut State, at: HoldAt, now: Instant) {
     if let Some(h) = st.hold(&at).cloned() {
-        st.set_hold(at, Hold { released: true, until: now + RELEASE_FOR, ..h });
+        let until = now + release_for(st);
+        st.set_hold(at, Hold { released: true, until, ..h });
     }
 }
 
@@ -67,14 +81,34 @@ fn unreleased(st: &State, at: &HoldAt, reason: HoldReason) -> bool {
     st.hold(at).is_some_and(|h| h.reason == reason && !h.released)
 }
 
+/// How long a hold lasts while QEMU migrates the VM, at most (a migration
+/// that takes longer goes on without it).
+pub const MIGRATING_MAX: Duration = Duration::from_secs(3600);
+
 /// Endpoint `name`'s VM stopped (`was` true, now not accepting) or runs
-/// again: frames for it are held, or released to it. Only with migration
-/// on and a hold time. Returns what to log.
+/// again, or QEMU started or ended migrating it: frames for it are held,
+/// passed through the queue, or released to it. Only with migration on and
+/// a hold time. Returns what to log.
 pub fn link_changed(st: &mut State, name: &str, was: bool, now: Instant) -> Option<String> {
     let hold = st.config().migration.map(|m| m.hold).filter(|h| !h.is_zero())?;
     let is = accepting(st, name);
+    let migrating = is && st.endpoint(name).is_some_and(|e| e.link.migrating);
     let (id, at) = toward(st, name)?;
-    if was && !is && st.hold(&at).is_none() {
+    let current = st.hold(&at).map(|h| h.reason);
+    if migrating && current.is_none() {
+        let h = Hold { released: true, ..held(id, HoldReason::Migrating, now + MIGRATING_MAX, false) };
+        st.set_hold(at, h);
+        return Some(format!(
+            "wire {id}: QEMU is migrating {name}'s VM; frames for it wait for room in its RX ring until it stops"
+        ));
+    }
+    if is && !migrating && current == Some(HoldReason::Migrating) {
+        // The migration ended without the VM stopping here (cancelled).
+        release(st, at, now);
+        return None;
+    }
+    if was && !is && (current.is_none() || current == Some(HoldReason::Migrating)) {
+        // What the queue holds stays, in order, ahead of what comes.
         st.set_hold(at, held(id, HoldReason::EndStopped, now + hold, false));
         return Some(format!(
             "wire {id}: {name}'s VM stopped; holding frames for it up to {} ms (it resumes here or moves)",
@@ -126,7 +160,8 @@ pub fn departing(st: &mut State, id: ConnectorId, end: &str, to: Ipv4Addr, now: 
     }
     if let Some(h) = st.hold(&at).cloned() {
         let flush_to = Some((to, end.to_owned()));
-        st.set_hold(at, Hold { released: true, until: now + RELEASE_FOR, flush_to, ..h });
+        let until = now + release_for(st);
+        st.set_hold(at, Hold { released: true, until, flush_to, ..h });
     }
     false
 }
@@ -177,14 +212,16 @@ pub enum Expired {
     Retired(HoldAt, Hold),
 }
 
-/// Ends or releases holds whose time is up.
-pub fn expire(st: &mut State, now: Instant) -> Vec<Expired> {
+/// Ends or releases holds whose time is up. `empty` tells whether a hold's
+/// queue in the data path is empty: a released hold leaves the path only
+/// then (or after [`RELEASE_GIVE_UP`]).
+pub fn expire(st: &mut State, now: Instant, empty: impl Fn(&HoldAt) -> bool) -> Vec<Expired> {
     let due: Vec<(HoldAt, Hold)> =
         st.holds().filter(|(_, h)| now >= h.until).map(|(at, h)| (at.clone(), h.clone())).collect();
     let mut out = Vec::new();
     for (at, h) in due {
         if h.released {
-            if h.flush_to.is_none() || now >= h.until + FLUSH_GIVE_UP {
+            if (h.flush_to.is_none() && empty(&at)) || now >= h.until + RELEASE_GIVE_UP {
                 st.end_hold(&at);
                 out.push(Expired::Retired(at, h));
             }
@@ -221,7 +258,7 @@ mod tests {
             spec: EndpointSpec::Dpdk { devargs: "x".into() },
             ix: PortIndex(1),
             kind: EndpointKind::Vhost { queues: 1, client: false },
-            link: Link { up: true, vrings: 0b11 },
+            link: Link { up: true, vrings: 0b11, migrating: false },
             handoff: true,
         };
         st.add_endpoint("vmb", ep).unwrap();
@@ -231,7 +268,7 @@ mod tests {
 
     fn stop(st: &mut State, up: bool, now: Instant) -> Option<String> {
         let was = accepting(st, "vmb");
-        st.set_link("vmb", Link { up, vrings: if up { 0b11 } else { 0 } });
+        st.set_link("vmb", Link { up, vrings: if up { 0b11 } else { 0 }, migrating: false });
         link_changed(st, "vmb", was, now)
     }
 
@@ -246,12 +283,22 @@ mod tests {
         // It resumes here: released to it, retired after RELEASE_FOR.
         assert!(stop(&mut st, true, t0).unwrap().contains("runs again here"));
         assert!(st.hold(&inbound).unwrap().released);
-        assert!(expire(&mut st, t0 + RELEASE_FOR / 2).is_empty());
-        assert!(matches!(expire(&mut st, t0 + RELEASE_FOR)[..], [Expired::Retired(..)]));
+        // (The test configuration's hold time, 200 ms, is longer than
+        // RELEASE_FOR.)
+        let for_ = release_for(&st);
+        assert_eq!(for_, Duration::from_millis(200));
+        assert!(expire(&mut st, t0 + for_ / 2, |_| true).is_empty());
+        // Not while its queue still holds frames the VM has not taken.
+        assert!(expire(&mut st, t0 + for_, |_| false).is_empty());
+        assert!(matches!(expire(&mut st, t0 + for_, |_| true)[..], [Expired::Retired(..)]));
         assert!(st.hold(&inbound).is_none());
+        // At the latest RELEASE_GIVE_UP later, empty or not.
+        stop(&mut st, false, t0);
+        stop(&mut st, true, t0);
+        assert!(matches!(expire(&mut st, t0 + for_ + RELEASE_GIVE_UP, |_| false)[..], [Expired::Retired(..)]));
         // It stops and nothing comes: what was held is dropped after the hold time.
         stop(&mut st, false, t0);
-        assert!(matches!(expire(&mut st, t0 + Duration::from_millis(200))[..], [Expired::Dropped(..)]));
+        assert!(matches!(expire(&mut st, t0 + Duration::from_millis(200), |_| true)[..], [Expired::Dropped(..)]));
         // It stops and moves: released towards the new host, FLUSHED once empty.
         stop(&mut st, true, t0);
         stop(&mut st, false, t0);
@@ -260,11 +307,40 @@ mod tests {
         let h = st.hold(&inbound).cloned().unwrap();
         assert!(h.released && h.flush_to == Some((to, "vmb".into())));
         // Not retired while its FLUSHED is unsent.
-        assert!(expire(&mut st, t0 + RELEASE_FOR).is_empty());
+        assert!(expire(&mut st, t0 + for_, |_| true).is_empty());
         st.flush_sent(&inbound);
-        assert!(matches!(expire(&mut st, t0 + RELEASE_FOR)[..], [Expired::Retired(..)]));
+        assert!(matches!(expire(&mut st, t0 + for_, |_| true)[..], [Expired::Retired(..)]));
         // Nothing held: the FLUSHED goes at once.
         assert!(departing(&mut st, ConnectorId(7), "vmb", to, t0));
+    }
+
+    #[test]
+    fn while_qemu_migrates_the_vm_its_frames_pass_through_the_queue_then_are_held() {
+        let t0 = Instant::now();
+        let mut st = state();
+        let inbound = HoldAt::Inbound(ConnectorId(7));
+        let set = |st: &mut State, up: bool, migrating: bool| {
+            let was = accepting(st, "vmb");
+            st.set_link("vmb", Link { up, vrings: if up { 0b11 } else { 0 }, migrating });
+            link_changed(st, "vmb", was, t0)
+        };
+        assert!(set(&mut st, true, true).unwrap().contains("QEMU is migrating vmb's VM"));
+        let h = st.hold(&inbound).cloned().unwrap();
+        assert_eq!((h.reason, h.released), (HoldReason::Migrating, true), "frames pass, as the ring takes them");
+        assert!(expire(&mut st, t0 + RELEASE_GIVE_UP * 2, |_| true).is_empty(), "for as long as QEMU migrates");
+        // The VM stops on this host: what the queue has stays, and is held.
+        assert!(set(&mut st, false, false).unwrap().contains("holding frames"));
+        let h = st.hold(&inbound).cloned().unwrap();
+        assert_eq!((h.reason, h.released), (HoldReason::EndStopped, false));
+        st.end_hold(&inbound);
+        // A migration cancelled: the queue empties into the VM and goes.
+        set(&mut st, true, false);
+        set(&mut st, true, true);
+        assert!(set(&mut st, true, false).is_none());
+        let h = st.hold(&inbound).cloned().unwrap();
+        assert_eq!((h.reason, h.released), (HoldReason::Migrating, true));
+        let for_ = release_for(&st);
+        assert!(matches!(expire(&mut st, t0 + for_, |_| true)[..], [Expired::Retired(..)]));
     }
 
     #[test]
@@ -292,7 +368,7 @@ mod tests {
         // A FLUSHED that never comes: released after FLUSH_WAIT.
         arrive(&mut st, ConnectorId(7), "vmb", t0);
         acked(&mut st, ConnectorId(7), "vmb", PEER, OLD, t0);
-        let ex = expire(&mut st, t0 + FLUSH_WAIT);
+        let ex = expire(&mut st, t0 + FLUSH_WAIT, |_| true);
         assert!(ex.iter().any(|e| matches!(e, Expired::Released(at, _) if *at == inbound)), "{ex:?}");
         // A disconnect ends every hold of the wire.
         st.disconnect(ConnectorId(7)).unwrap();

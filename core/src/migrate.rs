@@ -120,6 +120,10 @@ pub enum HoldReason {
     /// until the old host has passed on what it held (its FLUSHED), so that
     /// they arrive after those, in order.
     AwaitingFlush,
+    /// QEMU is live-migrating the end's VM, which runs slowly and stops
+    /// before its rings do: frames for it pass through the queue (released),
+    /// no faster than its RX ring takes them, and are held once it stops.
+    Migrating,
 }
 
 impl HoldReason {
@@ -129,6 +133,7 @@ impl HoldReason {
             HoldReason::EndStopped => "vm_stopped",
             HoldReason::AwaitingAck => "awaiting_ack",
             HoldReason::AwaitingFlush => "awaiting_flush",
+            HoldReason::Migrating => "migrating",
         }
     }
 }

@@ -74,14 +74,17 @@ pub enum Park {
     Release,
 }
 
-/// A hold queue the workers use: the wire's counter slot, and whether it is
-/// being released.
+/// A hold queue the workers use: the wire's counter slot, whether it is
+/// being released, and the queue that must be empty before it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParkSpec {
     /// Wire counter slot.
     pub slot: u32,
     /// Being released.
     pub release: bool,
+    /// Released only while this queue is empty: it holds older frames for
+    /// the same VM (those its old host passes on), which go first.
+    pub after: Option<u64>,
 }
 
 /// Key of the hold queue of frames an endpoint sends (decap paths use
@@ -125,11 +128,17 @@ pub struct PortDecision {
     pub up: bool,
     /// Frames received on the port are held (key [`port_park_key`]).
     pub park: Park,
+    /// The hold queue that frames for this port's VM go to while its VM is
+    /// stopped, if one does: where a worker puts the frames it could not
+    /// hand to the VM's ring in the moment between the ring stopping and
+    /// the hold taking effect.
+    pub toward: Option<u64>,
 }
 
 impl PortDecision {
     /// A port that is not part of the fabric.
-    pub const UNUSED: PortDecision = PortDecision { role: Role::Unused, txq: 0, up: false, park: Park::No };
+    pub const UNUSED: PortDecision =
+        PortDecision { role: Role::Unused, txq: 0, up: false, park: Park::No, toward: None };
 }
 
 /// Where a decapsulated frame goes.

@@ -187,6 +187,8 @@ pub struct Link {
     /// Enabled virtqueues (bit 2q: the VM's RX ring of pair q, our TX;
     /// bit 2q+1: its TX ring, our RX).
     pub vrings: u64,
+    /// QEMU is live-migrating the VM (it logs the VM's dirty memory).
+    pub migrating: bool,
 }
 
 /// An endpoint.

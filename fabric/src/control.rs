@@ -15,7 +15,7 @@
 mod hold;
 mod report;
 
-use crate::persist::{Change, Origin, Saved, SavedWire, Store};
+use crate::persist::{Change, Origin, Saved, SavedIncoming, SavedWire, Store};
 use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
 use crate::sockdir::SockDir;
 use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
@@ -148,7 +148,7 @@ impl Device {
             Device::Eth { .. } => Link::default(),
             Device::Vhost(s) => {
                 let vs = s.port().state();
-                Link { up: vs.up, vrings: vs.vrings }
+                Link { up: vs.up, vrings: vs.vrings, migrating: vs.migrating }
             }
         }
     }
@@ -239,6 +239,8 @@ enum Touched {
     Endpoint(String, Origin),
     /// A wire.
     Wire(ConnectorId),
+    /// The connect armed for an endpoint's VM.
+    Incoming(String),
 }
 
 /// A connect waiting for its endpoint's VM (`connect --incoming`).
@@ -1034,11 +1036,19 @@ impl Control {
     fn endpoint_del(&mut self, name: &str) -> Result<(), Refusal> {
         let mut next = self.state.clone();
         let ep = next.remove_endpoint(name)?;
-        if let Some(p) = self.incoming.remove(name) {
-            crate::log(&format!("wire {}: the connect waiting for {name}'s VM is cancelled", p.wire));
+        let mut save = vec![Touched::Endpoint(name.to_owned(), Origin::default())];
+        let armed = self.incoming.remove(name);
+        if armed.is_some() {
+            save.push(Touched::Incoming(name.to_owned()));
         }
         let devices = self.devices_with(ep.ix, PortDevice::NONE);
-        self.apply_with(next, &[Touched::Endpoint(name.to_owned(), Origin::default())], Some(devices))?;
+        if let Err(r) = self.apply_with(next, &save, Some(devices)) {
+            self.incoming.extend(armed.map(|p| (name.to_owned(), p)));
+            return Err(r);
+        }
+        if let Some(p) = armed {
+            crate::log(&format!("wire {}: the connect waiting for {name}'s VM is cancelled", p.wire));
+        }
         // No worker polls or sends to the port any more. Frames still in
         // its handoff rings are freed with them.
         let Some(p) = self.ports[ep.ix.ix()].take() else { return Ok(()) };
@@ -1105,7 +1115,12 @@ impl Control {
                 format!("endpoint {endpoint} already carries wire {}", w.id),
             ));
         }
-        if self.state.table().wire(id).is_some() || self.incoming.values().any(|p| p.wire == id) {
+        // The wire may exist only as what the VM's arrival co-locates: an
+        // encap wire from `peer`, here, to the VM's current host.
+        let colocating = self.state.table().wire(id).map(|w| {
+            encap.is_none() && w.kind() == vw_wire::WireKind::Encap && w.endpoint == peer && w.endpoint != endpoint
+        });
+        if colocating == Some(false) || self.incoming.values().any(|p| p.wire == id) {
             return Err(Refusal::new(ErrorCode::WireExists, format!("wire {id} exists")));
         }
         if let Some(p) = self.incoming.get(endpoint) {
@@ -1114,8 +1129,17 @@ impl Control {
                 format!("endpoint {endpoint} already waits to connect wire {}", p.wire),
             ));
         }
-        self.parse_peer(id, peer, encap)?;
+        if colocating.is_none() {
+            self.parse_peer(id, peer, encap)?;
+        }
         self.incoming.insert(endpoint.to_owned(), Incoming { wire: id, peer: peer.to_owned(), encap });
+        if !self.restoring {
+            let st = self.state.clone();
+            if let Err(r) = self.record(&st, &[Touched::Incoming(endpoint.to_owned())]) {
+                self.incoming.remove(endpoint);
+                return Err(r);
+            }
+        }
         crate::log(&format!("wire {id}: {endpoint} <-> {peer} is connected when {endpoint}'s VM starts here"));
         Ok(self.incoming_info(endpoint))
     }
@@ -1226,7 +1250,12 @@ impl Control {
 
     fn disconnect(&mut self, id: ConnectorId) -> Result<(), Refusal> {
         if let Some(name) = self.incoming.iter().find(|(_, p)| p.wire == id).map(|(n, _)| n.clone()) {
-            self.incoming.remove(&name);
+            let p = self.incoming.remove(&name);
+            let st = self.state.clone();
+            if let Err(r) = self.record(&st, &[Touched::Incoming(name.clone())]) {
+                self.incoming.extend(p.map(|p| (name, p)));
+                return Err(r);
+            }
             crate::log(&format!("wire {id}: the connect waiting for {name}'s VM is cancelled"));
             return Ok(());
         }
@@ -1270,7 +1299,9 @@ impl Control {
     /// Records in the state journal what `touched` names, as it is in `st`:
     /// one line, synced, whatever the number of other entries.
     fn record(&mut self, st: &State, touched: &[Touched]) -> Result<(), Refusal> {
-        let Some(store) = &mut self.store else { return Ok(()) };
+        if self.store.is_none() {
+            return Ok(());
+        }
         let changes: Vec<Change> = touched
             .iter()
             .map(|t| match t {
@@ -1282,8 +1313,18 @@ impl Control {
                     Some(w) => Change::WireSaved(Self::saved_wire(st, w)),
                     None => Change::WireRemoved { wire: id.0 },
                 },
+                Touched::Incoming(endpoint) => match self.incoming.get(endpoint) {
+                    Some(p) => Change::IncomingArmed(SavedIncoming {
+                        endpoint: endpoint.clone(),
+                        wire: p.wire.0,
+                        peer: p.peer.clone(),
+                        encap: p.encap,
+                    }),
+                    None => Change::IncomingDone { endpoint: endpoint.clone() },
+                },
             })
             .collect();
+        let Some(store) = &mut self.store else { return Ok(()) };
         store.record_all(&changes).map_err(|e| {
             Refusal::new(
                 ErrorCode::Unavailable,
@@ -1324,6 +1365,21 @@ impl Control {
                 Err(r) => {
                     crate::log(&format!("cannot restore wire {} from {}: {}", w.wire, path.display(), r.message));
                     self.unrestored.wires.push(w.clone());
+                }
+            }
+        }
+        for i in &saved.incoming {
+            match self.connect_incoming(ConnectorId(i.wire), &i.endpoint, &i.peer, i.encap) {
+                Ok(_) => restored += 1,
+                Err(r) => {
+                    crate::log(&format!(
+                        "cannot restore the connect of wire {} armed for {} from {}: {}",
+                        i.wire,
+                        i.endpoint,
+                        path.display(),
+                        r.message
+                    ));
+                    self.unrestored.incoming.push(i.clone());
                 }
             }
         }
@@ -1534,6 +1590,11 @@ impl Control {
             match self.connect(p.wire, &name, &p.peer, p.encap) {
                 Ok(_) => crate::log(&format!("wire {}: {name}'s VM started here; connected to {}", p.wire, p.peer)),
                 Err(r) => crate::log(&format!("wire {}: {name}'s VM started here, but: {}", p.wire, r.message)),
+            }
+            // No longer armed, in the state file either.
+            let st = self.state.clone();
+            if let Err(r) = self.record(&st, &[Touched::Incoming(name.clone())]) {
+                crate::log(&format!("wire {}: {}", p.wire, r.message));
             }
             let mut next = self.state.clone();
             next.set_link(&name, link);

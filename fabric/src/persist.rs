@@ -125,6 +125,23 @@ pub struct SavedWire {
     pub remote_ns: u64,
 }
 
+/// A connect armed to be made when the endpoint's VM starts here
+/// (`connect --incoming`, the destination of a live migration). Kept apart
+/// from the wires: wire `wire` may exist already, as the encap wire the
+/// VM's arrival turns loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedIncoming {
+    /// The endpoint whose VM is awaited.
+    pub endpoint: String,
+    /// Wire id.
+    pub wire: u32,
+    /// Peer, as at connect.
+    pub peer: String,
+    /// Format, as at connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<EncapName>,
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -138,6 +155,9 @@ pub struct Saved {
     pub endpoints: Vec<SavedEndpoint>,
     /// Wires.
     pub wires: Vec<SavedWire>,
+    /// Armed connects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incoming: Vec<SavedIncoming>,
 }
 
 /// Writes `state` to `path` atomically (write, fsync, rename, fsync dir),
@@ -198,6 +218,15 @@ pub enum Change {
     WireRemoved {
         /// Wire id.
         wire: u32,
+    },
+    /// A connect was armed for an endpoint's VM: it replaces the one for
+    /// the same endpoint, if any.
+    IncomingArmed(SavedIncoming),
+    /// The endpoint's armed connect was made or cancelled (nothing happens
+    /// if there is none).
+    IncomingDone {
+        /// The endpoint.
+        endpoint: String,
     },
 }
 
@@ -269,16 +298,21 @@ struct Live {
     next: u64,
     /// Wires by id.
     wires: BTreeMap<u32, SavedWire>,
+    /// Armed connects by endpoint.
+    incoming: BTreeMap<String, SavedIncoming>,
 }
 
 impl Live {
-    fn from_saved(endpoints: Vec<SavedEndpoint>, wires: Vec<SavedWire>) -> Live {
+    fn from_saved(endpoints: Vec<SavedEndpoint>, wires: Vec<SavedWire>, incoming: Vec<SavedIncoming>) -> Live {
         let mut live = Live::default();
         for SavedEndpoint { name, spec, origin } in endpoints {
             live.add_endpoint(name, spec, origin);
         }
         for w in wires {
             live.wires.insert(w.wire, w);
+        }
+        for i in incoming {
+            live.incoming.insert(i.endpoint.clone(), i);
         }
         live
     }
@@ -307,11 +341,17 @@ impl Live {
             Change::WireRemoved { wire } => {
                 self.wires.remove(wire);
             }
+            Change::IncomingArmed(i) => {
+                self.incoming.insert(i.endpoint.clone(), i.clone());
+            }
+            Change::IncomingDone { endpoint } => {
+                self.incoming.remove(endpoint);
+            }
         }
     }
 
     fn len(&self) -> usize {
-        self.endpoints.len() + self.wires.len()
+        self.endpoints.len() + self.wires.len() + self.incoming.len()
     }
 
     fn to_saved(&self) -> Saved {
@@ -319,6 +359,7 @@ impl Live {
             version: VERSION,
             endpoints: self.endpoints.values().cloned().collect(),
             wires: self.wires.values().cloned().collect(),
+            incoming: self.incoming.values().cloned().collect(),
         }
     }
 }
@@ -330,6 +371,8 @@ struct BaseOut<'a> {
     generation: u64,
     endpoints: Vec<&'a SavedEndpoint>,
     wires: Vec<&'a SavedWire>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    incoming: Vec<&'a SavedIncoming>,
 }
 
 /// The base as read: version 1 (no generation) or 2.
@@ -340,6 +383,8 @@ struct BaseIn {
     generation: u64,
     endpoints: Vec<SavedEndpoint>,
     wires: Vec<SavedWire>,
+    #[serde(default)]
+    incoming: Vec<SavedIncoming>,
 }
 
 /// Line 1 of the journal.
@@ -369,7 +414,7 @@ fn read_base(path: &Path) -> Result<Option<(u64, Live)>, String> {
             ))
         }
     };
-    Ok(Some((generation, Live::from_saved(base.endpoints, base.wires))))
+    Ok(Some((generation, Live::from_saved(base.endpoints, base.wires, base.incoming))))
 }
 
 /// The persisted configuration: a base and a journal (see the module
@@ -566,6 +611,7 @@ impl Store {
             generation,
             endpoints: self.live.endpoints.values().collect(),
             wires: self.live.wires.values().collect(),
+            incoming: self.live.incoming.values().collect(),
         };
         let mut text = serde_json::to_string_pretty(&base).map_err(io::Error::other)?;
         text.push('\n');
@@ -659,6 +705,7 @@ mod tests {
                 local_ns: 1_700_000_000_000_000_000,
                 remote_ns: 0,
             }],
+            incoming: vec![],
         };
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), Some(s.clone()));
@@ -723,6 +770,36 @@ mod tests {
         assert!(base.contains("\"generation\": 1") && base.contains("\"endpoints\": []"), "{base}");
         let journal = fs::read_to_string(journal_path(&path)).unwrap();
         assert_eq!(journal.lines().count(), 1 + 10);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_armed_connect_is_kept_until_it_is_made_and_survives_compaction() {
+        let dir = tempdir("incoming");
+        let path = dir.join("state.json");
+        let (mut store, _) = Store::open(&path).unwrap();
+        store.record_all(&[tap("vma"), tap("vmb")]).unwrap();
+        // Wire 7 exists (vma's, to another host) and vmb's VM, arriving,
+        // would turn it loopback: both are kept.
+        store.record(&Change::WireSaved(wire(7, "vma", "10.0.0.2", 0))).unwrap();
+        let armed = SavedIncoming { endpoint: "vmb".into(), wire: 7, peer: "vma".into(), encap: None };
+        store.record(&Change::IncomingArmed(armed.clone())).unwrap();
+        drop(store);
+        let (mut store, saved) = Store::open(&path).unwrap();
+        let saved = saved.unwrap();
+        assert_eq!((saved.wires.len(), saved.incoming.clone()), (1, vec![armed.clone()]));
+        store.compact().unwrap();
+        drop(store);
+        let (mut store, saved) = Store::open(&path).unwrap();
+        assert_eq!(saved.unwrap().incoming, vec![armed]);
+        // The VM started: the connect is made.
+        store
+            .record_all(&[Change::WireSaved(wire(7, "vmb", "vma", 0)), Change::IncomingDone { endpoint: "vmb".into() }])
+            .unwrap();
+        drop(store);
+        let (_, saved) = Store::open(&path).unwrap();
+        let saved = saved.unwrap();
+        assert_eq!((saved.wires, saved.incoming), (vec![wire(7, "vmb", "vma", 0)], vec![]));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -845,6 +922,7 @@ mod tests {
                 },
             ],
             wires: vec![wire(4, "vm1", "vm2", 0), wire(9, "vm2", "10.0.0.7", 1_700_000_000_000_000_000)],
+            incoming: vec![],
         };
         save(&path, &old).unwrap();
         let (mut store, saved) = Store::open(&path).unwrap();

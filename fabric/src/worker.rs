@@ -88,6 +88,10 @@ struct Io {
     /// `in_dirty`), flushed together; never longer than the port table.
     dirty: Vec<u32>,
     in_dirty: Vec<bool>,
+    /// Ports whose TX buffer keeps frames their VM's stopped ring refused
+    /// (see `tend_stalled`); each once (`in_stalled`).
+    stalled: Vec<u32>,
+    in_stalled: Vec<bool>,
     free: FreeBatch,
     pool: Mempool,
     stats: Arc<WorkerStats>,
@@ -114,6 +118,8 @@ pub fn run(ctx: WorkerContext) -> i32 {
         tx: (0..nports).map(|_| TxBuffer::new()).collect(),
         dirty: Vec::with_capacity(nports),
         in_dirty: vec![false; nports],
+        stalled: Vec::with_capacity(nports),
+        in_stalled: vec![false; nports],
         free: FreeBatch::new(),
         pool,
         stats: stats.clone(),
@@ -135,6 +141,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
         }
         if io.held_len > 0 && (updated || vw_pmd::time::tsc() >= io.held_expiry) {
             io.release_held(&snap);
+        }
+        if !io.stalled.is_empty() {
+            io.tend_stalled(&snap);
         }
         if !snap.parks.releases.is_empty() {
             io.release_parks(&snap);
@@ -506,6 +515,9 @@ impl Io {
                         continue;
                     }
                     if target.park != Park::No {
+                        if d.encap == Encap::Forward {
+                            self.count_forwarded(target.slot);
+                        }
                         self.park_frame(snap, key, m);
                         if target.park == Park::Release {
                             released = Some(key);
@@ -586,6 +598,40 @@ impl Io {
         }
     }
 
+    /// Frames a VM's ring refused because QEMU had just stopped it (the
+    /// last phase of a live migration), kept in the port's TX buffer: while
+    /// the control plane has not yet seen the stop, they are tried again;
+    /// once it has, they go first into the queue that holds the VM's
+    /// frames (`toward`), or, with no such hold, are dropped as
+    /// `endpoint_down`.
+    #[cold]
+    fn tend_stalled(&mut self, snap: &Snapshot) {
+        let mut i = 0;
+        while i < self.stalled.len() {
+            let ix = self.stalled[i] as usize;
+            let p = &snap.ports[ix];
+            if !self.tx[ix].is_empty() && p.up {
+                self.mark_dirty(ix);
+                i += 1;
+                continue;
+            }
+            self.stalled.swap_remove(i);
+            self.in_stalled[ix] = false;
+            match p.toward {
+                Some(key) => {
+                    let mut kept = std::mem::take(&mut self.tx[ix]);
+                    kept.take_all(|m| self.park_frame(snap, key, m));
+                    self.tx[ix] = kept;
+                }
+                None => {
+                    let n = self.tx[ix].discard();
+                    bump(&self.stats.ports[ix].tx_dropped, n);
+                    bump(&self.stats.drops[FabricDrop::EndpointDown.index()], n);
+                }
+            }
+        }
+    }
+
     /// Sends on what the hold queues being released hold.
     #[cold]
     fn release_parks(&mut self, snap: &Snapshot) {
@@ -600,21 +646,55 @@ impl Io {
     #[cold]
     fn release_park(&mut self, snap: &Snapshot, key: u64) {
         let Some(p) = snap.parks.by_key.get(&key) else { return };
-        if p.queue.is_empty() || !p.claim() {
+        if p.queue.is_empty() {
             return;
         }
+        // Older frames for the same VM, in another queue, go first.
+        let after = snap.plan.parks.get(&key).and_then(|s| s.after);
+        if after.and_then(|a| snap.parks.by_key.get(&a)).is_some_and(|a| !a.queue.is_empty()) {
+            return;
+        }
+        if !p.claim() {
+            return;
+        }
+        // No more than the VM's ring takes now: a VM that has just resumed
+        // (on a cold start of its vCPUs, or a TCG guest's empty translation
+        // cache) may take its RX ring only slowly, and what stays in the
+        // queue is sent on at a later pass, in order, instead of `tx_full`.
+        let budget = self.park_room(snap, key).map_or(RELEASE_BUDGET, |r| r.min(RELEASE_BUDGET));
         let mut n = 0u64;
-        while let Some(m) = p.queue.pop() {
+        while n < budget as u64 {
+            let Some(m) = p.queue.pop() else { break };
             self.unpark(snap, key, m);
             n += 1;
-            if n as usize >= RELEASE_BUDGET {
-                break;
-            }
         }
         // Out on the ports before another worker may take the queue.
         self.flush_all(snap);
         p.unclaim();
         bump(&self.stats.handled[Handled::Released as usize], n);
+    }
+
+    /// How many frames of hold queue `key` the port its frames go to now
+    /// takes at once, if that port can tell (a VM's RX ring, through this
+    /// worker's queue), less what this worker has buffered for it.
+    #[cold]
+    fn park_room(&self, snap: &Snapshot, key: u64) -> Option<usize> {
+        let to = match park_key_port(key) {
+            Some(port) => match snap.ports.get(port.ix()).map(|p| p.role) {
+                Some(Role::Endpoint(EndpointAction::Loopback { peer, .. })) => peer,
+                _ => return None,
+            },
+            None => match snap.decap.get(&key) {
+                Some(t) if !t.forward => t.port,
+                _ => return None,
+            },
+        };
+        let ix = to.ix();
+        if self.queue >= snap.ports[ix].txq {
+            return None;
+        }
+        let room = snap.devices[ix].io.room(self.queue)?;
+        Some(room.saturating_sub(self.tx[ix].len()))
     }
 
     /// One held frame, sent the way its path goes now.
@@ -736,11 +816,21 @@ impl Io {
 
     /// Sends port `ix`'s TX buffer. Frames its queue refuses are
     /// `endpoint_down` if the port's VM is known to be gone (the device
-    /// refuses them at once), else `tx_full`.
+    /// refuses them at once), else `tx_full`; but a few that a VM's ring
+    /// refuses because it just stopped, while the port is still up here,
+    /// are kept (see `tend_stalled`).
     #[inline(always)]
     fn flush_port(&mut self, snap: &Snapshot, ix: usize) {
         let dev = &snap.devices[ix];
-        let f = self.tx[ix].flush_to(&dev.io, self.queue);
+        let f = if snap.ports[ix].up {
+            self.tx[ix].flush_or_keep(&dev.io, self.queue)
+        } else {
+            self.tx[ix].flush_to(&dev.io, self.queue)
+        };
+        if f.kept > 0 && !self.in_stalled[ix] {
+            self.in_stalled[ix] = true;
+            self.stalled.push(ix as u32);
+        }
         bump(&self.stats.tx_frames, f.sent);
         let pc = &self.stats.ports[ix];
         if let PortIo::Vhost(_) = dev.io {

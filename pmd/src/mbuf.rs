@@ -560,6 +560,17 @@ pub enum PortIo {
     Vhost(std::sync::Arc<crate::vhost::VhostPort>),
 }
 
+impl PortIo {
+    /// How many frames the port's TX queue `queue` surely takes now, if it
+    /// can tell: a VM's RX ring can; an ethdev queue is not asked.
+    pub fn room(&self, queue: u16) -> Option<usize> {
+        match self {
+            PortIo::Vhost(v) => Some(v.rx_room(queue)),
+            PortIo::Eth(_) | PortIo::None => None,
+        }
+    }
+}
+
 /// What one [`TxBuffer::flush_to`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flushed {
@@ -567,6 +578,8 @@ pub struct Flushed {
     pub sent: u64,
     /// Packets it refused (freed).
     pub refused: u64,
+    /// Packets kept in the buffer ([`TxBuffer::flush_or_keep`]).
+    pub kept: u64,
     /// Bytes sent, counted for vhost-user devices only (an ethdev counts
     /// its own).
     pub bytes: u64,
@@ -675,7 +688,42 @@ impl TxBuffer {
                 0
             }
         };
-        Flushed { sent: sent as u64, refused: (n - sent) as u64, bytes }
+        Flushed { sent: sent as u64, refused: (n - sent) as u64, kept: 0, bytes }
+    }
+
+    /// Like [`TxBuffer::flush_to`], except that packets a VM's RX ring
+    /// refuses stay in the buffer, the oldest first, up to half of it, if
+    /// the ring has stopped or QEMU is live-migrating the VM (whose vCPUs
+    /// then run slowly, and stop before its rings do): the moments before
+    /// the control plane has put a hold in place. The caller takes them
+    /// out with [`TxBuffer::take_all`] or flushes them again.
+    pub fn flush_or_keep(&mut self, io: &PortIo, queue: u16) -> Flushed {
+        let n = self.len;
+        let PortIo::Vhost(v) = io else { return self.flush_to(io, queue) };
+        if n == 0 {
+            return Flushed::default();
+        }
+        let sent = v.enqueue(queue, &mut self.pkts[..n]);
+        // SAFETY: pkts[..n] are still valid owned mbufs.
+        let bytes = self.pkts[..sent].iter().map(|&p| unsafe { (*p).pkt_len } as u64).sum();
+        free_bulk(&mut self.pkts[..sent]);
+        let keep =
+            if sent < n && (v.migrating() || !v.rx_running(queue)) { (n - sent).min(TX_BUFFER_SIZE / 2) } else { 0 };
+        free_bulk(&mut self.pkts[sent + keep..n]);
+        self.pkts.copy_within(sent..sent + keep, 0);
+        self.len = keep;
+        Flushed { sent: sent as u64, refused: (n - sent - keep) as u64, kept: keep as u64, bytes }
+    }
+
+    /// Takes every queued packet out, in order.
+    pub fn take_all(&mut self, mut f: impl FnMut(Mbuf)) {
+        let n = self.len;
+        self.len = 0;
+        for &p in &self.pkts[..n] {
+            if let Some(p) = NonNull::new(p) {
+                f(Mbuf::from_nonnull(p));
+            }
+        }
     }
 
     /// Frees queued packets without sending them (port going away).

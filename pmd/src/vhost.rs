@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::mempool::Mempool;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Sockets librte_vhost can register at once (`MAX_VHOST_SOCKET`).
@@ -82,6 +82,9 @@ pub struct VhostPort {
     mtu: AtomicU32,
     /// Virtio features the VM negotiated.
     features: AtomicU64,
+    /// QEMU logs the VM's dirty memory (VHOST_F_LOG_ALL): a live migration
+    /// of the VM is under way.
+    logging: AtomicBool,
     path: CString,
     client: bool,
     queue_pairs: u16,
@@ -101,6 +104,8 @@ pub struct VhostState {
     pub mtu: u16,
     /// Negotiated virtio features.
     pub features: u64,
+    /// QEMU is live-migrating the VM.
+    pub migrating: bool,
 }
 
 impl VhostPort {
@@ -132,6 +137,7 @@ impl VhostPort {
             link_changes: self.link_changes.load(Ordering::Relaxed),
             mtu: self.mtu.load(Ordering::Relaxed) as u16,
             features: self.features.load(Ordering::Relaxed),
+            migrating: self.logging.load(Ordering::Relaxed),
         }
     }
 
@@ -158,6 +164,32 @@ impl VhostPort {
         let n =
             unsafe { dpdk_sys::rte_vhost_dequeue_burst(vid, vq, pool.as_ptr(), pkts.as_mut_ptr(), pkts.len() as u16) };
         n as usize
+    }
+
+    /// Whether QEMU is live-migrating the VM (it logs dirty memory).
+    #[inline(always)]
+    pub fn migrating(&self) -> bool {
+        self.logging.load(Ordering::Relaxed)
+    }
+
+    /// Whether the VM's RX ring of queue pair `queue` runs (its device is
+    /// up and the ring enabled).
+    #[inline(always)]
+    pub fn rx_running(&self, queue: u16) -> bool {
+        self.vid_for(2 * queue).is_some()
+    }
+
+    /// How many buffers the VM has posted in its RX ring of queue pair
+    /// `queue` that no frame has taken yet: frames the ring can take now
+    /// (at least; a frame takes one buffer or more). 0 if the ring is not
+    /// running.
+    pub fn rx_room(&self, queue: u16) -> usize {
+        let vq = 2 * queue;
+        let Some(vid) = self.vid_for(vq) else { return 0 };
+        // SAFETY: as in `dequeue`: vid names a running device and vq an
+        // enabled ring; librte_vhost reads the ring's indexes under the
+        // ring's own lock.
+        usize::from(unsafe { dpdk_sys::rte_vhost_avail_entries(vid, vq) })
     }
 
     /// Copies `pkts` into the VM's RX ring of queue pair `queue`. Returns how
@@ -270,10 +302,23 @@ extern "C" fn on_new_device(vid: c_int) -> c_int {
         p.vrings.store(all, Ordering::Release);
     }
     p.features.store(features, Ordering::Relaxed);
+    p.logging.store(features & VHOST_F_LOG_ALL != 0, Ordering::Relaxed);
     p.mtu.store(u32::from(mtu), Ordering::Relaxed);
     p.vid.store(vid, Ordering::SeqCst);
     p.link_changes.fetch_add(1, Ordering::Relaxed);
     lock().changed.push(p.tag);
+    0
+}
+
+/// VHOST_F_LOG_ALL: the front end logs dirty memory (live migration).
+const VHOST_F_LOG_ALL: u64 = 1 << 26;
+
+extern "C" fn on_features_changed(vid: c_int, features: u64) -> c_int {
+    let Some(p) = port_of(&mut lock(), vid) else { return 0 };
+    let was = p.logging.swap(features & VHOST_F_LOG_ALL != 0, Ordering::Relaxed);
+    if was != (features & VHOST_F_LOG_ALL != 0) {
+        lock().changed.push(p.tag);
+    }
     0
 }
 
@@ -314,7 +359,7 @@ static OPS: Ops = Ops(dpdk_sys::rte_vhost_device_ops {
     new_device: Some(on_new_device),
     destroy_device: Some(on_destroy_device),
     vring_state_changed: Some(on_vring_state_changed),
-    features_changed: None,
+    features_changed: Some(on_features_changed),
     new_connection: Some(on_new_connection),
     destroy_connection: Some(on_destroy_connection),
     guest_notified: None,
@@ -350,6 +395,7 @@ impl VhostSocket {
             link_changes: AtomicU64::new(0),
             mtu: AtomicU32::new(0),
             features: AtomicU64::new(0),
+            logging: AtomicBool::new(false),
             path: c.clone(),
             client,
             queue_pairs,

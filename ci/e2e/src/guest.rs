@@ -67,6 +67,62 @@ fn qemu_version() -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+impl GuestImage {
+    /// The same image with `vw-probe` (the e2e crate's traffic tool, with
+    /// the shared libraries it needs) in the guest's `/bin`: a second cpio
+    /// archive appended to the initramfs, which the kernel unpacks over the
+    /// first. Built in the test's directory from the binary under test.
+    pub fn with_probe(&self, env: &Env) -> GuestImage {
+        let root = env.dir.join("probe-root");
+        let _ = std::fs::remove_dir_all(&root);
+        let probe = env.bin.join("vw-probe");
+        let mut files = vec![(probe.clone(), PathBuf::from("bin/vw-probe"))];
+        // `ldd` names each library the binary needs and where it is.
+        let ldd = Command::new("ldd").arg(&probe).output().expect("ldd");
+        for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+            if let Some(p) = path {
+                let inside = p.strip_prefix("/").unwrap().to_path_buf();
+                files.push((p, inside));
+            }
+        }
+        for (from, inside) in &files {
+            let to = root.join(inside);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {} into the guest image: {e}", from.display()));
+        }
+        // Debug information is most of the binary; the guest needs none.
+        let _ = Command::new("strip").arg(root.join("bin/vw-probe")).status();
+        let extra = env.dir.join("probe.cpio");
+        let list: String = files.iter().map(|(_, i)| format!("{}\n", i.display())).collect();
+        let mut cpio = Command::new("cpio")
+            .args(["-o", "-H", "newc", "--quiet", "-O", extra.to_str().unwrap()])
+            .current_dir(&root)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("cpio (ci/setup.sh installs it)");
+        // Directories first, so that the kernel makes them before the files.
+        let mut dirs: Vec<String> = files
+            .iter()
+            .flat_map(|(_, i)| {
+                i.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(|a| a.display().to_string())
+            })
+            .collect();
+        dirs.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        dirs.dedup();
+        let input: String = dirs.iter().map(|d| format!("{d}\n")).collect::<String>() + &list;
+        cpio.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        assert!(cpio.wait().unwrap().success(), "cpio failed");
+        let initrd = env.dir.join("initrd-probe.img");
+        let mut img = std::fs::read(&self.initrd).unwrap();
+        // Each archive in an initramfs starts on a 4-byte boundary.
+        img.resize(img.len().div_ceil(4) * 4, 0);
+        img.extend(std::fs::read(&extra).unwrap());
+        std::fs::write(&initrd, img).unwrap();
+        GuestImage { initrd, ..self.clone() }
+    }
+}
+
 /// How a guest's NIC meets the fabric.
 #[derive(Debug, Clone)]
 pub struct GuestOpts {
@@ -114,7 +170,9 @@ impl GuestOpts {
 /// The QEMU command line for a guest (also what docs/qemu.md shows).
 pub fn qemu_args(image: &GuestImage, name: &str, opts: &GuestOpts, dir: &Path) -> Vec<String> {
     let mem = opts.memory_mb;
-    let mut nic = format!("virtio-net-pci,netdev=n0,mac={},romfile=", opts.mac);
+    // 1024-entry rings (QEMU's default is 256), as recommended for
+    // vhost-user: room for a burst while a guest's vCPU is busy elsewhere.
+    let mut nic = format!("virtio-net-pci,netdev=n0,mac={},romfile=,rx_queue_size=1024,tx_queue_size=1024", opts.mac);
     if opts.queues > 1 {
         // One vector per queue, one for config, one for the control queue.
         nic.push_str(&format!(",mq=on,vectors={}", 2 * opts.queues + 2));
@@ -240,8 +298,18 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut g = g.unwrap();
-        if opts.incoming.is_none() {
-            g.wait_ready();
+        match opts.incoming {
+            None => g.wait_ready(),
+            Some(port) => {
+                // QEMU listens for the migration a moment after it made its
+                // sockets; a probing connect would be taken as the migration.
+                let listening = format!("0100007F:{port:04X} 00000000:0000 0A");
+                let t = Instant::now();
+                while !std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().contains(&listening) {
+                    assert!(t.elapsed() < Duration::from_secs(30), "QEMU for {name} does not listen on {port}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
         g
     }

@@ -131,15 +131,28 @@ pub fn migration_key(env: &Env) -> String {
 /// Host `i` of a migration test: fabric `h{i}` with VTEP 10.77.0.{i}/24 on
 /// `underlay`, the migration channel keyed by `key`, grace `grace_ms`.
 pub fn migration_host(env: &Env, underlay: &mut Underlay, i: u32, key: &str, grace_ms: u64) -> Fabric {
+    migration_host_with(env, underlay, i, key, grace_ms, &[])
+}
+
+/// [`migration_host`] with more vwfabric options (`--state FILE`, say).
+/// Called again after the fabric stopped, it starts it again, plugged in
+/// again.
+pub fn migration_host_with(
+    env: &Env,
+    underlay: &mut Underlay,
+    i: u32,
+    key: &str,
+    grace_ms: u64,
+    more: &[&str],
+) -> Fabric {
     let up = format!("vw{}u{i}", env.tag);
+    let mut extra: Vec<String> =
+        vec!["--migration-key-file".into(), key.into(), "--migration-grace-ms".into(), grace_ms.to_string()];
+    extra.extend(more.iter().map(|m| m.to_string()));
     let f = Fabric::start(
         env,
         &format!("h{i}"),
-        FabricOpts {
-            uplink: Some((up.clone(), format!("10.77.0.{i}/24"))),
-            extra: vec!["--migration-key-file".into(), key.into(), "--migration-grace-ms".into(), grace_ms.to_string()],
-            ..Default::default()
-        },
+        FabricOpts { uplink: Some((up.clone(), format!("10.77.0.{i}/24"))), extra, ..Default::default() },
     );
     underlay.plug(&up);
     f

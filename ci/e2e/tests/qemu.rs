@@ -240,81 +240,243 @@ fn jumbo_frames_on_a_loopback_wire() {
     drop(f);
 }
 
+/// The stream's rate each way in the migration test, datagrams/s: what two
+/// TCG guests on this 2-core machine carry without loss while nothing
+/// moves (docs/migration.md has the measurement). `VW_QEMU_RATE` overrides.
+const QEMU_RATE: u64 = 4000;
+
+/// A `vw-probe stream` in a guest, its summary in /tmp/stream.out.
+fn stream_start(g: &mut Guest, dst: &str, rate: u64) {
+    g.ok(&format!(
+        "rm -f /tmp/gate /tmp/gate.pause; (vw-probe stream 7000 {dst}:7000 {rate} /tmp/gate --summary > /tmp/stream.out \
+         2>&1 &)"
+    ));
+    for _ in 0..100 {
+        if g.ok("cat /tmp/stream.out").contains("ready") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = g.ok("cat /tmp/stream.out");
+    panic!("{}: vw-probe stream did not start: {out}\n{}", g.name, g.logs());
+}
+
+/// What one side's `vw-probe stream --summary` printed.
+#[derive(Debug, Default)]
+struct Summary {
+    sent: u64,
+    distinct: u64,
+    duplicated: u64,
+    reordered: u64,
+    missing: Vec<String>,
+    /// (seq before, seq after, ms)
+    gaps: Vec<(u64, u64, f64)>,
+}
+
+fn stream_summary(g: &mut Guest) -> Summary {
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = g.ok("cat /tmp/stream.out");
+        if out.lines().any(|l| l.starts_with("received")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut s = Summary::default();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["sent", n] => s.sent = n.parse().unwrap(),
+            ["received", _, "distinct", d, "duplicated", u, "reordered", r, "top", _] => {
+                (s.distinct, s.duplicated, s.reordered) = (d.parse().unwrap(), u.parse().unwrap(), r.parse().unwrap());
+            }
+            ["missing", range] => s.missing.push(range.to_string()),
+            ["gap", a, b, ms, _] => s.gaps.push((a.parse().unwrap(), b.parse().unwrap(), ms.parse().unwrap())),
+            ["ready"] => {}
+            _ => panic!("{}: unexpected stream output {l:?}", g.name),
+        }
+    }
+    s
+}
+
+/// The longest pause in `s` between datagrams numbered `from..to`.
+fn gap_in(s: &Summary, from: u64, to: u64) -> f64 {
+    s.gaps.iter().filter(|g| g.0 >= from && g.0 < to).map(|g| g.2).fold(0.0, f64::max)
+}
+
+/// Whether a guest's kernel crashed in this run: Debian 12's QEMU 7.2
+/// under TCG now and then hands a guest back from a live migration with
+/// corrupt timer state (`BUG: kernel NULL pointer dereference` in
+/// `timerqueue_del`, then a reboot: about one migration in twenty here).
+fn guest_kernel_crashed(dir: &Path) -> Option<String> {
+    let logs = std::fs::read_dir(dir).ok()?;
+    logs.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with("-console.log")).find_map(
+        |p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let at = text.find("BUG: ").or_else(|| text.find("Oops: "))?;
+            Some(format!("{}: {}", p.display(), text[at..].lines().take(12).collect::<Vec<_>>().join("\n")))
+        },
+    )
+}
+
 #[test]
 fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
-    let Some((env, image)) = setup_qemu("qemu_migrate") else { return };
+    // The scenario runs again, once, only if a guest's kernel crashed after
+    // a migration (see `guest_kernel_crashed`): that says nothing about the
+    // fabric. Any other failure fails the test at once.
+    for attempt in 1..=2 {
+        let test = format!("qemu_migrate{attempt}");
+        let dir = std::env::temp_dir().join(format!("vw-e2e-{}-{test}", std::process::id()));
+        let r = std::panic::catch_unwind(|| three_moves_under_traffic(&test));
+        let Err(e) = r else { return };
+        match guest_kernel_crashed(&dir) {
+            Some(crash) if attempt == 1 => eprintln!("a guest's kernel crashed after a migration; once more:\n{crash}"),
+            _ => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+fn three_moves_under_traffic(test: &str) {
+    let Some((env, image)) = setup_qemu(test) else { return };
+    let image = image.with_probe(&env);
+    let rate: u64 = std::env::var("VW_QEMU_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(QEMU_RATE);
     let key = migration_key(&env);
     let mut ul = Underlay::new(&env);
-    let hosts: Vec<Fabric> = (1..=3).map(|i| migration_host(&env, &mut ul, i, &key, 2000)).collect();
-    let (h1, h2, h3) = (&hosts[0], &hosts[1], &hosts[2]);
-    let (sa, sb, sb3) = (sock(&env, "vma"), sock(&env, "vmb"), sock(&env, "vmb-h3"));
-    h1.ctl_ok(&["endpoint", "add", "vma", "--vhost-user", sa.to_str().unwrap()]);
-    h2.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb.to_str().unwrap()]);
-    h1.ctl_ok(&["connect", "7", "vma", "10.77.0.2"]);
-    h2.ctl_ok(&["connect", "7", "vmb", "10.77.0.1"]);
+    let grace = 2000;
+    let state = env.dir.join("h3.state");
+    let h3_opts = ["--state", state.to_str().unwrap()];
+    let mut hosts: Vec<Fabric> = (1..=2).map(|i| migration_host(&env, &mut ul, i, &key, grace)).collect();
+    hosts.push(migration_host_with(&env, &mut ul, 3, &key, grace, &h3_opts));
+    let (sa, sb) = (sock(&env, "vma"), sock(&env, "vmb"));
+    hosts[0].ctl_ok(&["endpoint", "add", "vma", "--vhost-user", sa.to_str().unwrap()]);
+    hosts[1].ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb.to_str().unwrap()]);
+    hosts[0].ctl_ok(&["connect", "7", "vma", "10.77.0.2"]);
+    hosts[1].ctl_ok(&["connect", "7", "vmb", "10.77.0.1"]);
     let (mut oa, mut ob) = guest_pair(&sa, &sb);
     oa.host_mtu = Some(1454);
     ob.host_mtu = Some(1454);
     let mut a = Guest::start(&env, &image, "ga", &oa);
     let mut b = Guest::start(&env, &image, "gb", &ob);
-    let ctx = || hosts.iter().map(|h| format!("--- {} ---\n{}", h.name, h.log_text())).collect::<String>();
-    assert!(a.wait_reachable("192.168.7.2", 30), "{}", ctx());
+    macro_rules! ctx {
+        () => {
+            hosts.iter().map(|h| format!("--- {} ---\n{}", h.name, h.log_text())).collect::<String>()
+        };
+    }
+    assert!(a.wait_reachable("192.168.7.2", 30), "{}", ctx!());
 
-    // The destination, prepared before the move: the endpoint, and the wire
-    // armed to connect when the VM starts there. Nothing at switch-over.
-    h3.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb3.to_str().unwrap()]);
     // What cannot wait for a VM is refused; an armed wire can be cancelled.
+    let h3 = &hosts[2];
     h3.ctl_ok(&["endpoint", "add", "dev", "net_null0,no-rx=1"]);
     let out = h3.ctl(&["connect", "9", "dev", "10.77.0.1", "--incoming"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("waits for a VM to start on a vhost-user endpoint"));
+    h3.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sock(&env, "vmb-h3").to_str().unwrap()]);
     h3.ctl_ok(&["connect", "9", "vmb", "10.77.0.1", "--incoming"]);
     let out = h3.ctl(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already waits to connect wire 9"));
     h3.ctl_ok(&["disconnect", "9"]);
     assert!(h3.wire(9).is_null(), "cancelled");
-    let armed = h3.ctl_ok(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
-    assert!(armed.contains("incoming"), "{armed}");
-    assert_eq!(h3.wire(7)["state"], "incoming");
-    let mut od = ob.clone();
-    od.socket = sb3.clone();
-    od.incoming = Some(47000 + (std::process::id() % 1000) as u16);
-    let mut b3 = Guest::start(&env, &image, "gb3", &od);
+    h3.ctl_ok(&["endpoint", "del", "dev"]);
 
-    // A pings B every 20 ms through the move.
-    let reasons = ["endpoint_down", "hold_overflow", "hold_expired"];
+    // A sequenced UDP stream each way and a ping every 10 ms, through all
+    // three moves; both streams listen before either sends.
+    stream_start(&mut a, "192.168.7.2", rate);
+    stream_start(&mut b, "192.168.7.1", rate);
+    a.ok("touch /tmp/gate");
+    let t0 = std::time::Instant::now();
+    b.ok("touch /tmp/gate");
+    a.ok("(ping -i 0.01 192.168.7.2 > /tmp/ping.out 2>&1 &)");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let reasons = ["no_wire", "endpoint_down", "hold_overflow", "hold_expired"];
     let before: Vec<Vec<u64>> = hosts.iter().map(|h| reasons.iter().map(|r| h.drops(r)).collect()).collect();
     let all_before: Vec<Value> = hosts.iter().map(|h| h.all_drops()).collect();
-    a.ok("(ping -q -i 0.02 -c 400 192.168.7.2 > /tmp/ping.out 2>&1 &)");
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let m = b.migrate_to(&env, od.incoming.unwrap());
-    drop(b);
-    std::thread::sleep(std::time::Duration::from_secs(7));
-    let out = a.ok("cat /tmp/ping.out");
-    eprintln!("QEMU migration: total {} ms, downtime {} ms; A's pings: {}", m.total_ms, m.downtime_ms, out.trim());
-
-    // The wire followed: h3 has it, h1 sends to h3, and B answers from h3.
-    let w3 = h3.wire(7);
-    assert!(w3["kind"] == "encap" && w3["state"] == "up", "{w3}\n{}", ctx());
-    assert_eq!(h1.wire(7)["peer"], "10.77.0.3", "the peer re-pointed by itself\n{}", ctx());
-    assert!(h3.log_text().contains("vmb's VM started here; connected"), "{}", ctx());
-    assert_eq!(h3.drops("no_wire"), 0, "nothing the guest sent at h3 met an endpoint without a wire\n{}", ctx());
-    for h in &hosts {
-        assert!(!h.log_text().contains("warning: wire 7"), "no MTU warning for guests at host_mtu=1454\n{}", ctx());
-    }
-    assert!(out.contains("packets received"), "{out}");
-    // Frames for B that reached h2 after QEMU stopped B's rings there were
-    // held, passed on to h3 when h1 re-pointed, and delivered in order.
-    assert!(h2.log_text().contains("vmb's VM stopped; holding frames"), "{}", ctx());
-    assert!(h2.log_text().contains("went on to 10.77.0.3; FLUSHED sent"), "{}", ctx());
-    for (h, before) in hosts.iter().zip(&before) {
-        for (reason, n) in reasons.iter().zip(before) {
-            assert_eq!(h.drops(reason), *n, "{reason} at {} during the move\n{}", h.name, ctx());
+    // (from, to) as host indexes: 2 -> 3 -> 1 (co-located with A) -> 2.
+    let moves = [(1usize, 2usize), (2, 0), (0, 1)];
+    let names = ["host1", "host2", "host3"];
+    let mut done_moves = Vec::new();
+    for (k, (from, to)) in moves.into_iter().enumerate() {
+        // The destination, prepared before the move: the endpoint (host 2
+        // keeps its own from before B left), and the wire armed to connect
+        // when the VM starts there. Nothing at switch-over, on any host.
+        let socket = match to {
+            1 => sb.clone(),
+            2 => sock(&env, "vmb-h3"),
+            _ => {
+                let s = sock(&env, "vmb-h1");
+                hosts[to].ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", s.to_str().unwrap()]);
+                s
+            }
+        };
+        let peer = if to == 0 { "vma" } else { "10.77.0.1" };
+        let armed = hosts[to].ctl_ok(&["connect", "7", "vmb", peer, "--incoming"]);
+        assert!(armed.contains("incoming"), "{armed}");
+        if k == 0 {
+            // An armed wire is configuration: a fabric restart keeps it.
+            hosts[2].kill9();
+            hosts[2] = migration_host_with(&env, &mut ul, 3, &key, grace, &h3_opts);
+            assert_eq!(hosts[2].wire(7)["state"], "incoming", "after a restart\n{}", hosts[2].log_text());
         }
+        let stopped_before = hosts[from].log_text().matches("vmb's VM stopped; holding frames").count();
+        let mut od = ob.clone();
+        od.socket = socket;
+        od.incoming = Some(47000 + (std::process::id() % 300) as u16 * 3 + k as u16);
+        let next = Guest::start(&env, &image, &format!("gb{}", k + 1), &od);
+        let at = t0.elapsed().as_secs_f64();
+        let m = b.migrate_to(&env, od.incoming.unwrap());
+        let done = t0.elapsed().as_secs_f64();
+        // The source QEMU, paused after the migration, goes.
+        b = next;
+        // Past the grace period: the next move starts from a settled wire.
+        std::thread::sleep(std::time::Duration::from_millis(grace + 1500));
+        let (f, t) = (&hosts[from], &hosts[to]);
+        assert!(t.log_text().contains("vmb's VM started here; connected"), "move {}\n{}", k + 1, ctx!());
+        assert!(
+            f.log_text().matches("vmb's VM stopped; holding frames").count() > stopped_before,
+            "move {}: the source held B's frames\n{}",
+            k + 1,
+            ctx!()
+        );
+        // Host 1 re-pointed wire 7 by itself: to B's host, or loopback
+        // while B is next to A.
+        let w1 = hosts[0].wire(7);
+        let mut ends = [w1["endpoint"].as_str().unwrap().to_string(), w1["peer"].as_str().unwrap().to_string()];
+        ends.sort();
+        let want = if to == 0 {
+            ("loopback", ["vma".to_string(), "vmb".to_string()])
+        } else {
+            ("encap", [format!("10.77.0.{}", to + 1), "vma".to_string()])
+        };
+        assert_eq!((w1["kind"].as_str().unwrap(), ends), want, "move {}: {w1}", k + 1);
+        eprintln!(
+            "move {}: {} -> {}: QEMU total {} ms, downtime {} ms, from {at:.3} s to {done:.3} s of the stream",
+            k + 1,
+            names[from],
+            names[to],
+            m.total_ms,
+            m.downtime_ms
+        );
+        done_moves.push((k, from, to, at, done, m));
     }
-    // The pings B would have missed while QEMU stopped it all came back.
-    // Reported, not asserted: a TCG guest that resumes with frames waiting
-    // sometimes stops taking its RX ring for seconds (tx_full at h3), which
-    // the fabric counts but cannot cure; see docs/migration.md.
+
+    // Stop the streams (A's sender first; each receiver waits 1 s after its
+    // own sender) and the ping.
+    a.ok("rm -f /tmp/gate");
+    let left = b.ok("ls /tmp; rm -f /tmp/gate");
+    if !left.contains("gate") {
+        let (_, more) =
+            b.run("hostname; cat /proc/uptime; ps; cat /tmp/stream.out", std::time::Duration::from_secs(10));
+        panic!("{}: the stream's gate is gone: ls /tmp: {left}\n{more}\n{}", b.name, b.logs());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    a.ok("killall -INT ping; sleep 0.3");
+    // Replies come in order (the wire does not reorder), so those sent
+    // after the last reply were on their way when ping stopped; every one
+    // before it must be there. (The guest counts: its serial port is slow.)
+    let ping = a.ok(
+        "tail -2 /tmp/ping.out | head -1; sed -n 's/.*seq=\\([0-9]*\\) .*/\\1/p' /tmp/ping.out | sort -n | uniq | \
+         awk '{n++; top=$1} END {print \"replies\", n, \"last_seq\", top}'",
+    );
+    let (at_a, at_b) = (stream_summary(&mut a), stream_summary(&mut b));
     let changed: Vec<String> = hosts
         .iter()
         .zip(&all_before)
@@ -328,12 +490,71 @@ fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    eprintln!("drops during the move: {changed:?}");
-    assert_eq!(a.ping("192.168.7.2", 20, 56), 20, "{}", ctx());
-    assert_eq!(b3.ping("192.168.7.1", 20, 56), 20, "{}", ctx());
-    let from_b = b3.serve_random("blob", 4);
+    eprintln!("drops during the moves: {changed:?}");
+    eprintln!("A's pings: {}", ping.trim());
+    eprintln!("A -> B at B: {at_b:?}\nB -> A at A: {at_a:?}");
+
+    // Per move: the pause in each direction around the switch-over, against
+    // QEMU's downtime. A's sender never stops, so its numbers follow the
+    // host's clock; B's stop during each downtime. B's pauses are on B's
+    // clock, which QEMU stops with the VM (so they leave the downtime out).
+    let mut table = String::from(
+        "| move | QEMU total ms | QEMU downtime ms | B -> A pause at A, ms | over the downtime, ms | A -> B pause at B (B's clock), ms |\n|---|---|---|---|---|---|\n",
+    );
+    let mut b_stopped = 0.0;
+    for (k, from, to, at, done, m) in &done_moves {
+        let (lo, hi) = ((at - 0.5) * rate as f64, (done + 0.5) * rate as f64);
+        let ab = gap_in(&at_b, lo as u64, hi as u64);
+        let b_lo = lo - b_stopped * rate as f64 / 1e3;
+        let b_hi = hi - b_stopped * rate as f64 / 1e3;
+        let ba = gap_in(&at_a, b_lo.max(0.0) as u64, b_hi as u64);
+        b_stopped += m.downtime_ms as f64;
+        table.push_str(&format!(
+            "| {} {} -> {} | {} | {} | {ba:.1} | {:.1} | {ab:.1} |\n",
+            k + 1,
+            names[*from],
+            names[*to],
+            m.total_ms,
+            m.downtime_ms,
+            ba - m.downtime_ms as f64
+        ));
+    }
+    eprintln!("QEMU live migration, {rate} datagrams/s each way:\n{table}");
+    std::fs::write(env.dir.join("qemu-migration.md"), &table).unwrap();
+
+    // Nothing was dropped in any fabric during the moves, for any reason
+    // that could be B's frames.
+    for (h, before) in hosts.iter().zip(&before) {
+        for (reason, n) in reasons.iter().zip(before) {
+            assert_eq!(h.drops(reason), *n, "{reason} at {} during the moves\n{}", h.name, ctx!());
+        }
+    }
+    // Every datagram each side sent arrived at the other, once, in order.
+    for (what, sent, got) in [("A -> B", at_a.sent, &at_b), ("B -> A", at_b.sent, &at_a)] {
+        assert!(sent > rate * 10, "{what}: the stream ran ({sent} sent)");
+        assert_eq!(
+            (got.distinct, got.duplicated, got.reordered, got.missing.len()),
+            (sent, 0, 0, 0),
+            "{what}: {sent} sent, {got:?}\n{table}\n{}",
+            ctx!()
+        );
+    }
+    // And every ping came back but those on their way when ping stopped.
+    let replies: Vec<u64> = ping
+        .lines()
+        .find(|l| l.starts_with("replies"))
+        .map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(replies.len() == 2 && replies[0] > 500 && replies[0] == replies[1] + 1, "pings: {ping}");
+
+    // The wire is where B is, and carries a transfer.
+    assert!(hosts[1].wire(7)["kind"] == "encap" && hosts[1].wire(7)["state"] == "up", "{}", ctx!());
+    for h in &hosts {
+        assert!(!h.log_text().contains("warning: wire 7"), "no MTU warning for guests at host_mtu=1454\n{}", ctx!());
+    }
+    let from_b = b.serve_random("blob", 4);
     assert_eq!(a.fetch_md5("http://192.168.7.2/blob"), from_b);
-    drop((a, b3));
+    drop((a, b));
     drop(hosts);
     drop(ul);
 }

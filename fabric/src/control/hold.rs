@@ -138,7 +138,13 @@ impl Control {
             return;
         }
         let mut next = self.state.clone();
-        let ended = hold::expire(&mut next, now);
+        let ended = hold::expire(&mut next, now, |at| {
+            self.park_key(at).and_then(|k| self.current.parks.by_key.get(&k)).is_none_or(|p| p.settled())
+        });
+        if ended.is_empty() {
+            // A released queue the VM is still emptying; nothing changed.
+            return;
+        }
         let before = self.hold_expired;
         let dropped: Vec<String> = ended
             .iter()

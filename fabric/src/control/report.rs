@@ -289,6 +289,13 @@ impl Control {
                         .filter(|w| self.state.table().wire(ConnectorId(w.wire)).is_none())
                         .map(|w| format!("wire {}", w.wire)),
                 )
+                .chain(
+                    self.unrestored
+                        .incoming
+                        .iter()
+                        .filter(|i| !self.incoming.contains_key(&i.endpoint))
+                        .map(|i| format!("wire {} (armed for {})", i.wire, i.endpoint)),
+                )
                 .collect(),
         }
     }

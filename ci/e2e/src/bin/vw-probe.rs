@@ -7,12 +7,20 @@
 //!   data, print `<bytes> <sha256>`.
 //!
 //! Both give up after 60 s so a broken wire fails a test instead of hanging it.
-//! * `stream PORT DST_ADDR:PORT RATE`: a sequenced UDP stream for the
-//!   migration test. Sends datagrams numbered 0, 1, 2, ... at RATE per
-//!   second to DST from UDP port PORT, and records every datagram that
-//!   arrives on PORT. Prints `ready`; stops when its standard input closes,
-//!   waits 300 ms for frames in flight, then prints `sent N` and one line
-//!   `rx SEQ SENT_NS RECV_NS` per datagram received (wall clock, ns).
+//! * `stream PORT DST_ADDR:PORT RATE GATE [--summary]`: a sequenced UDP
+//!   stream for the migration tests. Sends datagrams numbered 0, 1, 2, ...
+//!   at RATE per second to DST from UDP port PORT, and records every
+//!   datagram that arrives on PORT. Prints `ready` once it listens; sends
+//!   while the file GATE exists (so both ends of a stream listen before
+//!   either sends), except while GATE with the extension `.pause` exists
+//!   too (a VM stopped by QEMU: it goes on where it was, no catch-up
+//!   burst); its receiver stops 1 s after its sender (frames in flight, and
+//!   the far end's sender, whose gate closes second). Then prints `sent N` and one
+//!   line `rx SEQ SENT_NS RECV_NS` per datagram received (wall clock, ns),
+//!   or with `--summary` only what was lost, duplicated, reordered and the
+//!   pauses (see `stream_summary`).
+//! * `now`: prints the wall clock in ns (to compare a guest's with the
+//!   host's).
 //! * `message KEYFILE SRC DST KIND WIRE END LOCATION WHEN_NS SEQ SENT_NS
 //!   [COPIES]`: sends a migration control message built with
 //!   `vw_wire::migration` (the fabrics' own format) from address SRC to
@@ -24,6 +32,7 @@
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -101,21 +110,54 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-fn stream(port: u16, dst: &str, rate: u64) -> Result<(), String> {
+/// How long a stream's receiver keeps listening after its sender stopped:
+/// the far end's sender stops a little later (its gate goes second).
+const STREAM_DRAIN: Duration = Duration::from_millis(1000);
+
+/// A stream ends by itself after this long, gate or not.
+const STREAM_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Gaps between arrivals at least this long are listed by `--summary`.
+const GAP_LISTED_NS: u64 = 15_000_000;
+
+fn stream(port: u16, dst: &str, rate: u64, gate: &str, summary: bool) -> Result<(), String> {
     use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let sock = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| format!("bind {port}: {e}"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+    // Room for a few hundred ms of the stream: on a busy machine the
+    // receiving thread can wait that long for a CPU, and what overflows a
+    // socket's buffer is lost in the VM's kernel, not on the wire. (Root
+    // may go past net.core.rmem_max.)
+    let room = (rate as usize * 1024 / 2).max(1 << 20);
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, room).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, room);
+    }
     let dst = dst.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
     let stop = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
     let tx = sock.try_clone().map_err(|e| e.to_string())?;
-    let stop_tx = stop.clone();
+    let (stop_tx, go_tx, paused_tx) = (stop.clone(), go.clone(), paused.clone());
     let sender = std::thread::spawn(move || {
-        let start = Instant::now();
+        while !go_tx.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut start = Instant::now();
         let mut seq = 0u64;
         let mut buf = [0u8; 64];
         while !stop_tx.load(Ordering::Relaxed) {
+            if paused_tx.load(Ordering::Relaxed) {
+                // Stopped, as a VM in QEMU's downtime: it resumes where it
+                // was, without a burst for the time it was away.
+                let t = Instant::now();
+                while paused_tx.load(Ordering::Relaxed) && !stop_tx.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                start += t.elapsed();
+                continue;
+            }
             let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate.max(1));
             let now = Instant::now();
             if due > now {
@@ -134,15 +176,12 @@ fn stream(port: u16, dst: &str, rate: u64) -> Result<(), String> {
     let stop_rx = stop.clone();
     let rx = sock;
     let receiver = std::thread::spawn(move || {
-        let mut log = Vec::with_capacity(1 << 16);
+        let mut log = Vec::with_capacity(1 << 17);
         let mut buf = [0u8; 256];
         let mut stop_at: Option<Instant> = None;
         loop {
-            if stop_rx.load(Ordering::Relaxed) {
-                let t = *stop_at.get_or_insert_with(Instant::now);
-                if t.elapsed() > Duration::from_millis(300) {
-                    break;
-                }
+            if stop_rx.load(Ordering::Relaxed) && stop_at.get_or_insert_with(Instant::now).elapsed() > STREAM_DRAIN {
+                break;
             }
             if let Ok(n) = rx.recv(&mut buf) {
                 if n >= 16 {
@@ -156,16 +195,78 @@ fn stream(port: u16, dst: &str, rate: u64) -> Result<(), String> {
     });
     println!("ready");
     std::io::stdout().flush().ok();
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    let t = Instant::now();
+    let gate = Path::new(gate);
+    while !gate.exists() && t.elapsed() < STREAM_DEADLINE {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    go.store(true, Ordering::Relaxed);
+    let pause = gate.with_extension("pause");
+    while gate.exists() && t.elapsed() < STREAM_DEADLINE {
+        paused.store(pause.exists(), Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().map_err(|_| "sender panicked")?;
     let log = receiver.join().map_err(|_| "receiver panicked")?;
+    let out = if summary { stream_summary(sent, &log) } else { stream_log(sent, &log) };
+    std::io::stdout().write_all(out.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Every datagram received: `sent N`, then `rx SEQ SENT_NS RECV_NS` each.
+fn stream_log(sent: u64, log: &[(u64, u64, u64)]) -> String {
     let mut out = String::with_capacity(log.len() * 40);
     out.push_str(&format!("sent {sent}\n"));
     for (seq, s, r) in log {
         out.push_str(&format!("rx {seq} {s} {r}\n"));
     }
-    std::io::stdout().write_all(out.as_bytes()).map_err(|e| e.to_string())
+    out
+}
+
+/// What the receiver saw, in a few lines (a guest's serial port is slow):
+/// `sent N` (this side's sender), `received N distinct D duplicated U
+/// reordered R top T` (the far side's datagrams; a datagram is reordered
+/// if one with a higher number came before it), `missing A-B` per run of
+/// numbers below T that never came (at most 50), and `gap SEQ NEXT MS
+/// AT_NS` per pause between arrivals of at least 15 ms: datagram SEQ came,
+/// then NEXT came MS later, at AT_NS on this side's clock.
+fn stream_summary(sent: u64, log: &[(u64, u64, u64)]) -> String {
+    let top = log.iter().map(|x| x.0 + 1).max().unwrap_or(0);
+    let mut seen = vec![0u32; top as usize];
+    let (mut reordered, mut high) = (0u64, 0u64);
+    for &(seq, _, _) in log {
+        seen[seq as usize] += 1;
+        if seq < high {
+            reordered += 1;
+        }
+        high = high.max(seq);
+    }
+    let distinct = seen.iter().filter(|n| **n > 0).count();
+    let duplicated: u64 = seen.iter().map(|n| u64::from(n.saturating_sub(1))).sum();
+    let mut out = format!(
+        "sent {sent}\nreceived {} distinct {distinct} duplicated {duplicated} reordered {reordered} top {top}\n",
+        log.len()
+    );
+    let mut runs = 0;
+    let mut i = 0usize;
+    while i < seen.len() && runs < 50 {
+        if seen[i] == 0 {
+            let a = i;
+            while i < seen.len() && seen[i] == 0 {
+                i += 1;
+            }
+            out.push_str(&format!("missing {a}-{}\n", i - 1));
+            runs += 1;
+        }
+        i += 1;
+    }
+    for w in log.windows(2) {
+        let gap = w[1].2.saturating_sub(w[0].2);
+        if gap >= GAP_LISTED_NS {
+            out.push_str(&format!("gap {} {} {:.1} {}\n", w[0].0, w[1].0, gap as f64 / 1e6, w[1].2));
+        }
+    }
+    out
 }
 
 fn message(a: &[&str]) -> Result<(), String> {
@@ -214,13 +315,20 @@ fn main() -> ExitCode {
         ["tcp-send", addr, bytes] => {
             bytes.parse().map_err(|_| "bad byte count".to_string()).and_then(|b| send(addr, b))
         }
-        ["stream", port, dst, rate] => match (port.parse(), rate.parse()) {
-            (Ok(p), Ok(r)) => stream(p, dst, r),
-            _ => Err("stream: bad port or rate".into()),
-        },
+        ["stream", port, dst, rate, stop, opts @ ..] if opts.iter().all(|o| *o == "--summary") => {
+            match (port.parse(), rate.parse()) {
+                (Ok(p), Ok(r)) => stream(p, dst, r, stop, !opts.is_empty()),
+                _ => Err("stream: bad port or rate".into()),
+            }
+        }
+        ["now"] => {
+            println!("{}", now_ns());
+            Ok(())
+        }
         ["message", rest @ ..] => message(rest),
         _ => {
-            Err("usage: vw-probe tcp-recv PORT | tcp-send ADDR:PORT BYTES | stream PORT DST:PORT RATE | message ..."
+            Err("usage: vw-probe tcp-recv PORT | tcp-send ADDR:PORT BYTES | stream PORT DST:PORT RATE GATE [--summary] | now | \
+             message ..."
                 .into())
         }
     };
