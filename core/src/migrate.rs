@@ -187,6 +187,8 @@ pub struct Pending {
     pub tries: u32,
     /// Next send.
     pub next: Instant,
+    /// When it was first queued: an ACK says how long the peer took.
+    pub first: Instant,
 }
 
 impl Pending {

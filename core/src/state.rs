@@ -462,9 +462,23 @@ impl State {
     }
 
     fn mark_hold(&mut self, at: &HoldAt) {
-        match at {
-            HoldAt::From(name) => self.mark_endpoint(&name.clone()),
-            HoldAt::Inbound(id) => self.mark_wire(*id),
+        // The hold also decides where frames for the VM on the other side
+        // of it go while that VM is stopped (a port's `toward`).
+        let (wire, name) = match at {
+            HoldAt::From(name) => (self.table().wire_of(name).map(|w| w.id), Some(name.clone())),
+            HoldAt::Inbound(id) => (Some(*id), None),
+        };
+        if let Some(name) = name {
+            self.mark_endpoint(&name);
+        }
+        if let Some(id) = wire {
+            self.mark_wire(id);
+            if let Some(w) = self.table().wire(id).cloned() {
+                self.mark_endpoint(&w.endpoint);
+                if let Peer::Local(b) = &w.peer {
+                    self.mark_endpoint(b);
+                }
+            }
         }
     }
 

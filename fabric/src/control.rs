@@ -1047,6 +1047,7 @@ impl Control {
             return Err(r);
         }
         if let Some(p) = armed {
+            self.arm_neighbour(&p.peer, false);
             crate::log(&format!("wire {}: the connect waiting for {name}'s VM is cancelled", p.wire));
         }
         // No worker polls or sends to the port any more. Frames still in
@@ -1140,8 +1141,27 @@ impl Control {
                 return Err(r);
             }
         }
+        // Resolve the peer's next hop now: when the VM starts here, its
+        // LOCATE goes out at once instead of after an ARP round trip.
+        self.arm_neighbour(peer, true);
         crate::log(&format!("wire {id}: {endpoint} <-> {peer} is connected when {endpoint}'s VM starts here"));
         Ok(self.incoming_info(endpoint))
+    }
+
+    /// Takes (or gives back) the use of the next hop towards an armed
+    /// connect's remote peer, which keeps its MAC resolved meanwhile.
+    fn arm_neighbour(&mut self, peer: &str, take: bool) {
+        let Ok(vtep) = peer.parse::<Ipv4Addr>() else { return };
+        let mut next = self.state.clone();
+        if take {
+            next.want(vtep, None, Instant::now());
+        } else {
+            next.release(vtep);
+        }
+        self.commit(next);
+        if take && !self.restoring {
+            self.send_arp_requests();
+        }
     }
 
     /// The far end `peer` names: a remote VTEP the underlay can have, with
@@ -1256,8 +1276,14 @@ impl Control {
                 self.incoming.extend(p.map(|p| (name, p)));
                 return Err(r);
             }
+            if let Some(p) = p {
+                self.arm_neighbour(&p.peer, false);
+            }
             crate::log(&format!("wire {id}: the connect waiting for {name}'s VM is cancelled"));
-            return Ok(());
+            // A co-location was armed on the wire that runs here: it goes too.
+            if self.state.table().wire(id).is_none() {
+                return Ok(());
+            }
         }
         let mut next = self.state.clone();
         let w = next.disconnect(id)?;
@@ -1369,6 +1395,15 @@ impl Control {
             }
         }
         for i in &saved.incoming {
+            if self.state.table().wire_of(&i.endpoint).is_some_and(|w| w.id.0 == i.wire) {
+                // Made already (the fabric stopped between saving the wire
+                // and saving that the connect was made).
+                let st = self.state.clone();
+                if let Err(r) = self.record(&st, &[Touched::Incoming(i.endpoint.clone())]) {
+                    crate::log(&format!("wire {}: {}", i.wire, r.message));
+                }
+                continue;
+            }
             match self.connect_incoming(ConnectorId(i.wire), &i.endpoint, &i.peer, i.encap) {
                 Ok(_) => restored += 1,
                 Err(r) => {
@@ -1591,6 +1626,8 @@ impl Control {
                 Ok(_) => crate::log(&format!("wire {}: {name}'s VM started here; connected to {}", p.wire, p.peer)),
                 Err(r) => crate::log(&format!("wire {}: {name}'s VM started here, but: {}", p.wire, r.message)),
             }
+            // The wire uses the next hop itself now.
+            self.arm_neighbour(&p.peer, false);
             // No longer armed, in the state file either.
             let st = self.state.clone();
             if let Err(r) = self.record(&st, &[Touched::Incoming(name.clone())]) {
@@ -1648,7 +1685,8 @@ impl Control {
         let Some(msg) = exchange::locate_message(&self.state, id, end, encap, when_ns) else { return };
         let Some(ch) = &mut self.mig else { return };
         ch.pending.retain(|p| p.msg.wire != id);
-        ch.pending.push(Pending { msg, to: peer, tries: 0, next: Instant::now() });
+        let now = Instant::now();
+        ch.pending.push(Pending { msg, to: peer, tries: 0, next: now, first: now });
         self.retransmit();
     }
 
@@ -1739,12 +1777,22 @@ impl Control {
             kind::LOCATE => exchange::on_locate(&self.state, &msg, t0),
             kind::ACK => {
                 // Only an ACK of a LOCATE we are sending counts.
-                let before = ch.pending.len();
-                ch.pending.retain(|p| !(p.msg.wire == msg.wire && p.to == msg.from && p.msg.when_ns == msg.when_ns));
-                if ch.pending.len() == before {
-                    Err(Refused::Unexpected)
-                } else {
-                    Ok(exchange::on_ack(&self.state, &msg, t0))
+                let acked = |p: &Pending| p.msg.wire == msg.wire && p.to == msg.from && p.msg.when_ns == msg.when_ns;
+                match ch.pending.iter().position(acked) {
+                    None => Err(Refused::Unexpected),
+                    Some(i) => {
+                        let p = ch.pending.remove(i);
+                        ch.pending.retain(|p| !acked(p));
+                        // From the connect's LOCATE to the peer's ACK: what
+                        // the arrived end's first frames waited for.
+                        crate::log(&format!(
+                            "wire {}: {} acknowledged the new location in {} us",
+                            msg.wire,
+                            msg.from,
+                            t0.saturating_duration_since(p.first).as_micros()
+                        ));
+                        Ok(exchange::on_ack(&self.state, &msg, t0))
+                    }
                 }
             }
             kind::MOVED => exchange::on_moved(&self.state, &msg, t0),

@@ -598,38 +598,61 @@ impl Io {
         }
     }
 
-    /// Frames a VM's ring refused because QEMU had just stopped it (the
-    /// last phase of a live migration), kept in the port's TX buffer: while
-    /// the control plane has not yet seen the stop, they are tried again;
-    /// once it has, they go first into the queue that holds the VM's
-    /// frames (`toward`), or, with no such hold, are dropped as
-    /// `endpoint_down`.
+    /// Frames a VM's ring refused while QEMU migrates the VM or just after
+    /// its device went away, kept in the port's TX buffer: while the
+    /// control plane has not yet seen the stop, they are tried again; once
+    /// it has, they go into the queue that holds the VM's frames
+    /// (`toward`), ahead of what it holds (they are older), or, with no
+    /// such hold, are dropped as `endpoint_down`.
     #[cold]
     fn tend_stalled(&mut self, snap: &Snapshot) {
         let mut i = 0;
         while i < self.stalled.len() {
             let ix = self.stalled[i] as usize;
             let p = &snap.ports[ix];
-            if !self.tx[ix].is_empty() && p.up {
+            if !self.tx[ix].is_empty() && p.up && self.queue < p.txq {
                 self.mark_dirty(ix);
                 i += 1;
                 continue;
             }
+            if let Some(key) = p.toward.filter(|_| !self.tx[ix].is_empty()) {
+                let Some(park) = snap.parks.by_key.get(&key) else {
+                    self.discard_stalled(ix);
+                    i += 1;
+                    continue;
+                };
+                if !park.claim() {
+                    // Another worker is sending on from it; next pass.
+                    i += 1;
+                    continue;
+                }
+                // Ahead of what the queue holds: push, then rotate the
+                // frames that were there behind them.
+                let before = park.queue.len();
+                let mut kept = std::mem::take(&mut self.tx[ix]);
+                kept.take_all(|m| self.park_frame(snap, key, m));
+                self.tx[ix] = kept;
+                for _ in 0..before {
+                    let Some(m) = park.queue.pop() else { break };
+                    if let Err(m) = park.queue.push(m) {
+                        self.drop_frame(m, FabricDrop::HoldOverflow.index());
+                    }
+                }
+                park.unclaim();
+            } else {
+                self.discard_stalled(ix);
+            }
             self.stalled.swap_remove(i);
             self.in_stalled[ix] = false;
-            match p.toward {
-                Some(key) => {
-                    let mut kept = std::mem::take(&mut self.tx[ix]);
-                    kept.take_all(|m| self.park_frame(snap, key, m));
-                    self.tx[ix] = kept;
-                }
-                None => {
-                    let n = self.tx[ix].discard();
-                    bump(&self.stats.ports[ix].tx_dropped, n);
-                    bump(&self.stats.drops[FabricDrop::EndpointDown.index()], n);
-                }
-            }
         }
+    }
+
+    /// Drops the frames kept for port `ix` (its VM is gone, with no hold).
+    #[cold]
+    fn discard_stalled(&mut self, ix: usize) {
+        let n = self.tx[ix].discard();
+        bump(&self.stats.ports[ix].tx_dropped, n);
+        bump(&self.stats.drops[FabricDrop::EndpointDown.index()], n);
     }
 
     /// Sends on what the hold queues being released hold.
@@ -649,9 +672,10 @@ impl Io {
         if p.queue.is_empty() {
             return;
         }
-        // Older frames for the same VM, in another queue, go first.
+        // Older frames for the same VM, in another queue, go first (also
+        // while another worker is sending them).
         let after = snap.plan.parks.get(&key).and_then(|s| s.after);
-        if after.and_then(|a| snap.parks.by_key.get(&a)).is_some_and(|a| !a.queue.is_empty()) {
+        if after.and_then(|a| snap.parks.by_key.get(&a)).is_some_and(|a| !a.settled()) {
             return;
         }
         if !p.claim() {
@@ -690,10 +714,14 @@ impl Io {
             },
         };
         let ix = to.ix();
-        if self.queue >= snap.ports[ix].txq {
-            return None;
+        let room = snap.devices[ix].io.room(0)?;
+        // A VM's ring is filled only by a worker with a queue on it (not
+        // through the handoff ring, which would pass the bound), and not
+        // while frames it refused wait in this worker's TX buffer.
+        if self.queue >= snap.ports[ix].txq || self.in_stalled[ix] {
+            return Some(0);
         }
-        let room = snap.devices[ix].io.room(self.queue)?;
+        let room = snap.devices[ix].io.room(self.queue).unwrap_or(room);
         Some(room.saturating_sub(self.tx[ix].len()))
     }
 

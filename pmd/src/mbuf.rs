@@ -693,8 +693,8 @@ impl TxBuffer {
 
     /// Like [`TxBuffer::flush_to`], except that packets a VM's RX ring
     /// refuses stay in the buffer, the oldest first, up to half of it, if
-    /// the ring has stopped or QEMU is live-migrating the VM (whose vCPUs
-    /// then run slowly, and stop before its rings do): the moments before
+    /// QEMU is live-migrating the VM (whose vCPUs then run slowly, and stop
+    /// before its rings do) or its device has just gone: the moments before
     /// the control plane has put a hold in place. The caller takes them
     /// out with [`TxBuffer::take_all`] or flushes them again.
     pub fn flush_or_keep(&mut self, io: &PortIo, queue: u16) -> Flushed {
@@ -707,8 +707,7 @@ impl TxBuffer {
         // SAFETY: pkts[..n] are still valid owned mbufs.
         let bytes = self.pkts[..sent].iter().map(|&p| unsafe { (*p).pkt_len } as u64).sum();
         free_bulk(&mut self.pkts[..sent]);
-        let keep =
-            if sent < n && (v.migrating() || !v.rx_running(queue)) { (n - sent).min(TX_BUFFER_SIZE / 2) } else { 0 };
+        let keep = if sent < n && (v.migrating() || !v.device_up()) { (n - sent).min(TX_BUFFER_SIZE / 2) } else { 0 };
         free_bulk(&mut self.pkts[sent + keep..n]);
         self.pkts.copy_within(sent..sent + keep, 0);
         self.len = keep;

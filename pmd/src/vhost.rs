@@ -44,6 +44,8 @@ const FLAG_NET_COMPLIANT_OL_FLAGS: u64 = 1 << 8;
 // VXLAN device that would have to finish them).
 const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// VIRTIO_F_RING_PACKED: the packed virtqueue layout.
+const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
 const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
@@ -172,20 +174,23 @@ impl VhostPort {
         self.logging.load(Ordering::Relaxed)
     }
 
-    /// Whether the VM's RX ring of queue pair `queue` runs (its device is
-    /// up and the ring enabled).
+    /// Whether a VM's device is running (a ring may still be disabled).
     #[inline(always)]
-    pub fn rx_running(&self, queue: u16) -> bool {
-        self.vid_for(2 * queue).is_some()
+    pub fn device_up(&self) -> bool {
+        self.vid.load(Ordering::Acquire) >= 0
     }
 
     /// How many buffers the VM has posted in its RX ring of queue pair
     /// `queue` that no frame has taken yet: frames the ring can take now
     /// (at least; a frame takes one buffer or more). 0 if the ring is not
     /// running.
-    pub fn rx_room(&self, queue: u16) -> usize {
+    pub(crate) fn rx_room(&self, queue: u16) -> usize {
         let vq = 2 * queue;
         let Some(vid) = self.vid_for(vq) else { return 0 };
+        if self.features.load(Ordering::Relaxed) & VIRTIO_F_RING_PACKED != 0 {
+            // librte_vhost 22.11 answers for split rings only: unknown.
+            return usize::MAX;
+        }
         // SAFETY: as in `dequeue`: vid names a running device and vq an
         // enabled ring; librte_vhost reads the ring's indexes under the
         // ring's own lock.

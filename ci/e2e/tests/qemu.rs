@@ -455,7 +455,18 @@ fn three_moves_under_traffic(test: &str) {
             m.total_ms,
             m.downtime_ms
         );
-        done_moves.push((k, from, to, at, done, m));
+        // The fabric's own share: the destination's wait for the peer's ACK
+        // (none when the VM came next to its peer), and the peer's time to
+        // switch its workers to the new path.
+        let ack_us = t
+            .log_text()
+            .lines()
+            .rev()
+            .find_map(|l| l.split("wire 7: 10.77.0.1 acknowledged the new location in ").nth(1))
+            .and_then(|r| r.trim_end_matches(" us").parse::<u64>().ok())
+            .filter(|_| to != 0);
+        let apply_us = hosts[0].wire(7)["migration"]["last_move_us"].as_u64().unwrap_or(0);
+        done_moves.push((k, from, to, at, done, m, ack_us, apply_us));
     }
 
     // Stop the streams (A's sender first; each receiver waits 1 s after its
@@ -499,10 +510,10 @@ fn three_moves_under_traffic(test: &str) {
     // host's clock; B's stop during each downtime. B's pauses are on B's
     // clock, which QEMU stops with the VM (so they leave the downtime out).
     let mut table = String::from(
-        "| move | QEMU total ms | QEMU downtime ms | B -> A pause at A, ms | over the downtime, ms | A -> B pause at B (B's clock), ms |\n|---|---|---|---|---|---|\n",
+        "| move | QEMU total ms | QEMU downtime ms | B -> A pause at A, ms | over the downtime, ms | A -> B pause at B (B's clock), ms | destination waits for the ACK, us | host 1 switches, us |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut b_stopped = 0.0;
-    for (k, from, to, at, done, m) in &done_moves {
+    for (k, from, to, at, done, m, ack_us, apply_us) in &done_moves {
         let (lo, hi) = ((at - 0.5) * rate as f64, (done + 0.5) * rate as f64);
         let ab = gap_in(&at_b, lo as u64, hi as u64);
         let b_lo = lo - b_stopped * rate as f64 / 1e3;
@@ -510,13 +521,14 @@ fn three_moves_under_traffic(test: &str) {
         let ba = gap_in(&at_a, b_lo.max(0.0) as u64, b_hi as u64);
         b_stopped += m.downtime_ms as f64;
         table.push_str(&format!(
-            "| {} {} -> {} | {} | {} | {ba:.1} | {:.1} | {ab:.1} |\n",
+            "| {} {} -> {} | {} | {} | {ba:.1} | {:.1} | {ab:.1} | {} | {apply_us} |\n",
             k + 1,
             names[*from],
             names[*to],
             m.total_ms,
             m.downtime_ms,
-            ba - m.downtime_ms as f64
+            ba - m.downtime_ms as f64,
+            ack_us.map_or("none (local)".to_string(), |u| u.to_string())
         ));
     }
     eprintln!("QEMU live migration, {rate} datagrams/s each way:\n{table}");
