@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs and sets up what VirtualWire needs on a Debian 12 machine, and
 # only what is missing: DPDK 22.11 (runtime, headers, PMDs), clang for
-# bindgen, tshark/python3/iproute2 for the end-to-end tests, hugepages and
-# /dev/net/tun, QEMU and the test guest (ci/guest/build.sh). Needs root.
+# bindgen, protoc for the etcd client, tshark/python3/iproute2 and etcd for
+# the end-to-end tests, hugepages and /dev/net/tun, QEMU and the test guest
+# (ci/guest/build.sh). Needs root.
 # Safe to run again.
 set -euo pipefail
 
@@ -29,6 +30,11 @@ command -v c++ >/dev/null || need+=(g++)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+# The endpoint directory's tests run a real etcd; its client crate builds
+# etcd's protobuf definitions with protoc.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

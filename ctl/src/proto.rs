@@ -84,11 +84,16 @@ pub enum Request {
     EndpointList,
     /// Connect a wire.
     Connect {
-        /// Wire id, which is also the connector ID on the underlay.
-        wire: u32,
-        /// The local endpoint at this end.
+        /// Wire id, which is also the connector ID on the underlay; absent:
+        /// the directory allocates a free one (with `--directory` only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wire: Option<u32>,
+        /// The local endpoint at this end (with `--directory`: any
+        /// endpoint of the domain).
         endpoint: String,
-        /// Another local endpoint (loopback wire) or a remote VTEP IPv4 address (encap wire).
+        /// Another local endpoint (loopback wire), a remote VTEP IPv4
+        /// address (encap wire), or with `--directory` any endpoint of the
+        /// domain (the fabric picks the wire's kind from where they live).
         peer: String,
         /// Tunnel format for a remote peer (default vwire); refused for a local peer.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +158,9 @@ pub enum ErrorCode {
     UnknownDriver,
     /// A file the device arguments name does not exist.
     NoSuchFile,
+    /// The endpoint directory (etcd) cannot be reached: wires that exist
+    /// keep forwarding, changes by name are refused until it is back.
+    DirectoryUnavailable,
 }
 
 impl ErrorCode {
@@ -177,6 +185,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::UnknownDriver => "unknown_driver",
             ErrorCode::NoSuchFile => "no_such_file",
+            ErrorCode::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }
@@ -250,6 +259,9 @@ pub struct Status {
     /// Wires whose endpoints' MTUs do not fit them (each also logged once).
     #[serde(default)]
     pub mtu_warnings: Vec<String>,
+    /// The endpoint directory, with `--directory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryStatus>,
 }
 
 /// A worker lcore.
@@ -411,6 +423,82 @@ pub struct WireInfo {
     /// The endpoints' MTUs do not fit the wire (see `Status::mtu_warnings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu_warning: Option<String>,
+    /// A wire of the endpoint directory: where each end lives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ends: Vec<WireEnd>,
+}
+
+impl WireInfo {
+    /// A wire that carries no traffic here (an armed connect, a directory
+    /// wire with no end on this host): zero counters, no MTU, no moves.
+    pub fn idle(
+        wire: u32,
+        kind: &str,
+        endpoint: &str,
+        peer: &str,
+        encap: Option<EncapName>,
+        state: String,
+    ) -> WireInfo {
+        WireInfo {
+            wire,
+            kind: kind.to_owned(),
+            endpoint: endpoint.to_owned(),
+            peer: peer.to_owned(),
+            encap,
+            state,
+            forward: FlowCounters::default(),
+            reverse: FlowCounters::default(),
+            dropped: 0,
+            migration: None,
+            carries_mtu: None,
+            mtu_warning: None,
+            ends: Vec::new(),
+        }
+    }
+}
+
+/// Where one end of a directory wire lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEnd {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// The host it lives on (empty: no host advertises it).
+    pub host: String,
+    /// `here`, `up` (another host, whose lease holds), `host down` (its
+    /// host's lease expired) or `unknown` (no host advertises it).
+    pub state: String,
+}
+
+/// The endpoint directory, in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryStatus {
+    /// `etcd`.
+    pub backend: String,
+    /// The etcd client URLs.
+    pub urls: Vec<String>,
+    /// The domain (key prefix `/virtualwire/DOMAIN/`).
+    pub domain: String,
+    /// This host's name in the directory.
+    pub host: String,
+    /// `connected` or `unavailable`.
+    pub state: String,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds in the current state.
+    pub for_s: u64,
+    /// The store's revision this fabric has seen up to.
+    pub revision: i64,
+    /// Hosts that are up, endpoints and wires the directory holds.
+    pub hosts: usize,
+    /// See `hosts`.
+    pub endpoints: usize,
+    /// See `hosts`.
+    pub wires: usize,
+    /// What keeps a wire's half or an endpoint's claim from being set up
+    /// here (each also logged once).
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The moves of one wire, as this fabric saw them.
@@ -543,7 +631,7 @@ mod tests {
     #[test]
     fn request_encoding_is_the_documented_one() {
         let r = Request::Connect {
-            wire: 7,
+            wire: Some(7),
             endpoint: "vm1".into(),
             peer: "10.0.0.2".into(),
             encap: Some(EncapName::Vxlan),
@@ -552,6 +640,8 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"cmd":"connect","wire":7,"endpoint":"vm1","peer":"10.0.0.2","encap":"vxlan"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let auto: Request = serde_json::from_str(r#"{"cmd":"connect","endpoint":"vm1","peer":"vm2"}"#).unwrap();
+        assert!(matches!(auto, Request::Connect { wire: None, .. }));
         let add: Request = serde_json::from_str(
             r#"{"cmd":"endpoint_add","name":"vm1","spec":{"type":"dpdk","devargs":"net_tap0,iface=vm1"}}"#,
         )

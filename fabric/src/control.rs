@@ -12,6 +12,7 @@
 //! reports (`report.rs`). A periodic tick resolves underlay neighbours
 //! (ARP), re-balances receive queues and checks that every worker is alive.
 
+mod directory;
 mod hold;
 mod report;
 
@@ -114,6 +115,8 @@ pub struct Settings {
     pub force_encap: bool,
     /// Live migration, if a key was given.
     pub migration: Option<MigrationSettings>,
+    /// The endpoint directory on etcd, with `--directory`.
+    pub directory: Option<vw_directory::etcd::Config>,
 }
 
 /// What is behind an endpoint.
@@ -374,6 +377,8 @@ pub struct Control {
     rates: Vec<hold::WireRate>,
     /// When wire rates were last measured.
     last_rates: Instant,
+    /// The endpoint directory, with `--directory`.
+    dir: Option<directory::Dir>,
 }
 
 impl Control {
@@ -439,7 +444,20 @@ impl Control {
             hold_expired: 0,
             rates: vec![hold::WireRate::default(); settings_max_wires],
             last_rates: Instant::now(),
+            dir: None,
         }
+    }
+
+    /// Starts the directory's backend (before `restore`, which marks the
+    /// wires it made). Its events are taken once `run` starts.
+    pub fn start_directory(&mut self) -> Result<(), String> {
+        if let Some(cfg) = self.settings.directory.clone() {
+            let what = cfg.endpoints.join(",");
+            self.dir = Some(
+                directory::Dir::start(cfg).map_err(|e| format!("cannot start the directory client for {what}: {e}"))?,
+            );
+        }
+        Ok(())
     }
 
     /// The snapshot workers start with.
@@ -469,14 +487,35 @@ impl Control {
             }
             // Location updates are taken within MIGRATION_POLL of arriving.
             let wait = if self.mig.is_some() { MIGRATION_POLL } else { TICK };
-            match jobs.recv_timeout(wait) {
-                Ok(job) => {
-                    let reply = self.handle(&job.request, job.caller);
-                    job.reply(reply);
+            // The directory's events wake the loop as requests do.
+            let got = match self.dir.as_ref() {
+                None => jobs.recv_timeout(wait).map(Some),
+                Some(d) => {
+                    let mut sel = crossbeam::channel::Select::new();
+                    let job = sel.recv(jobs);
+                    sel.recv(d.events());
+                    match sel.ready_timeout(wait) {
+                        Ok(i) if i == job => match jobs.try_recv() {
+                            Ok(j) => Ok(Some(j)),
+                            Err(crossbeam::channel::TryRecvError::Empty) => Ok(None),
+                            Err(crossbeam::channel::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                        },
+                        Ok(_) => Ok(None),
+                        Err(_) => Err(RecvTimeoutError::Timeout),
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+            };
+            match got {
+                Ok(Some(job)) => {
+                    if let Some(job) = self.directory_job(job) {
+                        let reply = self.handle(&job.request, job.caller);
+                        job.reply(reply);
+                    }
+                }
+                Ok(None) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
             }
+            self.take_directory_events();
             if self.mig.is_some() {
                 self.take_neighbour_events();
                 self.poll_migration();
@@ -533,15 +572,29 @@ impl Control {
             Request::EndpointAdd { name, spec, group } => {
                 self.permit(spec, role).and_then(|_| self.endpoint_add(name, spec, role, *group)).map(|e| Reply::ok(&e))
             }
-            Request::EndpointDel { name } => self
-                .may_use(role, &[name.as_str()], "delete")
-                .and_then(|_| self.endpoint_del(name))
-                .map(|_| Reply::ok(&serde_json::json!({}))),
+            Request::EndpointDel { name } => {
+                self.may_use(role, &[name.as_str()], "delete").and_then(|_| self.endpoint_del(name)).map(|_| {
+                    self.directory_release(name);
+                    Reply::ok(&serde_json::json!({}))
+                })
+            }
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
             Request::Connect { wire, endpoint, peer, encap, incoming } => {
                 // A peer that names a local endpoint makes a loopback wire:
                 // both ends must be the caller's to use.
                 let r = self.may_use(role, &[endpoint.as_str(), peer.as_str()], "connect").and_then(|_| {
+                    let Some(wire) = wire else {
+                        return Err(Refusal::new(
+                            ErrorCode::InvalidArgument,
+                            if self.dir.is_some() {
+                                "an --incoming connect or one to a VTEP address needs a wire id".to_owned()
+                            } else {
+                                "a connect without a wire id needs the endpoint directory (vwfabric --directory), \
+                                 which allocates one"
+                                    .to_owned()
+                            },
+                        ));
+                    };
                     if *incoming {
                         self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap)
                     } else {
@@ -952,7 +1005,10 @@ impl Control {
         group: bool,
     ) -> Result<proto::EndpointInfo, Refusal> {
         let member = role == Role::Member;
-        self.endpoint_add_with(name, spec, true, Origin { member, group: group && !member, socket_ino: None })
+        let e =
+            self.endpoint_add_with(name, spec, true, Origin { member, group: group && !member, socket_ino: None })?;
+        self.directory_claim(name);
+        Ok(e)
     }
 
     /// Adds an endpoint; `origin` says who asked and, restoring, the inode
@@ -1034,6 +1090,9 @@ impl Control {
     }
 
     fn endpoint_del(&mut self, name: &str) -> Result<(), Refusal> {
+        if self.state.endpoint(name).is_some() {
+            self.directory_drop_half(name)?;
+        }
         let mut next = self.state.clone();
         let ep = next.remove_endpoint(name)?;
         let mut save = vec![Touched::Endpoint(name.to_owned(), Origin::default())];
@@ -1310,6 +1369,7 @@ impl Control {
                 encap: None,
                 local_ns: 0,
                 remote_ns: 0,
+                directory: false,
             },
             Peer::Remote { vtep, encap } => SavedWire {
                 wire: w.id.0,
@@ -1318,6 +1378,7 @@ impl Control {
                 encap: Some(encap_name(*encap)),
                 local_ns: st.wire_move(w.id).map_or(0, |m| m.local_ns),
                 remote_ns: st.wire_move(w.id).map_or(0, |m| m.remote_ns),
+                directory: false,
             },
         }
     }
@@ -1336,7 +1397,9 @@ impl Control {
                     None => Change::EndpointRemoved { name: name.clone() },
                 },
                 Touched::Wire(id) => match st.table().wire(*id) {
-                    Some(w) => Change::WireSaved(Self::saved_wire(st, w)),
+                    Some(w) => {
+                        Change::WireSaved(SavedWire { directory: self.directory_made(*id), ..Self::saved_wire(st, w) })
+                    }
                     None => Change::WireRemoved { wire: id.0 },
                 },
                 Touched::Incoming(endpoint) => match self.incoming.get(endpoint) {
@@ -1385,6 +1448,9 @@ impl Control {
             }
         }
         for w in &saved.wires {
+            if w.directory {
+                self.directory_mark(ConnectorId(w.wire));
+            }
             let when = (if w.local_ns == 0 { now_ns() } else { w.local_ns }, w.remote_ns);
             match self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, Some(when)) {
                 Ok(_) => restored += 1,
@@ -1462,6 +1528,7 @@ impl Control {
         self.expire_moves();
         self.send_arp_requests();
         self.report_oversize();
+        self.directory_tick();
         self.balance();
         self.measure_rates();
         Ok(())
@@ -1620,6 +1687,13 @@ impl Control {
             }
         }
         self.commit(next);
+        // A VM that starts here is the endpoint the directory names: one
+        // that arrived by live migration takes its name over.
+        for name in &names {
+            if self.state.endpoint(name).is_some_and(|e| e.link.up && e.link.vrings != 0) {
+                self.directory_take_over(name);
+            }
+        }
         for (name, link) in arriving {
             let Some(p) = self.incoming.remove(&name) else { continue };
             match self.connect(p.wire, &name, &p.peer, p.encap) {

@@ -190,9 +190,101 @@ struct Args {
     /// `hold_expired`. 0 turns holding off (such frames are `endpoint_down`).
     #[arg(long, default_value_t = 1000, value_name = "MILLISECONDS")]
     migration_hold_ms: u64,
+    /// The endpoint directory: etcd v3 client URLs, comma-separated
+    /// (`http://10.0.0.9:2379`, or `https://...` with the --directory-ca/
+    /// -cert/-key files). This host advertises its VTEP and endpoints there,
+    /// `vwctl connect [WIRE] A B` then joins any two endpoints of the domain
+    /// from any host, and each end's fabric sets up its half by itself.
+    /// Without it, wires are connected per host by VTEP address (the
+    /// embedded directory: this fabric's own endpoints only). See
+    /// docs/directory.md.
+    #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "uplink")]
+    directory: Vec<String>,
+    /// The directory domain this fabric belongs to: the fabrics that can
+    /// wire each other's endpoints (keys under /virtualwire/DOMAIN/).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    directory_domain: String,
+    /// This host's name in the directory (default: the kernel's host name).
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// This host's site, advertised with its VTEP.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    site: String,
+    /// Seconds this host's directory lease lives without a keep-alive: how
+    /// long after this fabric dies its endpoints show as `host down`.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    directory_lease_s: i64,
+    /// CA certificate (PEM) that signed the etcd servers' certificates.
+    #[arg(long, value_name = "FILE", requires_all = ["directory_cert", "directory_key"])]
+    directory_ca: Option<PathBuf>,
+    /// This host's client certificate (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires = "directory_ca")]
+    directory_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); must not be readable by
+    /// every user.
+    #[arg(long, value_name = "FILE", requires = "directory_ca")]
+    directory_key: Option<PathBuf>,
     /// EAL arguments (after `--`).
     #[arg(last = true, value_name = "EAL_ARGS")]
     eal: Vec<String>,
+}
+
+/// The directory's settings from the command line.
+fn directory_config(args: &Args) -> Result<Option<vw_directory::etcd::Config>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(vtep) = args.vtep else { return Ok(None) };
+    if args.directory.is_empty() {
+        return Ok(None);
+    }
+    let bad = |m: String| StartError::Config(format!("--directory: {m}"));
+    for u in &args.directory {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(bad(format!("{u} is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)")));
+        }
+    }
+    let keys = vw_directory::Keys::new(&args.directory_domain).map_err(bad)?;
+    let host = match &args.host_name {
+        Some(h) => h.clone(),
+        None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+    };
+    vw_wire::table::validate_endpoint_name(&host).map_err(|e| bad(format!("host name {host:?}: {e}")))?;
+    if !(1..=3600).contains(&args.directory_lease_s) {
+        return Err(bad("--directory-lease-s must be 1 to 3600".into()));
+    }
+    let read = |p: &PathBuf, secret: bool| -> Result<Vec<u8>, StartError> {
+        let what = |m: String| StartError::Config(format!("{}: {m}", p.display()));
+        let meta = std::fs::metadata(p).map_err(|e| what(e.to_string()))?;
+        if secret && meta.permissions().mode() & 0o004 != 0 {
+            return Err(what("is readable by every user; chmod 600 or 640 it".into()));
+        }
+        std::fs::read(p).map_err(|e| what(e.to_string()))
+    };
+    let tls = match (&args.directory_ca, &args.directory_cert, &args.directory_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(vw_directory::etcd::Tls { ca: read(ca, false)?, cert: read(cert, false)?, key: read(key, true)? })
+        }
+        _ => None,
+    };
+    let https = args.directory.iter().all(|u| u.starts_with("https://"));
+    if tls.is_some() != https {
+        return Err(bad("use https:// URLs with --directory-ca/-cert/-key, http:// without them".into()));
+    }
+    let formats = vec![vw_directory::model::Format::Vwire, vw_directory::model::Format::Vxlan];
+    Ok(Some(vw_directory::etcd::Config {
+        endpoints: args.directory.clone(),
+        keys,
+        host,
+        record: vw_directory::HostRecord {
+            vtep: std::net::IpAddr::V4(vtep.addr),
+            formats,
+            site: args.site.clone(),
+            migration: args.migration_key_file.is_some(),
+        },
+        lease_ttl_s: args.directory_lease_s,
+        timeout: Duration::from_secs(2),
+        tls,
+        user: None,
+    }))
 }
 
 /// Why the fabric could not run.
@@ -420,6 +512,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
                 hold: Duration::from_millis(args.migration_hold_ms),
             }),
         },
+        directory: directory_config(&args)?,
     };
     if let Some(m) = &settings.migration {
         let ports = [args.vwire_port, args.vxlan_port];
@@ -509,6 +602,7 @@ fn serve(args: &Args, group: Option<u32>, control: &mut Control, stop: &Arc<Atom
     cfg.group = group;
     let server = Server::start(cfg, jobs_tx)?;
     control.announce();
+    control.start_directory().map_err(StartError::Config)?;
     let t = Instant::now();
     match control.restore() {
         Ok(0) => {}

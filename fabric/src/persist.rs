@@ -123,6 +123,10 @@ pub struct SavedWire {
     /// When the remote end arrived at its current host, as it announced.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub remote_ns: u64,
+    /// This half was set up from the endpoint directory (which then also
+    /// removes it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 /// A connect armed to be made when the endpoint's VM starts here
@@ -671,6 +675,7 @@ mod tests {
             encap: peer.contains('.').then_some(EncapName::Vxlan),
             local_ns,
             remote_ns: 0,
+            directory: id.is_multiple_of(2),
         }
     }
 
@@ -704,6 +709,7 @@ mod tests {
                 encap: Some(EncapName::Vxlan),
                 local_ns: 1_700_000_000_000_000_000,
                 remote_ns: 0,
+                directory: true,
             }],
             incoming: vec![],
         };

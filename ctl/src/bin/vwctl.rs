@@ -43,6 +43,8 @@ const EXAMPLES: &str = "Examples:
   vwctl endpoint add vm3 --vhost-user            # its socket: vm3.sock in the fabric's --vhost-dir
   vwctl connect 7 vm1 vm2                        # loopback wire 7 between vm1 and vm2
   vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
+  vwctl connect 9 vm1 vm5                        # with --directory: vm5 may live on any host
+  vwctl connect vm3 vm4                          # with --directory: a free wire id is allocated
   vwctl wire list
   vwctl stats --json | jq .drops";
 
@@ -53,18 +55,23 @@ enum Command {
     /// Add, remove or list endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
-    /// Connect wire WIRE between ENDPOINT and PEER.
+    /// Connect wire WIRE between ENDPOINT and PEER: `connect [WIRE] ENDPOINT PEER`.
     ///
     /// PEER is another local endpoint (loopback wire) or the IPv4 address of
     /// a remote fabric's VTEP (encap wire). WIRE is the 32-bit connector ID
     /// both ends of an encap wire use; vxlan wires need WIRE < 16777216.
+    ///
+    /// With a fabric started with --directory, ENDPOINT and PEER may be any
+    /// two endpoints of the directory's domain, on any hosts: run the
+    /// connect once, on any host, and each end's fabric sets up its half
+    /// (loopback if they share a host, encap otherwise). Without WIRE the
+    /// directory allocates a free connector ID and the reply names it.
     Connect {
-        /// Wire id (connector ID), 0 to 4294967295.
-        wire: u32,
-        /// Local endpoint.
-        endpoint: String,
-        /// Local endpoint name, or remote VTEP IPv4 address.
-        peer: String,
+        /// `[WIRE] ENDPOINT PEER`: wire id (0 to 4294967295; optional with
+        /// --directory), the endpoint, and a local endpoint name, a remote
+        /// VTEP IPv4 address or (with --directory) any endpoint's name.
+        #[arg(num_args = 2..=3, required = true, value_names = ["WIRE", "ENDPOINT", "PEER"])]
+        args: Vec<String>,
         /// Tunnel format of an encap wire.
         #[arg(long, value_enum)]
         encap: Option<EncapArg>,
@@ -165,16 +172,29 @@ fn main() -> ExitCode {
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
-        Command::Connect { wire, endpoint, peer, encap, incoming } => Request::Connect {
-            incoming: *incoming,
-            wire: *wire,
-            endpoint: endpoint.clone(),
-            peer: peer.clone(),
-            encap: encap.map(|e| match e {
-                EncapArg::Vwire => EncapName::Vwire,
-                EncapArg::Vxlan => EncapName::Vxlan,
-            }),
-        },
+        Command::Connect { args, encap, incoming } => {
+            let (wire, endpoint, peer) = match args.as_slice() {
+                [w, e, p] => match w.parse::<u32>() {
+                    Ok(w) => (Some(w), e.clone(), p.clone()),
+                    Err(_) => {
+                        eprintln!("vwctl: wire id {w:?} is not a number from 0 to 4294967295");
+                        return ExitCode::from(2);
+                    }
+                },
+                [e, p] => (None, e.clone(), p.clone()),
+                _ => unreachable!("clap takes 2 or 3 values"),
+            };
+            Request::Connect {
+                incoming: *incoming,
+                wire,
+                endpoint,
+                peer,
+                encap: encap.map(|e| match e {
+                    EncapArg::Vwire => EncapName::Vwire,
+                    EncapArg::Vxlan => EncapName::Vxlan,
+                }),
+            }
+        }
         Command::Disconnect { wire } => Request::Disconnect { wire: *wire },
         Command::Wire(WireCmd::List) => Request::WireList,
         Command::Stats => Request::Stats,
@@ -324,6 +344,25 @@ fn print_status(s: &Status) {
             out!("  {}", printable(m));
         }
     }
+    if let Some(d) = &s.directory {
+        out!(
+            "directory: {} {} domain {} host {}: {} for {}s{} (revision {}; {} hosts up, {} endpoints, {} wires)",
+            d.backend,
+            d.urls.join(","),
+            d.domain,
+            d.host,
+            d.state,
+            d.for_s,
+            d.reason.as_ref().map(|r| format!(" ({})", printable(r))).unwrap_or_default(),
+            d.revision,
+            d.hosts,
+            d.endpoints,
+            d.wires
+        );
+        for p in &d.problems {
+            out!("  {}", printable(p));
+        }
+    }
     if !s.unrestored.is_empty() {
         out!();
         out!("not restored from the state file (kept there, retried at the next start; the log says why):");
@@ -371,6 +410,15 @@ fn print_endpoints(v: &[EndpointInfo]) {
 /// Where a wire's two ends are: `name@here` for a local endpoint, the VTEP
 /// address of the host of a remote end.
 fn ends(w: &WireInfo) -> String {
+    if !w.ends.is_empty() {
+        let end = |e: &vw_ctl::proto::WireEnd| match e.state.as_str() {
+            "here" => format!("{}@here", e.endpoint),
+            "up" => format!("{}@{}", e.endpoint, e.host),
+            "unknown" => format!("{}@?", e.endpoint),
+            other => format!("{}@{} ({other})", e.endpoint, e.host),
+        };
+        return w.ends.iter().map(end).collect::<Vec<_>>().join(" <-> ");
+    }
     let far = if w.encap.is_some() { w.peer.clone() } else { format!("{}@here", w.peer) };
     match w.migration.as_ref().and_then(|m| m.moved_to.as_ref()) {
         Some(to) => format!("{}@{to} <-> {far}", w.endpoint),

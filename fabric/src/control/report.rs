@@ -142,6 +142,7 @@ impl Control {
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
             dropped: totals.dropped,
             migration: self.mig.as_ref().map(|_| self.wire_migration(id, totals.forwarded, None)),
+            ends: self.directory_ends(id.0),
         }
     }
 
@@ -196,6 +197,7 @@ impl Control {
             migration: Some(self.wire_migration(id, totals.forwarded, Some(d))),
             carries_mtu: None,
             mtu_warning: None,
+            ends: Vec::new(),
         }
     }
 
@@ -203,25 +205,20 @@ impl Control {
     pub(super) fn incoming_info(&self, endpoint: &str) -> proto::WireInfo {
         let p = &self.incoming[endpoint];
         let remote = p.peer.parse::<std::net::Ipv4Addr>().is_ok();
-        proto::WireInfo {
-            wire: p.wire.0,
-            kind: if remote { "encap" } else { "loopback" }.to_owned(),
-            endpoint: endpoint.to_owned(),
-            peer: p.peer.clone(),
-            encap: if remote { Some(p.encap.unwrap_or_default()) } else { None },
-            state: "incoming".to_owned(),
-            forward: proto::FlowCounters::default(),
-            reverse: proto::FlowCounters::default(),
-            dropped: 0,
-            migration: None,
-            carries_mtu: None,
-            mtu_warning: None,
-        }
+        proto::WireInfo::idle(
+            p.wire.0,
+            if remote { "encap" } else { "loopback" },
+            endpoint,
+            &p.peer,
+            if remote { Some(p.encap.unwrap_or_default()) } else { None },
+            "incoming".to_owned(),
+        )
     }
 
     pub(super) fn wire_list(&self) -> Vec<proto::WireInfo> {
         let mut v: Vec<proto::WireInfo> = self.state.table().wires().map(|w| self.wire_info(w.id)).collect();
         v.extend(self.incoming.keys().map(|e| self.incoming_info(e)));
+        v.extend(self.directory_only_wires());
         for (id, (d, slot)) in self.state.departures() {
             // A loopback wire's departed end shares the wire's row.
             if matches!(d.peer, Peer::Remote { .. }) {
@@ -270,6 +267,7 @@ impl Control {
             wires: self.state.table().wire_count(),
             mempool: self.mempool(),
             idle_sleep_us: self.settings.idle_sleep_us,
+            directory: self.directory_status(),
             mtu_warnings: self
                 .state
                 .table()

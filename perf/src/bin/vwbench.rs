@@ -871,7 +871,13 @@ impl Ctl {
     }
 
     fn connect(&mut self, wire: u32, a: &str, b: &str) -> Res<Duration> {
-        self.call(vw_ctl::Request::Connect { wire, endpoint: a.into(), peer: b.into(), encap: None, incoming: false })
+        self.call(vw_ctl::Request::Connect {
+            wire: Some(wire),
+            endpoint: a.into(),
+            peer: b.into(),
+            encap: None,
+            incoming: false,
+        })
     }
 }
 

@@ -1,0 +1,338 @@
+//! The etcd v3 backend: one thread, with its own single-threaded runtime,
+//! between the fabric's control thread and an etcd cluster.
+//!
+//! Per connection (a *session*) it grants the host a lease of
+//! `lease_ttl` seconds, writes `hosts/HOST` under it and keeps it alive
+//! (every third of the TTL); reads the whole domain once (an
+//! [`Event::Reset`]) unless it is resuming; watches the domain's prefix from
+//! the revision after the last one it reported, and applies the fabric's
+//! [`Op`]s as transactions that compare a revision before they write. When
+//! the connection fails it reports [`Event::Unavailable`] once, answers ops
+//! with [`OpError::Unavailable`] meanwhile, and reconnects (0.25 s, doubling
+//! to 2 s), resuming the watch from the last revision; a revision the store
+//! has compacted away gives a fresh [`Event::Reset`] instead. A lease that
+//! expired meanwhile is replaced by a new one.
+
+use crate::model::{HostRecord, Keys};
+use crate::{Event, Op, OpError};
+use crossbeam::channel::{self, Receiver, Sender};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use std::time::Duration;
+use tokio::sync::mpsc::{self as tmpsc, UnboundedReceiver, UnboundedSender};
+
+/// TLS to etcd with a client certificate (PEM contents, read by the fabric
+/// at start).
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA that signed the etcd servers' certificates.
+    pub ca: Vec<u8>,
+    /// This host's client certificate.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.write_str("Tls { .. }")
+    }
+}
+
+/// How to reach etcd and what this host advertises.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// etcd client URLs (`http://10.0.0.9:2379`, `https://...`).
+    pub endpoints: Vec<String>,
+    /// The domain's keys.
+    pub keys: Keys,
+    /// This host's name.
+    pub host: String,
+    /// What it advertises.
+    pub record: HostRecord,
+    /// The lease's time to live, in seconds: how long after this fabric
+    /// dies its host shows as down.
+    pub lease_ttl_s: i64,
+    /// How long a connection attempt or a request may take.
+    pub timeout: Duration,
+    /// TLS with a client certificate.
+    pub tls: Option<Tls>,
+    /// User and password for etcd's authentication (with TLS, the
+    /// certificate's common name may be the user instead).
+    pub user: Option<(String, String)>,
+}
+
+/// The running backend. Dropping it ends the session and revokes the lease
+/// (the host shows as down at once).
+pub struct Backend {
+    ops: Option<UnboundedSender<(u64, Op)>>,
+    events: Receiver<Event>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts the backend's thread.
+    pub fn start(cfg: Config) -> std::io::Result<Backend> {
+        let (op_tx, op_rx) = tmpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = channel::unbounded();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("vw-directory".into()).spawn(move || {
+            rt.block_on(run(cfg, op_rx, ev_tx));
+        })?;
+        Ok(Backend { ops: Some(op_tx), events: ev_rx, thread: Some(thread) })
+    }
+
+    /// Sends `op`; its answer comes back as [`Event::Done`] with `tag`.
+    pub fn send(&self, tag: u64, op: Op) {
+        if let Some(tx) = &self.ops {
+            let _ = tx.send((tag, op));
+        }
+    }
+
+    /// Its events, to wait on.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// The next event, if one is waiting.
+    pub fn try_event(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.ops = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why a session ended: the connection failed.
+struct Lost(String);
+
+fn lost(e: etcd_client::Error) -> Lost {
+    Lost(describe(&e))
+}
+
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+fn op_error(e: etcd_client::Error) -> OpError {
+    use tonic::Code;
+    match &e {
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument | Code::FailedPrecondition
+            ) =>
+        {
+            OpError::Refused(s.message().to_owned())
+        }
+        _ => OpError::Unavailable(describe(&e)),
+    }
+}
+
+async fn run(cfg: Config, mut ops: UnboundedReceiver<(u64, Op)>, tx: Sender<Event>) {
+    let mut p = Progress { last_rev: 0, backoff: Duration::from_millis(250), reported: None };
+    loop {
+        let reason = match session(&cfg, &mut ops, &tx, &mut p).await {
+            Ok(()) => return,
+            Err(Lost(r)) => r,
+        };
+        if p.reported.as_deref() != Some(reason.as_str()) {
+            let _ = tx.send(Event::Unavailable { reason: reason.clone() });
+            p.reported = Some(reason.clone());
+        }
+        let wait = tokio::time::sleep(p.backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                op = ops.recv() => match op {
+                    None => return,
+                    Some((tag, _)) => {
+                        let _ = tx.send(Event::Done { tag, result: Err(OpError::Unavailable(reason.clone())) });
+                    }
+                },
+            }
+        }
+        p.backoff = (p.backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn connect(cfg: &Config) -> Result<Client, etcd_client::Error> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.timeout)
+        .with_timeout(cfg.timeout)
+        .with_keep_alive(Duration::from_secs(1), cfg.timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some(t) = &cfg.tls {
+        opts = opts.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&t.ca))
+                .identity(Identity::from_pem(&t.cert, &t.key)),
+        );
+    }
+    if let Some((u, p)) = &cfg.user {
+        opts = opts.with_user(u.clone(), p.clone());
+    }
+    Client::connect(&cfg.endpoints, Some(opts)).await
+}
+
+/// Reads the whole domain and reports it as a reset.
+async fn reset(c: &mut Client, cfg: &Config, tx: &Sender<Event>, last_rev: &mut i64) -> Result<(), Lost> {
+    let r = c.get(cfg.keys.prefix(), Some(GetOptions::new().with_prefix())).await.map_err(lost)?;
+    let revision = r.header().map_or(0, |h| h.revision());
+    let entries = r
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision()))
+        .collect();
+    *last_rev = revision;
+    let _ = tx.send(Event::Reset { entries, revision });
+    Ok(())
+}
+
+async fn watch(c: &mut Client, cfg: &Config, from: i64) -> Result<etcd_client::WatchStream, Lost> {
+    c.watch(cfg.keys.prefix(), Some(WatchOptions::new().with_prefix().with_start_revision(from))).await.map_err(lost)
+}
+
+/// What carries over from one session to the next.
+struct Progress {
+    /// The last revision reported to the fabric (0: none yet).
+    last_rev: i64,
+    /// The wait before the next connection attempt.
+    backoff: Duration,
+    /// The unavailability last reported, if it still holds.
+    reported: Option<String>,
+}
+
+/// One connection: returns `Ok` when the fabric dropped the backend.
+async fn session(
+    cfg: &Config,
+    ops: &mut UnboundedReceiver<(u64, Op)>,
+    tx: &Sender<Event>,
+    p: &mut Progress,
+) -> Result<(), Lost> {
+    let last_rev = &mut p.last_rev;
+    let mut c = connect(cfg).await.map_err(lost)?;
+    let lease = c.lease_grant(cfg.lease_ttl_s, None).await.map_err(lost)?.id();
+    let host = serde_json::to_vec(&cfg.record).expect("a host record encodes");
+    let put = c.put(cfg.keys.host(&cfg.host), host, Some(PutOptions::new().with_lease(lease))).await.map_err(lost)?;
+    let (mut keeper, mut alive) = c.lease_keep_alive(lease).await.map_err(lost)?;
+    // A store behind what this fabric saw (restored from an older backup,
+    // or new) cannot be resumed from: read it whole.
+    let now = put.header().map_or(0, |h| h.revision());
+    if *last_rev == 0 || now <= *last_rev {
+        reset(&mut c, cfg, tx, last_rev).await?;
+    }
+    let mut ws = watch(&mut c, cfg, *last_rev + 1).await?;
+    let _ = tx.send(Event::Connected { endpoint: cfg.endpoints.join(",") });
+    p.backoff = Duration::from_millis(250);
+    p.reported = None;
+    let mut tick = tokio::time::interval(Duration::from_millis((cfg.lease_ttl_s.max(1) as u64 * 1000) / 3));
+    loop {
+        tokio::select! {
+            op = ops.recv() => match op {
+                None => {
+                    let _ = c.lease_revoke(lease).await;
+                    return Ok(());
+                }
+                Some((tag, op)) => {
+                    let result = match tokio::time::timeout(cfg.timeout, apply(&mut c, &cfg.keys, op)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(OpError::Unavailable(format!("no answer within {:?}", cfg.timeout))),
+                    };
+                    let gone = match &result {
+                        Err(OpError::Unavailable(m)) => Some(m.clone()),
+                        _ => None,
+                    };
+                    let _ = tx.send(Event::Done { tag, result });
+                    if let Some(m) = gone {
+                        return Err(Lost(m));
+                    }
+                }
+            },
+            m = ws.message() => match m {
+                Err(e) => return Err(lost(e)),
+                Ok(None) => return Err(Lost("the watch ended".into())),
+                Ok(Some(resp)) => {
+                    if resp.compact_revision() > 0 || resp.canceled() {
+                        // The history since the last revision is gone: read
+                        // everything again.
+                        reset(&mut c, cfg, tx, last_rev).await?;
+                        ws = watch(&mut c, cfg, *last_rev + 1).await?;
+                        continue;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key()).into_owned();
+                        let revision = kv.mod_revision();
+                        *last_rev = (*last_rev).max(revision);
+                        let _ = tx.send(match ev.event_type() {
+                            EventType::Put => Event::Put { key, value: kv.value().to_vec(), revision },
+                            EventType::Delete => Event::Delete { key, revision },
+                        });
+                    }
+                }
+            },
+            _ = tick.tick() => keeper.keep_alive().await.map_err(lost)?,
+            k = alive.message() => match k {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                Ok(Some(_)) => return Err(Lost("the host's lease expired".into())),
+                Ok(None) => return Err(Lost("the lease keep-alive stream ended".into())),
+                Err(e) => return Err(lost(e)),
+            },
+        }
+    }
+}
+
+/// The revision of the key a failed compare looked at (0: it does not exist).
+fn current_revision(r: &etcd_client::TxnResponse) -> i64 {
+    r.op_responses()
+        .into_iter()
+        .find_map(|o| match o {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map_or(0, |kv| kv.mod_revision())),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+async fn apply(c: &mut Client, keys: &Keys, op: Op) -> Result<i64, OpError> {
+    let (key, compare, then) = match op {
+        Op::ClaimEndpoint { name, record, expect } => {
+            let k = keys.endpoint(&name);
+            let v = serde_json::to_vec(&record).expect("an endpoint record encodes");
+            (k.clone(), Compare::mod_revision(k.clone(), CompareOp::Equal, expect), TxnOp::put(k, v, None))
+        }
+        Op::ReleaseEndpoint { name, expect } => {
+            let k = keys.endpoint(&name);
+            (k.clone(), Compare::mod_revision(k.clone(), CompareOp::Equal, expect), TxnOp::delete(k, None))
+        }
+        Op::CreateWire { id, record } => {
+            let k = keys.wire(id);
+            let v = serde_json::to_vec(&record).expect("a wire record encodes");
+            (k.clone(), Compare::create_revision(k.clone(), CompareOp::Equal, 0), TxnOp::put(k, v, None))
+        }
+        Op::DeleteWire { id, expect } => {
+            let k = keys.wire(id);
+            (k.clone(), Compare::mod_revision(k.clone(), CompareOp::Equal, expect), TxnOp::delete(k, None))
+        }
+    };
+    let txn = Txn::new().when([compare]).and_then([then]).or_else([TxnOp::get(key, None)]);
+    let r = c.txn(txn).await.map_err(op_error)?;
+    if r.succeeded() {
+        Ok(r.header().map_or(0, |h| h.revision()))
+    } else {
+        Err(OpError::Conflict(current_revision(&r)))
+    }
+}

@@ -1,0 +1,616 @@
+//! The directory's key layout, its records and a fabric's view of it. Pure:
+//! no store, no I/O, no clock.
+//!
+//! Keys of domain `D` (all under `/virtualwire/D/`):
+//!
+//! | key | value | written by | lease |
+//! |-----|-------|------------|-------|
+//! | `hosts/HOST` | [`HostRecord`]: VTEP, tunnel formats, site | the host's fabric, at start and after a lease is lost | the host's: gone when the fabric dies |
+//! | `endpoints/NAME` | [`EndpointRecord`]: the host it lives on | the host that claims it, by compare-and-swap on the revision it replaces | none: a dead host's endpoints stay, shown as `host down` |
+//! | `wires/ID` | [`WireRecord`]: the two endpoint names, the format | any host (`vwctl connect`), created only if absent | none |
+//!
+//! `ID` is the connector ID in ten decimal digits, so keys sort by ID.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// The largest connector ID the directory hands out: VXLAN's 24-bit VNI,
+/// so an allocated wire can take either format.
+pub const MAX_ALLOCATED_ID: u32 = (1 << 24) - 1;
+
+/// The tunnel format a wire between two hosts uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The VirtualWire connector format.
+    #[default]
+    Vwire,
+    /// VXLAN, VNI = connector ID.
+    Vxlan,
+}
+
+/// What a host advertises (under its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRecord {
+    /// Its VTEP: the underlay address its wires' frames go to.
+    pub vtep: IpAddr,
+    /// The tunnel formats it takes.
+    #[serde(default)]
+    pub formats: Vec<Format>,
+    /// Its site (empty: the default site).
+    #[serde(default)]
+    pub site: String,
+    /// It takes part in the authenticated live-migration exchange.
+    #[serde(default)]
+    pub migration: bool,
+}
+
+/// Where an endpoint lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRecord {
+    /// The host's name.
+    pub host: String,
+    /// Members of the socket group may wire it (on its host, as for
+    /// `vwctl endpoint add --group`).
+    #[serde(default)]
+    pub group: bool,
+}
+
+/// A wire between two endpoints, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireRecord {
+    /// One end.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// The format between two hosts.
+    #[serde(default)]
+    pub format: Format,
+    /// Connected by a member of a socket group, not by root: each end's
+    /// host sets up its half only if the group may use its end.
+    #[serde(default)]
+    pub by_group: bool,
+}
+
+impl WireRecord {
+    /// The end that is not `name`, if `name` is an end.
+    pub fn other(&self, name: &str) -> Option<&str> {
+        if self.a == name {
+            Some(&self.b)
+        } else if self.b == name {
+            Some(&self.a)
+        } else {
+            None
+        }
+    }
+}
+
+/// A value with the store's modification revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// The revision it was written at.
+    pub revision: i64,
+}
+
+/// A parsed key of the domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `hosts/NAME`.
+    Host(String),
+    /// `endpoints/NAME`.
+    Endpoint(String),
+    /// `wires/ID`.
+    Wire(u32),
+}
+
+/// The key layout of one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys of `domain`; refused unless it is 1-64 of `[A-Za-z0-9_.-]`.
+    pub fn new(domain: &str) -> Result<Keys, String> {
+        if domain.is_empty()
+            || domain.len() > 64
+            || !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(format!("directory domain {domain:?} must be 1 to 64 of A-Z a-z 0-9 _ . -"));
+        }
+        Ok(Keys { prefix: format!("/virtualwire/{domain}/") })
+    }
+
+    /// Every key of the domain starts with this.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A host's key.
+    pub fn host(&self, name: &str) -> String {
+        format!("{}hosts/{name}", self.prefix)
+    }
+
+    /// An endpoint's key.
+    pub fn endpoint(&self, name: &str) -> String {
+        format!("{}endpoints/{name}", self.prefix)
+    }
+
+    /// A wire's key.
+    pub fn wire(&self, id: u32) -> String {
+        format!("{}wires/{id:010}", self.prefix)
+    }
+
+    /// What `key` names, if it is one of this domain's.
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let (kind, name) = rest.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        match kind {
+            "hosts" => Some(Key::Host(name.to_owned())),
+            "endpoints" => Some(Key::Endpoint(name.to_owned())),
+            "wires" if name.len() == 10 && name.bytes().all(|b| b.is_ascii_digit()) => name.parse().ok().map(Key::Wire),
+            _ => None,
+        }
+    }
+}
+
+/// Where a wire's end lives, as the view has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On this host.
+    Here,
+    /// On another host, which is up (its lease holds).
+    Host {
+        /// Host name.
+        host: String,
+        /// Its VTEP.
+        vtep: IpAddr,
+    },
+    /// Claimed by a host whose lease is gone.
+    HostDown(String),
+    /// No host claims it.
+    Unknown,
+}
+
+/// What this host's half of a directory wire should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Half {
+    /// No end lives here.
+    NotHere,
+    /// Both ends live here: a loopback wire.
+    Loopback {
+        /// The wire's first end.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// One end lives here, the other on a host that is up.
+    Encap {
+        /// The end here.
+        local: String,
+        /// The far end's name.
+        remote: String,
+        /// The far end's host.
+        host: String,
+        /// Its VTEP.
+        vtep: IpAddr,
+        /// The tunnel format.
+        format: Format,
+    },
+    /// One end lives here; the other's host is down or unknown.
+    Waiting {
+        /// The end here.
+        local: String,
+        /// The far end.
+        remote: String,
+        /// Where the far end is.
+        remote_at: Location,
+    },
+}
+
+/// A fabric's copy of its domain: every host, endpoint and wire, each with
+/// the revision it was written at. Changes come from the backend's watch in
+/// revision order, and from the answers to this fabric's own changes, which
+/// may arrive before or after the watch reports them.
+#[derive(Debug, Clone)]
+pub struct View {
+    keys: Keys,
+    /// The revision the watch has reported up to.
+    revision: i64,
+    hosts: HashMap<String, Versioned<HostRecord>>,
+    endpoints: HashMap<String, Versioned<EndpointRecord>>,
+    wires: BTreeMap<u32, Versioned<WireRecord>>,
+    /// Wires by endpoint name (either end).
+    by_endpoint: HashMap<String, BTreeSet<u32>>,
+    /// Endpoints by host.
+    by_host: HashMap<String, BTreeSet<String>>,
+    /// Keys of the domain that could not be read (a bad value), for `status`.
+    bad: BTreeMap<String, String>,
+}
+
+impl View {
+    /// An empty view of the domain `keys` describe.
+    pub fn new(keys: Keys) -> View {
+        View {
+            keys,
+            revision: 0,
+            hosts: HashMap::new(),
+            endpoints: HashMap::new(),
+            wires: BTreeMap::new(),
+            by_endpoint: HashMap::new(),
+            by_host: HashMap::new(),
+            bad: BTreeMap::new(),
+        }
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The revision the watch has reported up to.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Replaces everything with `entries` as of `revision`. Returns every
+    /// wire whose half may have changed (all of them, before and after).
+    pub fn reset(&mut self, entries: &[(String, Vec<u8>, i64)], revision: i64) -> BTreeSet<u32> {
+        let mut touched: BTreeSet<u32> = self.wires.keys().copied().collect();
+        let keys = self.keys.clone();
+        *self = View::new(keys);
+        for (k, v, r) in entries {
+            self.set(k, Some(v), *r);
+        }
+        self.revision = revision;
+        touched.extend(self.wires.keys().copied());
+        touched
+    }
+
+    /// A change the watch reported (in revision order). Returns the wires
+    /// whose half may have changed.
+    pub fn watched(&mut self, key: &str, value: Option<&[u8]>, revision: i64) -> BTreeSet<u32> {
+        self.revision = self.revision.max(revision);
+        self.set(key, value, revision)
+    }
+
+    /// This fabric's own change, made at `revision`, applied before the
+    /// watch reports it (it is ignored if the watch has already gone past).
+    pub fn own(&mut self, key: &str, value: Option<&[u8]>, revision: i64) -> BTreeSet<u32> {
+        if revision <= self.revision {
+            return BTreeSet::new();
+        }
+        self.set(key, value, revision)
+    }
+
+    fn set(&mut self, key: &str, value: Option<&[u8]>, revision: i64) -> BTreeSet<u32> {
+        let mut touched = BTreeSet::new();
+        let Some(k) = self.keys.parse(key) else { return touched };
+        self.bad.remove(key);
+        match k {
+            Key::Host(name) => {
+                if self.hosts.get(&name).is_some_and(|h| h.revision >= revision) {
+                    return touched;
+                }
+                match value.map(serde_json::from_slice::<HostRecord>) {
+                    Some(Ok(h)) => {
+                        self.hosts.insert(name.clone(), Versioned { value: h, revision });
+                    }
+                    Some(Err(e)) => {
+                        self.bad.insert(key.to_owned(), e.to_string());
+                        self.hosts.remove(&name);
+                    }
+                    None => {
+                        self.hosts.remove(&name);
+                    }
+                }
+                for e in self.by_host.get(&name).into_iter().flatten() {
+                    touched.extend(self.by_endpoint.get(e).into_iter().flatten().copied());
+                }
+            }
+            Key::Endpoint(name) => {
+                if self.endpoints.get(&name).is_some_and(|e| e.revision >= revision) {
+                    return touched;
+                }
+                if let Some(old) = self.endpoints.remove(&name) {
+                    if let Some(s) = self.by_host.get_mut(&old.value.host) {
+                        s.remove(&name);
+                        if s.is_empty() {
+                            self.by_host.remove(&old.value.host);
+                        }
+                    }
+                }
+                match value.map(serde_json::from_slice::<EndpointRecord>) {
+                    Some(Ok(e)) => {
+                        self.by_host.entry(e.host.clone()).or_default().insert(name.clone());
+                        self.endpoints.insert(name.clone(), Versioned { value: e, revision });
+                    }
+                    Some(Err(e)) => {
+                        self.bad.insert(key.to_owned(), e.to_string());
+                    }
+                    None => {}
+                }
+                touched.extend(self.by_endpoint.get(&name).into_iter().flatten().copied());
+            }
+            Key::Wire(id) => {
+                if self.wires.get(&id).is_some_and(|w| w.revision >= revision) {
+                    return touched;
+                }
+                if let Some(old) = self.wires.remove(&id) {
+                    for end in [&old.value.a, &old.value.b] {
+                        if let Some(s) = self.by_endpoint.get_mut(end) {
+                            s.remove(&id);
+                            if s.is_empty() {
+                                self.by_endpoint.remove(end);
+                            }
+                        }
+                    }
+                }
+                match value.map(serde_json::from_slice::<WireRecord>) {
+                    Some(Ok(w)) if w.a != w.b => {
+                        for end in [&w.a, &w.b] {
+                            self.by_endpoint.entry(end.clone()).or_default().insert(id);
+                        }
+                        self.wires.insert(id, Versioned { value: w, revision });
+                    }
+                    Some(Ok(_)) => {
+                        self.bad.insert(key.to_owned(), "a wire's two ends are one endpoint".into());
+                    }
+                    Some(Err(e)) => {
+                        self.bad.insert(key.to_owned(), e.to_string());
+                    }
+                    None => {}
+                }
+                touched.insert(id);
+            }
+        }
+        touched
+    }
+
+    /// A host's record.
+    pub fn host(&self, name: &str) -> Option<&Versioned<HostRecord>> {
+        self.hosts.get(name)
+    }
+
+    /// Every host that is up, by name.
+    pub fn hosts(&self) -> impl Iterator<Item = (&String, &Versioned<HostRecord>)> {
+        self.hosts.iter()
+    }
+
+    /// An endpoint's record.
+    pub fn endpoint(&self, name: &str) -> Option<&Versioned<EndpointRecord>> {
+        self.endpoints.get(name)
+    }
+
+    /// How many endpoints the directory knows.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// A wire's record.
+    pub fn wire(&self, id: u32) -> Option<&Versioned<WireRecord>> {
+        self.wires.get(&id)
+    }
+
+    /// Every wire, by id.
+    pub fn wires(&self) -> impl Iterator<Item = (&u32, &Versioned<WireRecord>)> {
+        self.wires.iter()
+    }
+
+    /// The wires with `name` as an end.
+    pub fn wires_of(&self, name: &str) -> impl Iterator<Item = u32> + '_ {
+        self.by_endpoint.get(name).into_iter().flatten().copied()
+    }
+
+    /// Keys whose values could not be read, with why.
+    pub fn bad_keys(&self) -> &BTreeMap<String, String> {
+        &self.bad
+    }
+
+    /// Where `name` lives, seen from host `me`.
+    pub fn location(&self, name: &str, me: &str) -> Location {
+        match self.endpoints.get(name) {
+            None => Location::Unknown,
+            Some(e) if e.value.host == me => Location::Here,
+            Some(e) => match self.hosts.get(&e.value.host) {
+                Some(h) => Location::Host { host: e.value.host.clone(), vtep: h.value.vtep },
+                None => Location::HostDown(e.value.host.clone()),
+            },
+        }
+    }
+
+    /// What host `me`'s half of wire `id` should be.
+    pub fn half(&self, id: u32, me: &str) -> Half {
+        let Some(w) = self.wires.get(&id) else { return Half::NotHere };
+        let w = &w.value;
+        match (self.location(&w.a, me), self.location(&w.b, me)) {
+            (Location::Here, Location::Here) => Half::Loopback { a: w.a.clone(), b: w.b.clone() },
+            (Location::Here, far) => self.far_half(&w.a, &w.b, far, w.format),
+            (far, Location::Here) => self.far_half(&w.b, &w.a, far, w.format),
+            _ => Half::NotHere,
+        }
+    }
+
+    fn far_half(&self, local: &str, remote: &str, far: Location, format: Format) -> Half {
+        match far {
+            Location::Host { host, vtep } => {
+                Half::Encap { local: local.to_owned(), remote: remote.to_owned(), host, vtep, format }
+            }
+            other => Half::Waiting { local: local.to_owned(), remote: remote.to_owned(), remote_at: other },
+        }
+    }
+
+    /// The lowest connector ID from `from` up (at most
+    /// [`MAX_ALLOCATED_ID`]) that no directory wire has and `taken` does
+    /// not refuse.
+    pub fn free_id(&self, from: u32, taken: impl Fn(u32) -> bool) -> Option<u32> {
+        (from.max(1)..=MAX_ALLOCATED_ID).find(|id| !self.wires.contains_key(id) && !taken(*id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new("lab").unwrap()
+    }
+
+    fn host(vtep: &str) -> Vec<u8> {
+        serde_json::to_vec(&HostRecord {
+            vtep: vtep.parse().unwrap(),
+            formats: vec![Format::Vwire, Format::Vxlan],
+            site: String::new(),
+            migration: false,
+        })
+        .unwrap()
+    }
+
+    fn ep(host: &str) -> Vec<u8> {
+        serde_json::to_vec(&EndpointRecord { host: host.into(), group: false }).unwrap()
+    }
+
+    fn wire(a: &str, b: &str) -> Vec<u8> {
+        serde_json::to_vec(&WireRecord { a: a.into(), b: b.into(), format: Format::Vwire, by_group: false }).unwrap()
+    }
+
+    /// h1 (10.0.0.1) with vm1, h2 (10.0.0.2) with vm2, wire 7 vm1-vm2.
+    fn domain() -> View {
+        let k = keys();
+        let mut v = View::new(k.clone());
+        let e = vec![
+            (k.host("h1"), host("10.0.0.1"), 2),
+            (k.host("h2"), host("10.0.0.2"), 3),
+            (k.endpoint("vm1"), ep("h1"), 4),
+            (k.endpoint("vm2"), ep("h2"), 5),
+            (k.wire(7), wire("vm1", "vm2"), 6),
+        ];
+        v.reset(&e, 6);
+        v
+    }
+
+    #[test]
+    fn keys_round_trip_and_refuse_what_is_not_the_domains() {
+        let k = keys();
+        assert_eq!(k.wire(7), "/virtualwire/lab/wires/0000000007");
+        assert_eq!(k.parse(&k.wire(4294967295)), Some(Key::Wire(4294967295)));
+        assert_eq!(k.parse(&k.host("h1")), Some(Key::Host("h1".into())));
+        assert_eq!(k.parse(&k.endpoint("vm.1")), Some(Key::Endpoint("vm.1".into())));
+        for bad in [
+            "/virtualwire/other/hosts/h1",
+            "/virtualwire/lab/hosts/",
+            "/virtualwire/lab/hosts/a/b",
+            "/virtualwire/lab/wires/7",
+            "/virtualwire/lab/wires/00000000x7",
+            "/virtualwire/lab/wires/9999999999",
+            "/virtualwire/lab/things/x",
+        ] {
+            assert_eq!(k.parse(bad), None, "{bad}");
+        }
+        assert!(Keys::new("").is_err());
+        assert!(Keys::new("a/b").is_err());
+    }
+
+    #[test]
+    fn each_host_sees_its_own_half() {
+        let v = domain();
+        let vtep2: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            v.half(7, "h1"),
+            Half::Encap {
+                local: "vm1".into(),
+                remote: "vm2".into(),
+                host: "h2".into(),
+                vtep: vtep2,
+                format: Format::Vwire
+            }
+        );
+        assert!(matches!(v.half(7, "h2"), Half::Encap { ref local, .. } if local == "vm2"));
+        assert_eq!(v.half(7, "h3"), Half::NotHere);
+        assert_eq!(v.half(8, "h1"), Half::NotHere);
+    }
+
+    #[test]
+    fn an_end_that_moves_next_to_its_peer_makes_the_wire_loopback_and_back() {
+        let mut v = domain();
+        let k = keys();
+        let t = v.watched(&k.endpoint("vm2"), Some(&ep("h1")), 7);
+        assert_eq!(t, BTreeSet::from([7]));
+        assert_eq!(v.half(7, "h1"), Half::Loopback { a: "vm1".into(), b: "vm2".into() });
+        assert_eq!(v.half(7, "h2"), Half::NotHere);
+        v.watched(&k.endpoint("vm2"), Some(&ep("h2")), 8);
+        assert!(matches!(v.half(7, "h1"), Half::Encap { ref host, .. } if host == "h2"));
+    }
+
+    #[test]
+    fn a_host_whose_lease_expired_is_down_and_comes_back() {
+        let mut v = domain();
+        let k = keys();
+        let t = v.watched(&k.host("h2"), None, 7);
+        assert_eq!(t, BTreeSet::from([7]), "the wires of h2's endpoints are touched");
+        assert_eq!(
+            v.half(7, "h1"),
+            Half::Waiting { local: "vm1".into(), remote: "vm2".into(), remote_at: Location::HostDown("h2".into()) }
+        );
+        v.watched(&k.host("h2"), Some(&host("10.0.0.22")), 8);
+        assert!(matches!(v.half(7, "h1"), Half::Encap { vtep, .. } if vtep.to_string() == "10.0.0.22"));
+    }
+
+    #[test]
+    fn own_changes_the_watch_has_passed_are_not_applied_twice() {
+        let mut v = domain();
+        let k = keys();
+        // The watch reports the wire's deletion (revision 8) before this
+        // fabric hears that its own earlier put (revision 7) was made.
+        v.watched(&k.wire(7), None, 8);
+        assert!(v.own(&k.wire(7), Some(&wire("vm1", "vm2")), 7).is_empty());
+        assert!(v.wire(7).is_none());
+        // An own change ahead of the watch is applied, and the watch's later
+        // report of the same revision changes nothing.
+        assert_eq!(v.own(&k.wire(9), Some(&wire("vm1", "vm3")), 9), BTreeSet::from([9]));
+        assert!(v.watched(&k.wire(9), Some(&wire("vm1", "vm3")), 9).is_empty());
+        assert_eq!(v.wire(9).unwrap().revision, 9);
+        assert_eq!(v.wires_of("vm1").collect::<Vec<_>>(), vec![9]);
+    }
+
+    #[test]
+    fn bad_values_are_listed_and_change_nothing_else() {
+        let mut v = domain();
+        let k = keys();
+        v.watched(&k.wire(8), Some(b"{not json"), 7);
+        v.watched(&k.wire(9), Some(&wire("vm1", "vm1")), 8);
+        assert!(v.wire(8).is_none() && v.wire(9).is_none());
+        assert_eq!(v.bad_keys().len(), 2);
+        assert!(matches!(v.half(7, "h1"), Half::Encap { .. }));
+        v.watched(&k.wire(8), None, 9);
+        assert_eq!(v.bad_keys().len(), 1);
+    }
+
+    #[test]
+    fn reset_touches_wires_that_went_and_came() {
+        let mut v = domain();
+        let k = keys();
+        let t = v.reset(&[(k.wire(9), wire("a", "b"), 20)], 20);
+        assert_eq!(t, BTreeSet::from([7, 9]));
+        assert_eq!(v.revision(), 20);
+        assert!(v.endpoint("vm1").is_none());
+    }
+
+    #[test]
+    fn free_ids_skip_taken_ones_and_fit_vxlan() {
+        let v = domain();
+        assert_eq!(v.free_id(7, |_| false), Some(8));
+        assert_eq!(v.free_id(0, |id| id < 7), Some(8));
+        assert_eq!(v.free_id(MAX_ALLOCATED_ID, |_| false), Some(MAX_ALLOCATED_ID));
+        assert_eq!(v.free_id(MAX_ALLOCATED_ID, |_| true), None);
+    }
+}

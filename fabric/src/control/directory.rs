@@ -1,0 +1,746 @@
+//! The control plane's side of the endpoint directory (`--directory`):
+//! advertising this host's endpoints, connecting and disconnecting wires
+//! by name from any host, and setting up this host's half of every
+//! directory wire one of its endpoints is an end of. See docs/directory.md.
+//!
+//! The control thread never waits for the store: a request that needs it
+//! (a connect or disconnect by name) is kept with its client's job and
+//! answered when the backend's [`Event::Done`] comes back; the backend's
+//! other events update the [`View`] and each wire they touch is brought
+//! to what the view says its half here should be ([`Control::reconcile`]).
+
+use super::{Control, Refusal};
+use crossbeam::channel::Receiver;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use vw_core::policy::Role;
+use vw_ctl::proto::{self, EncapName, ErrorCode, Reply, Request};
+use vw_ctl::server::Job;
+use vw_directory::etcd::{Backend, Config};
+use vw_directory::model::{Format, Half, Location};
+use vw_directory::{EndpointRecord, Event, Key, Op, OpError, View, WireRecord};
+use vw_wire::table::Peer;
+use vw_wire::{ConnectorId, Encap};
+
+/// How long a re-point the directory reports waits for the authenticated
+/// LOCATE of the end's new host (the fast path, which also passes on
+/// frames in flight) before it is applied from the directory alone.
+const LOCATE_FIRST: Duration = Duration::from_millis(500);
+
+/// What an op sent to the store is for.
+enum Pending {
+    /// A client's connect by name.
+    Connect { job: Job, id: u32, record: WireRecord },
+    /// A client's disconnect of a directory wire.
+    Disconnect { job: Job, id: u32 },
+    /// This host claiming one of its endpoints.
+    Claim { name: String, record: EndpointRecord },
+    /// This host giving up an endpoint it removed.
+    Release { name: String },
+}
+
+/// The directory as the control plane holds it.
+pub(super) struct Dir {
+    backend: Backend,
+    cfg: Config,
+    view: View,
+    connected: bool,
+    reason: Option<String>,
+    since: Instant,
+    next_tag: u64,
+    pending: HashMap<u64, Pending>,
+    /// Wires whose half here was made from the directory (kept in the
+    /// state file with the wire).
+    pub(super) made: BTreeSet<ConnectorId>,
+    /// Why a wire's half or an endpoint's claim is not set up here, by
+    /// subject (logged once per reason).
+    problems: BTreeMap<String, String>,
+    /// Re-points waiting for the LOCATE fast path, with when they are due.
+    deferred: BTreeMap<u32, Instant>,
+    /// Where the next allocated connector ID is looked for.
+    next_alloc: u32,
+    /// A full copy of the domain has been read since start.
+    synced: bool,
+    /// Local endpoints another host holds (claimed once it withdraws them
+    /// or goes down).
+    waiting: BTreeSet<String>,
+}
+
+impl Dir {
+    /// Starts the backend.
+    pub(super) fn start(cfg: Config) -> std::io::Result<Dir> {
+        let backend = Backend::start(cfg.clone())?;
+        Ok(Dir {
+            backend,
+            view: View::new(cfg.keys.clone()),
+            cfg,
+            connected: false,
+            reason: Some("connecting".into()),
+            since: Instant::now(),
+            next_tag: 1,
+            pending: HashMap::new(),
+            made: BTreeSet::new(),
+            problems: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            next_alloc: 1,
+            synced: false,
+            waiting: BTreeSet::new(),
+        })
+    }
+
+    /// The backend's events, to wait on beside the control socket's jobs.
+    pub(super) fn events(&self) -> &Receiver<Event> {
+        self.backend.events()
+    }
+
+    fn send(&mut self, op: Op, p: Pending) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.pending.insert(tag, p);
+        self.backend.send(tag, op);
+    }
+
+    fn problem(&mut self, subject: String, why: String) {
+        if self.problems.get(&subject) != Some(&why) {
+            crate::log(&format!("directory: {subject}: {why}"));
+            self.problems.insert(subject, why);
+        }
+    }
+
+    fn solved(&mut self, subject: &str) {
+        if self.problems.remove(subject).is_some() {
+            crate::log(&format!("directory: {subject}: resolved"));
+        }
+    }
+
+    fn unavailable(&self) -> Refusal {
+        Refusal::new(
+            ErrorCode::DirectoryUnavailable,
+            format!(
+                "directory_unavailable: etcd at {} cannot be reached ({}); wires that exist keep forwarding, changes \
+                 by name are refused until it is back",
+                self.cfg.endpoints.join(","),
+                self.reason.as_deref().unwrap_or("no answer")
+            ),
+        )
+    }
+}
+
+fn format_of(e: Option<EncapName>) -> Format {
+    match e {
+        Some(EncapName::Vxlan) => Format::Vxlan,
+        _ => Format::Vwire,
+    }
+}
+
+fn encap_of(f: Format) -> EncapName {
+    match f {
+        Format::Vwire => EncapName::Vwire,
+        Format::Vxlan => EncapName::Vxlan,
+    }
+}
+
+fn encap_value(f: Format) -> Encap {
+    match f {
+        Format::Vwire => Encap::Vwire,
+        Format::Vxlan => Encap::Vxlan,
+    }
+}
+
+fn refusal(e: &OpError, what: &str) -> Refusal {
+    match e {
+        OpError::Conflict(_) => Refusal::new(ErrorCode::WireExists, format!("{what}: {e}")),
+        OpError::Unavailable(_) => {
+            Refusal::new(ErrorCode::DirectoryUnavailable, format!("directory_unavailable: {what}: {e}"))
+        }
+        OpError::Refused(_) => Refusal::new(ErrorCode::PermissionDenied, format!("{what}: {e}")),
+    }
+}
+
+impl Control {
+    /// Takes the job if it is a change the directory makes (a connect or
+    /// disconnect by name), answering it later; gives it back otherwise.
+    pub(super) fn directory_job(&mut self, job: Job) -> Option<Job> {
+        if self.dir.is_none() {
+            return Some(job);
+        }
+        let role = Role::of(job.caller.uid, self.own_uid);
+        match &job.request {
+            Request::Connect { wire, endpoint, peer, encap, incoming: false }
+                if peer.parse::<std::net::Ipv4Addr>().is_err() =>
+            {
+                let (wire, a, b, encap) = (*wire, endpoint.clone(), peer.clone(), *encap);
+                match self.dir_connect(wire, &a, &b, encap, role) {
+                    Ok((id, record, op)) => {
+                        let d = self.dir.as_mut().expect("directory");
+                        d.send(op, Pending::Connect { job, id, record });
+                    }
+                    Err(r) => job.reply(Reply::err(r.code, r.message)),
+                }
+                None
+            }
+            Request::Disconnect { wire }
+                if self.dir.as_ref().is_some_and(|d| d.view.wire(*wire).is_some())
+                    && self
+                        .state
+                        .table()
+                        .wire(ConnectorId(*wire))
+                        .is_none_or(|_| self.dir.as_ref().is_some_and(|d| d.made.contains(&ConnectorId(*wire)))) =>
+            {
+                let id = *wire;
+                match self.dir_disconnect(id, role) {
+                    Ok(op) => {
+                        let d = self.dir.as_mut().expect("directory");
+                        d.send(op, Pending::Disconnect { job, id });
+                    }
+                    Err(r) => job.reply(Reply::err(r.code, r.message)),
+                }
+                None
+            }
+            _ => Some(job),
+        }
+    }
+
+    /// Checks a connect by name and says what to write.
+    fn dir_connect(
+        &mut self,
+        wire: Option<u32>,
+        a: &str,
+        b: &str,
+        encap: Option<EncapName>,
+        role: Role,
+    ) -> Result<(u32, WireRecord, Op), Refusal> {
+        for n in [a, b] {
+            vw_wire::table::validate_endpoint_name(n)?;
+        }
+        if a == b {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("a wire joins two endpoints; both ends are {a}"),
+            ));
+        }
+        // Ends on this host must be the caller's to use; ends elsewhere are
+        // checked by their own hosts (the record says who connected).
+        self.may_use(role, &[a, b], "connect")?;
+        let d = self.dir.as_ref().expect("directory");
+        if !d.connected {
+            return Err(d.unavailable());
+        }
+        let domain = &d.cfg.keys;
+        for n in [a, b] {
+            if d.view.endpoint(n).is_none() {
+                return Err(Refusal::new(
+                    ErrorCode::NoSuchEndpoint,
+                    format!("no endpoint named {n} in the directory ({}: no host advertises it)", domain.prefix()),
+                ));
+            }
+        }
+        for n in [a, b] {
+            if let Some(w) = d.view.wires_of(n).next() {
+                return Err(Refusal::new(ErrorCode::EndpointBusy, format!("endpoint {n} already carries wire {w}")));
+            }
+        }
+        let taken = |id: u32| {
+            self.state.table().wire(ConnectorId(id)).is_some()
+                || self.incoming.values().any(|p| p.wire.0 == id)
+                || d.pending.values().any(|p| matches!(p, Pending::Connect { id: i, .. } if *i == id))
+        };
+        let id = match wire {
+            Some(id) => {
+                if d.view.wire(id).is_some() || taken(id) {
+                    return Err(Refusal::new(ErrorCode::WireExists, format!("wire {id} exists")));
+                }
+                if encap == Some(EncapName::Vxlan) && id > vw_directory::model::MAX_ALLOCATED_ID {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidArgument,
+                        format!("a vxlan wire's id is its 24-bit VNI; {id} is larger than 16777215"),
+                    ));
+                }
+                id
+            }
+            None => d.view.free_id(d.next_alloc, taken).ok_or_else(|| {
+                Refusal::new(ErrorCode::WireLimit, "wire_limit: every connector ID up to 16777215 is in use".to_owned())
+            })?,
+        };
+        let record =
+            WireRecord { a: a.to_owned(), b: b.to_owned(), format: format_of(encap), by_group: role == Role::Member };
+        if wire.is_none() {
+            self.dir.as_mut().expect("directory").next_alloc = id + 1;
+        }
+        Ok((id, record.clone(), Op::CreateWire { id, record }))
+    }
+
+    fn dir_disconnect(&mut self, id: u32, role: Role) -> Result<Op, Refusal> {
+        let d = self.dir.as_ref().expect("directory");
+        let w = d.view.wire(id).expect("checked").clone();
+        if role == Role::Member && !w.value.by_group {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("wire {id} was connected by root: members of the socket group may disconnect only the wires they connected"),
+            ));
+        }
+        if !d.connected {
+            return Err(d.unavailable());
+        }
+        Ok(Op::DeleteWire { id, expect: w.revision })
+    }
+
+    /// Takes what the backend reported (called every turn of the control
+    /// loop; never blocks).
+    pub(super) fn take_directory_events(&mut self) {
+        let mut touched = BTreeSet::new();
+        let mut claim = false;
+        let mut retry = false;
+        loop {
+            let Some(d) = self.dir.as_mut() else { return };
+            let Some(ev) = d.backend.try_event() else { break };
+            match ev {
+                Event::Reset { entries, revision } => {
+                    touched.extend(d.view.reset(&entries, revision));
+                    touched.extend(d.made.iter().map(|c| c.0));
+                    if !d.synced {
+                        crate::log(&format!(
+                            "directory: read {} keys of {} at revision {revision}",
+                            entries.len(),
+                            d.cfg.keys.prefix()
+                        ));
+                    }
+                    d.synced = true;
+                    claim = true;
+                }
+                Event::Put { key, value, revision } => touched.extend(d.view.watched(&key, Some(&value), revision)),
+                Event::Delete { key, revision } => {
+                    // A name withdrawn, or a host gone: an endpoint here
+                    // that waited for it is claimed.
+                    retry |= !d.waiting.is_empty()
+                        && matches!(d.view.keys().parse(&key), Some(Key::Endpoint(_) | Key::Host(_)));
+                    touched.extend(d.view.watched(&key, None, revision))
+                }
+                Event::Connected { endpoint } => {
+                    crate::log(&format!("directory: connected to etcd at {endpoint} as host {}", d.cfg.host));
+                    d.connected = true;
+                    d.reason = None;
+                    d.since = Instant::now();
+                    claim = true;
+                }
+                Event::Unavailable { reason } => {
+                    crate::log(&format!(
+                        "directory: etcd unavailable ({reason}); wires keep forwarding, changes by name are refused"
+                    ));
+                    d.connected = false;
+                    d.reason = Some(reason);
+                    d.since = Instant::now();
+                }
+                Event::Done { tag, result } => {
+                    if let Some(p) = d.pending.remove(&tag) {
+                        touched.extend(self.finish(p, result));
+                    }
+                }
+            }
+        }
+        if claim && self.dir.as_ref().is_some_and(|d| d.synced && d.connected) {
+            let names: Vec<String> = self.state.endpoints().map(|(n, _)| n.to_string()).collect();
+            for n in names {
+                self.directory_claim(&n);
+            }
+        } else if retry {
+            let names: Vec<String> = self.dir.as_ref().map(|d| d.waiting.iter().cloned().collect()).unwrap_or_default();
+            for n in names {
+                self.directory_claim(&n);
+            }
+        }
+        for id in touched {
+            self.reconcile(id);
+        }
+    }
+
+    /// An op's answer: replies to its client, applies a change of this
+    /// host's own to the view. Returns the wires it touched.
+    fn finish(&mut self, p: Pending, result: Result<i64, OpError>) -> BTreeSet<u32> {
+        let d = self.dir.as_mut().expect("directory");
+        let keys = d.view.keys().clone();
+        match p {
+            Pending::Connect { job, id, record } => match result {
+                Ok(rev) => {
+                    let value = serde_json::to_vec(&record).expect("encodes");
+                    let mut t = d.view.own(&keys.wire(id), Some(&value), rev);
+                    t.insert(id);
+                    crate::log(&format!(
+                        "directory: wire {id} {} <-> {} connected at revision {rev}",
+                        record.a, record.b
+                    ));
+                    for w in std::mem::take(&mut t) {
+                        self.reconcile(w);
+                    }
+                    job.reply(Reply::ok(&self.directory_wire_info(id)));
+                    t
+                }
+                Err(e) => {
+                    let what = format!("wire {id} {} <-> {}", record.a, record.b);
+                    let r = refusal(&e, &what);
+                    let r = if matches!(e, OpError::Conflict(_)) {
+                        Refusal::new(
+                            ErrorCode::WireExists,
+                            format!("wire {id} exists (another host connected it first)"),
+                        )
+                    } else {
+                        r
+                    };
+                    job.reply(Reply::err(r.code, r.message));
+                    BTreeSet::new()
+                }
+            },
+            Pending::Disconnect { job, id } => match result {
+                Ok(rev) => {
+                    let t = d.view.own(&keys.wire(id), None, rev);
+                    crate::log(&format!("directory: wire {id} disconnected at revision {rev}"));
+                    for w in t.iter().copied().chain([id]) {
+                        self.reconcile(w);
+                    }
+                    job.reply(Reply::ok(&serde_json::json!({})));
+                    BTreeSet::new()
+                }
+                Err(OpError::Conflict(_)) => {
+                    job.reply(Reply::err(
+                        ErrorCode::NoSuchWire,
+                        format!("wire {id} changed or went meanwhile; look again"),
+                    ));
+                    BTreeSet::new()
+                }
+                Err(e) => {
+                    let r = refusal(&e, &format!("wire {id}"));
+                    job.reply(Reply::err(r.code, r.message));
+                    BTreeSet::new()
+                }
+            },
+            Pending::Claim { name, record } => match result {
+                Ok(rev) => {
+                    let value = serde_json::to_vec(&record).expect("encodes");
+                    crate::log(&format!(
+                        "directory: endpoint {name} advertised on host {} at revision {rev}",
+                        record.host
+                    ));
+                    d.solved(&format!("endpoint {name}"));
+                    d.waiting.remove(&name);
+                    d.view.own(&keys.endpoint(&name), Some(&value), rev)
+                }
+                Err(e) => {
+                    d.problem(format!("endpoint {name}"), format!("not advertised: {e}"));
+                    BTreeSet::new()
+                }
+            },
+            Pending::Release { name } => {
+                match result {
+                    Ok(rev) => {
+                        crate::log(&format!("directory: endpoint {name} withdrawn at revision {rev}"));
+                        return d.view.own(&keys.endpoint(&name), None, rev);
+                    }
+                    Err(e) => crate::log(&format!("directory: endpoint {name} not withdrawn: {e}")),
+                }
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Advertises local endpoint `name` as this host's, unless another host
+    /// that is up holds it (then it is reported as a conflict and taken
+    /// over only when its VM starts here: `directory_take_over`).
+    pub(super) fn directory_claim(&mut self, name: &str) {
+        self.claim(name, false);
+    }
+
+    /// Takes `name` over from whichever host holds it, by compare-and-swap
+    /// on the revision seen: a VM that arrived here by live migration.
+    pub(super) fn directory_take_over(&mut self, name: &str) {
+        self.claim(name, true);
+    }
+
+    fn claim(&mut self, name: &str, take_over: bool) {
+        let group =
+            self.state.endpoint(name).and_then(|e| self.ports[e.ix.ix()].as_ref()).map(|p| p.origin.group_may_use());
+        let Some(group) = group else { return };
+        let Some(d) = self.dir.as_mut() else { return };
+        if !d.synced || d.pending.values().any(|p| matches!(p, Pending::Claim { name: n, .. } if n == name)) {
+            return;
+        }
+        let record = EndpointRecord { host: d.cfg.host.clone(), group };
+        let expect = match d.view.endpoint(name) {
+            None => 0,
+            Some(e) if e.value == record => return,
+            Some(e) if e.value.host == d.cfg.host => e.revision,
+            Some(e) if take_over || d.view.host(&e.value.host).is_none() => {
+                crate::log(&format!("directory: endpoint {name} is taken over from host {}", e.value.host));
+                e.revision
+            }
+            Some(e) => {
+                let host = e.value.host.clone();
+                d.waiting.insert(name.to_owned());
+                d.problem(
+                    format!("endpoint {name}"),
+                    format!(
+                        "host {host} (up) holds it in the directory; not advertised here until {host} withdraws it or its \
+                         VM starts here"
+                    ),
+                );
+                return;
+            }
+        };
+        let op = Op::ClaimEndpoint { name: name.to_owned(), record: record.clone(), expect };
+        d.send(op, Pending::Claim { name: name.to_owned(), record });
+    }
+
+    /// Withdraws `name` if this host holds it (the endpoint was removed).
+    pub(super) fn directory_release(&mut self, name: &str) {
+        let Some(d) = self.dir.as_mut() else { return };
+        d.solved(&format!("endpoint {name}"));
+        d.waiting.remove(name);
+        let Some(e) = d.view.endpoint(name) else { return };
+        if e.value.host != d.cfg.host {
+            return;
+        }
+        let op = Op::ReleaseEndpoint { name: name.to_owned(), expect: e.revision };
+        d.send(op, Pending::Release { name: name.to_owned() });
+    }
+
+    /// The half of directory wire `id` this host runs, brought to what the
+    /// view says: made, re-pointed, turned loopback or encap, or removed.
+    pub(super) fn reconcile(&mut self, id: u32) {
+        let Some(d) = self.dir.as_ref() else { return };
+        let cid = ConnectorId(id);
+        let half = d.view.half(id, &d.cfg.host);
+        let made = d.made.contains(&cid);
+        let by_group = d.view.wire(id).is_some_and(|w| w.value.by_group);
+        let migration = self.mig.is_some();
+        let cur = self.state.table().wire(cid).cloned();
+        let subject = format!("wire {id}");
+        if cur.is_some() && !made {
+            if half != Half::NotHere {
+                let why =
+                    "a wire with this id was connected here by VTEP address; the directory's is not set up".into();
+                self.dir.as_mut().expect("directory").problem(subject, why);
+            }
+            return;
+        }
+        let want: Option<(String, String, Option<EncapName>)> = match &half {
+            Half::NotHere => None,
+            Half::Loopback { a, b } => Some((a.clone(), b.clone(), None)),
+            Half::Encap { local, vtep: IpAddr::V4(v), format, .. } => {
+                Some((local.clone(), v.to_string(), Some(encap_of(*format))))
+            }
+            Half::Encap { local, vtep: IpAddr::V6(v), .. } => {
+                let why = format!("{local}'s peer lives behind IPv6 VTEP {v}; this fabric's underlay is IPv4");
+                self.dir.as_mut().expect("directory").problem(subject, why);
+                return;
+            }
+            Half::Waiting { local, remote, remote_at } => {
+                let why = match remote_at {
+                    Location::HostDown(h) => format!("{remote}'s host {h} is down; {local}'s half is kept as it was"),
+                    _ => format!("no host advertises {remote}; {local}'s half is kept as it was"),
+                };
+                self.dir.as_mut().expect("directory").problem(subject, why);
+                return;
+            }
+        };
+        let Some((local, peer, encap)) = want else {
+            self.dir.as_mut().expect("directory").solved(&subject);
+            if cur.is_some() {
+                if let Err(r) = self.disconnect(cid) {
+                    crate::log(&format!("directory: wire {id}: its half here could not be removed: {}", r.message));
+                    return;
+                }
+                crate::log(&format!("directory: wire {id}: no end lives here any more; its half is removed"));
+            }
+            self.dir.as_mut().expect("directory").made.remove(&cid);
+            return;
+        };
+        if by_group {
+            let ends: Vec<&str> = match &half {
+                Half::Loopback { a, b } => vec![a, b],
+                _ => vec![&local],
+            };
+            if let Err(r) = self.may_use(Role::Member, &ends, "connect") {
+                self.dir.as_mut().expect("directory").problem(subject, r.message);
+                return;
+            }
+        }
+        if let Some(w) = &cur {
+            let same = match (&w.peer, &half) {
+                (Peer::Local(p), Half::Loopback { a, b }) => {
+                    (w.endpoint == *a && p == b) || (w.endpoint == *b && p == a)
+                }
+                (Peer::Remote { vtep, encap: e }, Half::Encap { format, .. }) => {
+                    w.endpoint == local && vtep.to_string() == peer && *e == encap_value(*format)
+                }
+                _ => false,
+            };
+            if same {
+                self.dir.as_mut().expect("directory").deferred.remove(&id);
+                self.dir.as_mut().expect("directory").solved(&subject);
+                return;
+            }
+            // An end that moved: with the migration exchange, its new host's
+            // LOCATE re-points the wire and passes frames in flight on; the
+            // directory only applies what the LOCATE has not within
+            // LOCATE_FIRST.
+            if migration {
+                let d = self.dir.as_mut().expect("directory");
+                let due = *d.deferred.entry(id).or_insert_with(|| Instant::now() + LOCATE_FIRST);
+                if Instant::now() < due {
+                    return;
+                }
+                d.deferred.remove(&id);
+            }
+            let colocating = matches!(half, Half::Loopback { .. })
+                && matches!(w.peer, Peer::Remote { .. })
+                && (w.endpoint == local || w.endpoint == peer);
+            if !colocating {
+                if let Err(r) = self.disconnect(cid) {
+                    crate::log(&format!("directory: wire {id}: cannot re-point its half here: {}", r.message));
+                    return;
+                }
+            }
+        }
+        // A loopback wire whose encap half exists: connect the arriving end
+        // to the staying one (the wire turns loopback in place).
+        let (first, second) = match (&cur, &half) {
+            (Some(w), Half::Loopback { a, b }) if matches!(w.peer, Peer::Remote { .. }) => {
+                if w.endpoint == *a {
+                    (b.clone(), a.clone())
+                } else {
+                    (a.clone(), b.clone())
+                }
+            }
+            _ => (local.clone(), peer.clone()),
+        };
+        self.dir.as_mut().expect("directory").made.insert(cid);
+        match self.connect(cid, &first, &second, encap) {
+            Ok(_) => {
+                crate::log(&format!("directory: wire {id}: half here set up ({first} <-> {second})"));
+                self.report_mtu(&first);
+                self.dir.as_mut().expect("directory").solved(&subject);
+            }
+            Err(r) => {
+                if self.state.table().wire(cid).is_none() {
+                    self.dir.as_mut().expect("directory").made.remove(&cid);
+                }
+                self.dir.as_mut().expect("directory").problem(subject, format!("half here not set up: {}", r.message));
+            }
+        }
+    }
+
+    /// Re-points that waited for a LOCATE and are due.
+    pub(super) fn directory_tick(&mut self) {
+        let due: Vec<u32> = match &self.dir {
+            Some(d) => d.deferred.iter().filter(|(_, t)| **t <= Instant::now()).map(|(id, _)| *id).collect(),
+            None => return,
+        };
+        for id in due {
+            self.reconcile(id);
+        }
+    }
+
+    /// Where the ends of directory wire `id` live (empty: not a directory wire).
+    pub(super) fn directory_ends(&self, id: u32) -> Vec<proto::WireEnd> {
+        let Some(d) = &self.dir else { return Vec::new() };
+        let Some(w) = d.view.wire(id) else { return Vec::new() };
+        [&w.value.a, &w.value.b]
+            .into_iter()
+            .map(|n| {
+                let (host, state) = match d.view.location(n, &d.cfg.host) {
+                    Location::Here => (d.cfg.host.clone(), "here"),
+                    Location::Host { host, .. } => (host, "up"),
+                    Location::HostDown(h) => (h, "host down"),
+                    Location::Unknown => (String::new(), "unknown"),
+                };
+                proto::WireEnd { endpoint: n.clone(), host, state: state.into() }
+            })
+            .collect()
+    }
+
+    /// A wire as a connect by name answers it: this host's half if it has
+    /// one, else the directory's record.
+    fn directory_wire_info(&self, id: u32) -> proto::WireInfo {
+        if self.state.table().wire(ConnectorId(id)).is_some() {
+            return self.wire_info(ConnectorId(id));
+        }
+        self.remote_wire_info(id)
+    }
+
+    fn remote_wire_info(&self, id: u32) -> proto::WireInfo {
+        let d = self.dir.as_ref().expect("directory");
+        let w = d.view.wire(id).map(|w| w.value.clone());
+        let ends = self.directory_ends(id);
+        let state = match ends.iter().find(|e| e.state != "up") {
+            Some(e) if e.state == "host down" => format!("{}'s host {} is down", e.endpoint, e.host),
+            Some(e) if e.state == "unknown" => format!("no host advertises {}", e.endpoint),
+            _ => "elsewhere".into(),
+        };
+        let (a, b) = w.as_ref().map(|w| (w.a.as_str(), w.b.as_str())).unwrap_or_default();
+        proto::WireInfo {
+            ends,
+            ..proto::WireInfo::idle(id, "remote", a, b, w.as_ref().map(|w| encap_of(w.format)), state)
+        }
+    }
+
+    /// Directory wires with no half on this host, for `wire list`.
+    pub(super) fn directory_only_wires(&self) -> Vec<proto::WireInfo> {
+        let Some(d) = &self.dir else { return Vec::new() };
+        d.view
+            .wires()
+            .filter(|(id, _)| self.state.table().wire(ConnectorId(**id)).is_none())
+            .map(|(id, _)| self.remote_wire_info(*id))
+            .collect()
+    }
+
+    /// The directory, for `status`.
+    pub(super) fn directory_status(&self) -> Option<proto::DirectoryStatus> {
+        let d = self.dir.as_ref()?;
+        let mut problems: Vec<String> = d.problems.iter().map(|(s, w)| format!("{s}: {w}")).collect();
+        problems.extend(d.view.bad_keys().iter().map(|(k, e)| format!("key {k} cannot be read: {e}")));
+        Some(proto::DirectoryStatus {
+            backend: "etcd".into(),
+            urls: d.cfg.endpoints.clone(),
+            domain: d.cfg.keys.prefix().trim_start_matches("/virtualwire/").trim_end_matches('/').to_owned(),
+            host: d.cfg.host.clone(),
+            state: if d.connected { "connected" } else { "unavailable" }.into(),
+            reason: d.reason.clone(),
+            for_s: d.since.elapsed().as_secs(),
+            revision: d.view.revision(),
+            hosts: d.view.hosts().count(),
+            endpoints: d.view.endpoint_count(),
+            wires: d.view.wires().count(),
+            problems,
+        })
+    }
+
+    /// Marks wire `id`'s half as the directory's (restoring the state file).
+    pub(super) fn directory_mark(&mut self, id: ConnectorId) {
+        if let Some(d) = self.dir.as_mut() {
+            d.made.insert(id);
+        }
+    }
+
+    /// Whether wire `id`'s half here came from the directory.
+    pub(super) fn directory_made(&self, id: ConnectorId) -> bool {
+        self.dir.as_ref().is_some_and(|d| d.made.contains(&id))
+    }
+
+    /// An endpoint removed here: a directory wire's half goes with it (the
+    /// wire stays in the directory, for the end to be set up where it
+    /// lives next).
+    pub(super) fn directory_drop_half(&mut self, name: &str) -> Result<(), Refusal> {
+        let Some(w) = self.state.table().wire_of(name).map(|w| w.id) else { return Ok(()) };
+        if !self.directory_made(w) {
+            return Ok(());
+        }
+        self.disconnect(w)?;
+        if let Some(d) = self.dir.as_mut() {
+            d.made.remove(&w);
+        }
+        crate::log(&format!(
+            "directory: wire {w}: its half here goes with endpoint {name}; the wire stays in the directory"
+        ));
+        Ok(())
+    }
+}
