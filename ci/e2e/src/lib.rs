@@ -145,14 +145,20 @@ pub fn migration_host_with(
     grace_ms: u64,
     more: &[&str],
 ) -> Fabric {
-    let up = format!("vw{}u{i}", env.tag);
     let mut extra: Vec<String> =
         vec!["--migration-key-file".into(), key.into(), "--migration-grace-ms".into(), grace_ms.to_string()];
     extra.extend(more.iter().map(|m| m.to_string()));
+    host_on(env, underlay, i, &format!("10.77.0.{i}/24"), extra)
+}
+
+/// Fabric `h{i}` with its uplink `vw<tag>u{i}` plugged into `underlay`,
+/// VTEP `vtep` (CIDR) and the vwfabric options `extra`.
+pub fn host_on(env: &Env, underlay: &mut Underlay, i: u32, vtep: &str, extra: Vec<String>) -> Fabric {
+    let up = format!("vw{}u{i}", env.tag);
     let f = Fabric::start(
         env,
         &format!("h{i}"),
-        FabricOpts { uplink: Some((up.clone(), format!("10.77.0.{i}/24"))), extra, ..Default::default() },
+        FabricOpts { uplink: Some((up.clone(), vtep.to_owned())), extra, ..Default::default() },
     );
     underlay.plug(&up);
     f

@@ -89,7 +89,6 @@ impl Drop for Etcd {
 
 /// Host `i`: VTEP 10.0.0.i on `ul`, in directory domain `t`.
 fn host(env: &Env, ul: &mut Underlay, etcd: &Etcd, i: u32, more: &[&str]) -> Fabric {
-    let up = format!("vw{}u{i}", env.tag);
     let mut extra: Vec<String> = [
         "--directory",
         &etcd.url(),
@@ -104,13 +103,7 @@ fn host(env: &Env, ul: &mut Underlay, etcd: &Etcd, i: u32, more: &[&str]) -> Fab
     .map(|s| s.to_string())
     .collect();
     extra.extend(more.iter().map(|s| s.to_string()));
-    let f = Fabric::start(
-        env,
-        &format!("h{i}"),
-        FabricOpts { uplink: Some((up.clone(), format!("10.0.0.{i}/24"))), extra, ..Default::default() },
-    );
-    ul.plug(&up);
-    f
+    host_on(env, ul, i, &format!("10.0.0.{i}/24"), extra)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool, logs: impl Fn() -> String) {
