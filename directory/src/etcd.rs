@@ -13,13 +13,16 @@
 //! has compacted away gives a fresh [`Event::Reset`] instead. A lease that
 //! expired meanwhile is replaced by a new one.
 
-use crate::model::{HostRecord, Keys};
-use crate::{Event, Op, OpError};
+use crate::model::{Entry, HostRecord, Keys};
+use crate::{Event, Op, OpError, Written};
 use crossbeam::channel::{self, Receiver, Sender};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
     Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc::{self as tmpsc, UnboundedReceiver, UnboundedSender};
 
@@ -112,6 +115,9 @@ impl Drop for Backend {
     }
 }
 
+/// An op being made.
+type OpFuture = Pin<Box<dyn Future<Output = Result<Written, OpError>>>>;
+
 /// Why a session ended: the connection failed.
 struct Lost(String);
 
@@ -142,7 +148,7 @@ fn op_error(e: etcd_client::Error) -> OpError {
 }
 
 async fn run(cfg: Config, mut ops: UnboundedReceiver<(u64, Op)>, tx: Sender<Event>) {
-    let mut p = Progress { last_rev: 0, backoff: Duration::from_millis(250), reported: None };
+    let mut p = Progress { last_rev: 0, backoff: Duration::from_millis(250), reported: None, cluster: None };
     loop {
         let reason = match session(&cfg, &mut ops, &tx, &mut p).await {
             Ok(()) => return,
@@ -195,7 +201,12 @@ async fn reset(c: &mut Client, cfg: &Config, tx: &Sender<Event>, last_rev: &mut 
     let entries = r
         .kvs()
         .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision()))
+        .map(|kv| Entry {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            revision: kv.mod_revision(),
+            created: kv.create_revision(),
+        })
         .collect();
     *last_rev = revision;
     let _ = tx.send(Event::Reset { entries, revision });
@@ -214,6 +225,9 @@ struct Progress {
     backoff: Duration,
     /// The unavailability last reported, if it still holds.
     reported: Option<String>,
+    /// The cluster answering last (another one, a new or restored store,
+    /// cannot be resumed from).
+    cluster: Option<u64>,
 }
 
 /// One connection: returns `Ok` when the fabric dropped the backend.
@@ -223,7 +237,6 @@ async fn session(
     tx: &Sender<Event>,
     p: &mut Progress,
 ) -> Result<(), Lost> {
-    let last_rev = &mut p.last_rev;
     let mut c = connect(cfg).await.map_err(lost)?;
     let lease = c.lease_grant(cfg.lease_ttl_s, None).await.map_err(lost)?.id();
     let host = serde_json::to_vec(&cfg.record).expect("a host record encodes");
@@ -232,7 +245,11 @@ async fn session(
     // A store behind what this fabric saw (restored from an older backup,
     // or new) cannot be resumed from: read it whole.
     let now = put.header().map_or(0, |h| h.revision());
-    if *last_rev == 0 || now <= *last_rev {
+    let cluster = put.header().map_or(0, |h| h.cluster_id());
+    let other_cluster = p.cluster.is_some_and(|c| c != cluster);
+    p.cluster = Some(cluster);
+    let last_rev = &mut p.last_rev;
+    if *last_rev == 0 || now <= *last_rev || other_cluster {
         reset(&mut c, cfg, tx, last_rev).await?;
     }
     let mut ws = watch(&mut c, cfg, *last_rev + 1).await?;
@@ -240,37 +257,62 @@ async fn session(
     p.backoff = Duration::from_millis(250);
     p.reported = None;
     let mut tick = tokio::time::interval(Duration::from_millis((cfg.lease_ttl_s.max(1) as u64 * 1000) / 3));
-    loop {
+    // Ops run one at a time, in the order sent (two writes of one key land
+    // in that order), beside the watch and the keep-alive, which a slow op
+    // does not hold up.
+    let mut queue: VecDeque<(u64, Op)> = VecDeque::new();
+    let mut inflight: Option<(u64, OpFuture)> = None;
+    let result = loop {
+        if inflight.is_none() {
+            if let Some((tag, op)) = queue.pop_front() {
+                let (mut c2, keys, host, timeout) = (c.clone(), cfg.keys.clone(), cfg.host.clone(), cfg.timeout);
+                let fut: OpFuture = Box::pin(async move {
+                    match tokio::time::timeout(timeout, apply(&mut c2, &keys, &host, op)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(OpError::Unavailable(format!("no answer within {timeout:?}"))),
+                    }
+                });
+                inflight = Some((tag, fut));
+            }
+        }
         tokio::select! {
             op = ops.recv() => match op {
                 None => {
                     let _ = c.lease_revoke(lease).await;
                     return Ok(());
                 }
-                Some((tag, op)) => {
-                    let result = match tokio::time::timeout(cfg.timeout, apply(&mut c, &cfg.keys, op)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(OpError::Unavailable(format!("no answer within {:?}", cfg.timeout))),
-                    };
-                    let gone = match &result {
-                        Err(OpError::Unavailable(m)) => Some(m.clone()),
-                        _ => None,
-                    };
-                    let _ = tx.send(Event::Done { tag, result });
-                    if let Some(m) = gone {
-                        return Err(Lost(m));
-                    }
+                Some(op) => queue.push_back(op),
+            },
+            result = async { inflight.as_mut().expect("checked").1.as_mut().await }, if inflight.is_some() => {
+                let (tag, _) = inflight.take().expect("checked");
+                let gone = match &result {
+                    Err(OpError::Unavailable(m)) => Some(m.clone()),
+                    _ => None,
+                };
+                let _ = tx.send(Event::Done { tag, result });
+                if let Some(m) = gone {
+                    break Lost(m);
                 }
             },
             m = ws.message() => match m {
-                Err(e) => return Err(lost(e)),
-                Ok(None) => return Err(Lost("the watch ended".into())),
+                Err(e) => break lost(e),
+                Ok(None) => break Lost("the watch ended".into()),
                 Ok(Some(resp)) => {
-                    if resp.compact_revision() > 0 || resp.canceled() {
+                    if resp.canceled() && resp.compact_revision() <= 0 {
+                        // Not for compaction (permissions, say): retried
+                        // after the backoff.
+                        break Lost(format!("the watch was cancelled: {}", resp.cancel_reason()));
+                    }
+                    if resp.compact_revision() > 0 {
                         // The history since the last revision is gone: read
                         // everything again.
-                        reset(&mut c, cfg, tx, last_rev).await?;
-                        ws = watch(&mut c, cfg, *last_rev + 1).await?;
+                        if let Err(l) = reset(&mut c, cfg, tx, last_rev).await {
+                            break l;
+                        }
+                        match watch(&mut c, cfg, *last_rev + 1).await {
+                            Ok(w) => ws = w,
+                            Err(l) => break l,
+                        }
                         continue;
                     }
                     for ev in resp.events() {
@@ -279,21 +321,34 @@ async fn session(
                         let revision = kv.mod_revision();
                         *last_rev = (*last_rev).max(revision);
                         let _ = tx.send(match ev.event_type() {
-                            EventType::Put => Event::Put { key, value: kv.value().to_vec(), revision },
+                            EventType::Put => {
+                                Event::Put { key, value: kv.value().to_vec(), revision, created: kv.create_revision() }
+                            }
                             EventType::Delete => Event::Delete { key, revision },
                         });
                     }
                 }
             },
-            _ = tick.tick() => keeper.keep_alive().await.map_err(lost)?,
+            _ = tick.tick() => {
+                if let Err(e) = keeper.keep_alive().await {
+                    break lost(e);
+                }
+            }
             k = alive.message() => match k {
                 Ok(Some(r)) if r.ttl() > 0 => {}
-                Ok(Some(_)) => return Err(Lost("the host's lease expired".into())),
-                Ok(None) => return Err(Lost("the lease keep-alive stream ended".into())),
-                Err(e) => return Err(lost(e)),
+                Ok(Some(_)) => break Lost("the host's lease expired".into()),
+                Ok(None) => break Lost("the lease keep-alive stream ended".into()),
+                Err(e) => break lost(e),
             },
         }
+    };
+    // Ops not made in this session are answered: the fabric refuses or
+    // retries them.
+    let Lost(why) = &result;
+    for tag in inflight.map(|(t, _)| t).into_iter().chain(queue.into_iter().map(|(t, _)| t)) {
+        let _ = tx.send(Event::Done { tag, result: Err(OpError::Unavailable(why.clone())) });
     }
+    Err(result)
 }
 
 /// The revision of the key a failed compare looked at (0: it does not exist).
@@ -307,16 +362,21 @@ fn current_revision(r: &etcd_client::TxnResponse) -> i64 {
         .unwrap_or(0)
 }
 
-async fn apply(c: &mut Client, keys: &Keys, op: Op) -> Result<i64, OpError> {
+async fn apply(c: &mut Client, keys: &Keys, host: &str, op: Op) -> Result<Written, OpError> {
     let (key, compare, then) = match op {
-        Op::ClaimEndpoint { name, record, expect } => {
-            let k = keys.endpoint(&name);
+        Op::PutEndpoint { name, record } => {
             let v = serde_json::to_vec(&record).expect("an endpoint record encodes");
-            (k.clone(), Compare::mod_revision(k.clone(), CompareOp::Equal, expect), TxnOp::put(k, v, None))
+            let r = c
+                .put(keys.endpoint(host, &name), v, Some(PutOptions::new().with_prev_key()))
+                .await
+                .map_err(op_error)?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let created = r.prev_key().map_or(revision, |kv| kv.create_revision());
+            return Ok(Written { revision, created });
         }
-        Op::ReleaseEndpoint { name, expect } => {
-            let k = keys.endpoint(&name);
-            (k.clone(), Compare::mod_revision(k.clone(), CompareOp::Equal, expect), TxnOp::delete(k, None))
+        Op::DeleteEndpoint { name } => {
+            let r = c.delete(keys.endpoint(host, &name), None).await.map_err(op_error)?;
+            return Ok(Written { revision: r.header().map_or(0, |h| h.revision()), created: 0 });
         }
         Op::CreateWire { id, record } => {
             let k = keys.wire(id);
@@ -330,8 +390,9 @@ async fn apply(c: &mut Client, keys: &Keys, op: Op) -> Result<i64, OpError> {
     };
     let txn = Txn::new().when([compare]).and_then([then]).or_else([TxnOp::get(key, None)]);
     let r = c.txn(txn).await.map_err(op_error)?;
+    let revision = r.header().map_or(0, |h| h.revision());
     if r.succeeded() {
-        Ok(r.header().map_or(0, |h| h.revision()))
+        Ok(Written { revision, created: revision })
     } else {
         Err(OpError::Conflict(current_revision(&r)))
     }

@@ -6,7 +6,7 @@
 //!   should be ([`View::half`]). It is unit-tested without any store.
 //! * [`etcd`] is the etcd v3 backend: one thread with its own runtime,
 //!   off the data path and off the control thread, that holds the host's
-//!   lease, applies the fabric's changes with compare-and-swap and streams
+//!   lease, applies the fabric's changes (a wire's with compare-and-swap) and streams
 //!   every change of the domain back as [`Event`]s, resyncing from a
 //!   revision after a reconnection.
 //!
@@ -18,29 +18,24 @@
 pub mod etcd;
 pub mod model;
 
-pub use model::{EndpointRecord, HostRecord, Key, Keys, Versioned, View, WireRecord};
+pub use model::{Claim, EndpointRecord, Entry, HostRecord, Key, Keys, Versioned, View, VmState, WireRecord};
 
 /// A change the fabric asks the store to make. Each carries the tag its
 /// answer ([`Event::Done`]) comes back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Claim `name` for this host: written if its key's modification
-    /// revision is still `expect` (0: the key does not exist).
-    ClaimEndpoint {
+    /// Writes this host's key for endpoint `name` (only this host writes
+    /// it, so no compare is needed).
+    PutEndpoint {
         /// Endpoint name.
         name: String,
         /// What is written.
         record: EndpointRecord,
-        /// The revision the claim replaces (0: none).
-        expect: i64,
     },
-    /// Delete `name`'s key if its modification revision is still `expect`
-    /// (this host's claim).
-    ReleaseEndpoint {
+    /// Deletes this host's key for endpoint `name`.
+    DeleteEndpoint {
         /// Endpoint name.
         name: String,
-        /// The revision of this host's claim.
-        expect: i64,
     },
     /// Create wire `id` if no wire has that id.
     CreateWire {
@@ -56,6 +51,15 @@ pub enum Op {
         /// The revision of the wire as the caller saw it.
         expect: i64,
     },
+}
+
+/// A change the store made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The revision it was made at.
+    pub revision: i64,
+    /// The revision the key was created at (a deletion: 0).
+    pub created: i64,
 }
 
 /// Why the store refused or could not make a change.
@@ -88,8 +92,8 @@ pub enum Event {
     /// a reconnection that could not resume from the last revision): the
     /// view is replaced.
     Reset {
-        /// Every key of the domain with its value and modification revision.
-        entries: Vec<(String, Vec<u8>, i64)>,
+        /// Every key of the domain with its value and revisions.
+        entries: Vec<Entry>,
         /// The store's revision the entries are from.
         revision: i64,
     },
@@ -101,6 +105,8 @@ pub enum Event {
         value: Vec<u8>,
         /// Its modification revision.
         revision: i64,
+        /// Its creation revision.
+        created: i64,
     },
     /// A key was deleted (or its lease expired).
     Delete {
@@ -119,12 +125,11 @@ pub enum Event {
         /// Why, for the log and `status`.
         reason: String,
     },
-    /// The answer to the op sent with `tag`: the revision the change was
-    /// made at.
+    /// The answer to the op sent with `tag`.
     Done {
         /// The op's tag.
         tag: u64,
         /// Its outcome.
-        result: Result<i64, OpError>,
+        result: Result<Written, OpError>,
     },
 }

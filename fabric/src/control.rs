@@ -488,12 +488,12 @@ impl Control {
             // Location updates are taken within MIGRATION_POLL of arriving.
             let wait = if self.mig.is_some() { MIGRATION_POLL } else { TICK };
             // The directory's events wake the loop as requests do.
-            let got = match self.dir.as_ref() {
+            let got = match self.dir.as_ref().and_then(|d| d.events()) {
                 None => jobs.recv_timeout(wait).map(Some),
-                Some(d) => {
+                Some(events) => {
                     let mut sel = crossbeam::channel::Select::new();
                     let job = sel.recv(jobs);
-                    sel.recv(d.events());
+                    sel.recv(events);
                     match sel.ready_timeout(wait) {
                         Ok(i) if i == job => match jobs.try_recv() {
                             Ok(j) => Ok(Some(j)),
@@ -1344,6 +1344,12 @@ impl Control {
                 return Ok(());
             }
         }
+        self.disconnect_half(id)
+    }
+
+    /// Disconnects wire `id`'s half here (a connect armed for a VM that is
+    /// to arrive under the same id stays).
+    fn disconnect_half(&mut self, id: ConnectorId) -> Result<(), Refusal> {
         let mut next = self.state.clone();
         let w = next.disconnect(id)?;
         if let Some(ch) = &mut self.mig {
@@ -1687,13 +1693,6 @@ impl Control {
             }
         }
         self.commit(next);
-        // A VM that starts here is the endpoint the directory names: one
-        // that arrived by live migration takes its name over.
-        for name in &names {
-            if self.state.endpoint(name).is_some_and(|e| e.link.up && e.link.vrings != 0) {
-                self.directory_take_over(name);
-            }
-        }
         for (name, link) in arriving {
             let Some(p) = self.incoming.remove(&name) else { continue };
             match self.connect(p.wire, &name, &p.peer, p.encap) {
@@ -1710,6 +1709,12 @@ impl Control {
             let mut next = self.state.clone();
             next.set_link(&name, link);
             self.commit(next);
+        }
+        // The directory says where each VM runs: one that arrived by live
+        // migration takes its name over, one that left gives it up.
+        for name in &names {
+            let running = self.state.endpoint(name).is_some_and(|e| e.link.up && e.link.vrings != 0);
+            self.directory_vm(name, running);
         }
         // A VM that came says its MTU (host_mtu): does it fit its wire?
         for name in names {

@@ -19,7 +19,7 @@ use vw_ctl::proto::{self, EncapName, ErrorCode, Reply, Request};
 use vw_ctl::server::Job;
 use vw_directory::etcd::{Backend, Config};
 use vw_directory::model::{Format, Half, Location};
-use vw_directory::{EndpointRecord, Event, Key, Op, OpError, View, WireRecord};
+use vw_directory::{EndpointRecord, Event, Op, OpError, View, VmState, WireRecord, Written};
 use vw_wire::table::Peer;
 use vw_wire::{ConnectorId, Encap};
 
@@ -34,7 +34,7 @@ enum Pending {
     Connect { job: Job, id: u32, record: WireRecord },
     /// A client's disconnect of a directory wire.
     Disconnect { job: Job, id: u32 },
-    /// This host claiming one of its endpoints.
+    /// This host advertising one of its endpoints.
     Claim { name: String, record: EndpointRecord },
     /// This host giving up an endpoint it removed.
     Release { name: String },
@@ -49,7 +49,7 @@ pub(super) struct Dir {
     reason: Option<String>,
     since: Instant,
     next_tag: u64,
-    pending: HashMap<u64, Pending>,
+    pending: BTreeMap<u64, Pending>,
     /// Wires whose half here was made from the directory (kept in the
     /// state file with the wire).
     pub(super) made: BTreeSet<ConnectorId>,
@@ -62,9 +62,12 @@ pub(super) struct Dir {
     next_alloc: u32,
     /// A full copy of the domain has been read since start.
     synced: bool,
-    /// Local endpoints another host holds (claimed once it withdraws them
-    /// or goes down).
-    waiting: BTreeSet<String>,
+    /// Whether the VM of each local endpoint runs here, as last seen (none
+    /// yet after a start: what the directory has is kept until the VM is
+    /// seen).
+    vm: HashMap<String, VmState>,
+    /// The backend's thread is gone (its events are no longer waited on).
+    dead: bool,
 }
 
 impl Dir {
@@ -79,19 +82,21 @@ impl Dir {
             reason: Some("connecting".into()),
             since: Instant::now(),
             next_tag: 1,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             made: BTreeSet::new(),
             problems: BTreeMap::new(),
             deferred: BTreeMap::new(),
             next_alloc: 1,
             synced: false,
-            waiting: BTreeSet::new(),
+            vm: HashMap::new(),
+            dead: false,
         })
     }
 
-    /// The backend's events, to wait on beside the control socket's jobs.
-    pub(super) fn events(&self) -> &Receiver<Event> {
-        self.backend.events()
+    /// The backend's events, to wait on beside the control socket's jobs
+    /// (none once its thread is gone).
+    pub(super) fn events(&self) -> Option<&Receiver<Event>> {
+        (!self.dead).then(|| self.backend.events())
     }
 
     fn send(&mut self, op: Op, p: Pending) {
@@ -112,6 +117,11 @@ impl Dir {
         if self.problems.remove(subject).is_some() {
             crate::log(&format!("directory: {subject}: resolved"));
         }
+    }
+
+    /// Wires with a problem (their half is tried again on reconnection).
+    fn problems_wires(&self) -> Vec<u32> {
+        self.problems.keys().filter_map(|s| s.strip_prefix("wire ")?.parse().ok()).collect()
     }
 
     fn unavailable(&self) -> Refusal {
@@ -145,6 +155,14 @@ fn encap_value(f: Format) -> Encap {
     match f {
         Format::Vwire => Encap::Vwire,
         Format::Vxlan => Encap::Vxlan,
+    }
+}
+
+fn vm_name(v: VmState) -> &'static str {
+    match v {
+        VmState::Idle => "not started",
+        VmState::Running => "running",
+        VmState::Stopped => "stopped",
     }
 }
 
@@ -182,6 +200,7 @@ impl Control {
             }
             Request::Disconnect { wire }
                 if self.dir.as_ref().is_some_and(|d| d.view.wire(*wire).is_some())
+                    && !self.incoming.values().any(|p| p.wire.0 == *wire)
                     && self
                         .state
                         .table()
@@ -229,11 +248,24 @@ impl Control {
         }
         let domain = &d.cfg.keys;
         for n in [a, b] {
-            if d.view.endpoint(n).is_none() {
-                return Err(Refusal::new(
-                    ErrorCode::NoSuchEndpoint,
-                    format!("no endpoint named {n} in the directory ({}: no host advertises it)", domain.prefix()),
-                ));
+            match d.view.owner(n) {
+                None => {
+                    return Err(Refusal::new(
+                        ErrorCode::NoSuchEndpoint,
+                        format!("no endpoint named {n} in the directory ({}: no host advertises it)", domain.prefix()),
+                    ))
+                }
+                Some((h, c)) if role == Role::Member && !c.record.group && *h != d.cfg.host => {
+                    return Err(Refusal::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "endpoint {n} on host {} is root's: members of the socket group may connect only \
+                             endpoints added with --group",
+                            h
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         for n in [a, b] {
@@ -263,10 +295,18 @@ impl Control {
                 Refusal::new(ErrorCode::WireLimit, "wire_limit: every connector ID up to 16777215 is in use".to_owned())
             })?,
         };
-        let record =
-            WireRecord { a: a.to_owned(), b: b.to_owned(), format: format_of(encap), by_group: role == Role::Member };
+        let record = WireRecord {
+            a: a.to_owned(),
+            b: b.to_owned(),
+            format: format_of(encap),
+            by_group: role == Role::Member,
+            from: d.cfg.host.clone(),
+        };
         if wire.is_none() {
-            self.dir.as_mut().expect("directory").next_alloc = id + 1;
+            // The next allocation looks after this one, and from 1 again
+            // after the last.
+            self.dir.as_mut().expect("directory").next_alloc =
+                if id >= vw_directory::model::MAX_ALLOCATED_ID { 1 } else { id + 1 };
         }
         Ok((id, record.clone(), Op::CreateWire { id, record }))
     }
@@ -274,10 +314,13 @@ impl Control {
     fn dir_disconnect(&mut self, id: u32, role: Role) -> Result<Op, Refusal> {
         let d = self.dir.as_ref().expect("directory");
         let w = d.view.wire(id).expect("checked").clone();
-        if role == Role::Member && !w.value.by_group {
+        if role == Role::Member && !(w.value.by_group && w.value.from == d.cfg.host) {
             return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
-                format!("wire {id} was connected by root: members of the socket group may disconnect only the wires they connected"),
+                format!(
+                    "wire {id} was connected by root or on another host: members of the socket group may disconnect \
+                     only the wires their group connected on this host"
+                ),
             ));
         }
         if !d.connected {
@@ -290,11 +333,26 @@ impl Control {
     /// loop; never blocks).
     pub(super) fn take_directory_events(&mut self) {
         let mut touched = BTreeSet::new();
-        let mut claim = false;
-        let mut retry = false;
+        let mut sync = false;
         loop {
             let Some(d) = self.dir.as_mut() else { return };
-            let Some(ev) = d.backend.try_event() else { break };
+            if d.dead {
+                break;
+            }
+            let ev = match d.backend.events().try_recv() {
+                Ok(ev) => ev,
+                Err(crossbeam::channel::TryRecvError::Empty) => break,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                    crate::log(
+                        "directory: the etcd client's thread ended; wires keep forwarding, changes by name are refused",
+                    );
+                    d.dead = true;
+                    d.connected = false;
+                    d.reason = Some("the etcd client stopped".into());
+                    d.since = Instant::now();
+                    break;
+                }
+            };
             match ev {
                 Event::Reset { entries, revision } => {
                     touched.extend(d.view.reset(&entries, revision));
@@ -307,22 +365,18 @@ impl Control {
                         ));
                     }
                     d.synced = true;
-                    claim = true;
+                    sync = true;
                 }
-                Event::Put { key, value, revision } => touched.extend(d.view.watched(&key, Some(&value), revision)),
-                Event::Delete { key, revision } => {
-                    // A name withdrawn, or a host gone: an endpoint here
-                    // that waited for it is claimed.
-                    retry |= !d.waiting.is_empty()
-                        && matches!(d.view.keys().parse(&key), Some(Key::Endpoint(_) | Key::Host(_)));
-                    touched.extend(d.view.watched(&key, None, revision))
+                Event::Put { key, value, revision, created } => {
+                    touched.extend(d.view.watched(&key, Some(&value), revision, created))
                 }
+                Event::Delete { key, revision } => touched.extend(d.view.watched(&key, None, revision, 0)),
                 Event::Connected { endpoint } => {
                     crate::log(&format!("directory: connected to etcd at {endpoint} as host {}", d.cfg.host));
                     d.connected = true;
                     d.reason = None;
                     d.since = Instant::now();
-                    claim = true;
+                    sync = true;
                 }
                 Event::Unavailable { reason } => {
                     crate::log(&format!(
@@ -339,16 +393,24 @@ impl Control {
                 }
             }
         }
-        if claim && self.dir.as_ref().is_some_and(|d| d.synced && d.connected) {
+        // (Re)connected: what this host advertises is brought to what it
+        // has, each endpoint written only if its key differs.
+        if sync && self.dir.as_ref().is_some_and(|d| d.synced && d.connected) {
             let names: Vec<String> = self.state.endpoints().map(|(n, _)| n.to_string()).collect();
             for n in names {
                 self.directory_claim(&n);
             }
-        } else if retry {
-            let names: Vec<String> = self.dir.as_ref().map(|d| d.waiting.iter().cloned().collect()).unwrap_or_default();
-            for n in names {
-                self.directory_claim(&n);
+            // Endpoints advertised here that are gone (removed while etcd
+            // was unreachable) are withdrawn.
+            let stale: Vec<String> = match &self.dir {
+                Some(d) => d.view.names_of(&d.cfg.host).filter(|n| self.state.endpoint(n).is_none()).cloned().collect(),
+                None => Vec::new(),
+            };
+            for n in stale {
+                self.directory_release(&n);
             }
+            // Directory wires whose re-point failed are tried again.
+            touched.extend(self.dir.as_ref().map(|d| d.problems_wires()).unwrap_or_default());
         }
         for id in touched {
             self.reconcile(id);
@@ -357,14 +419,14 @@ impl Control {
 
     /// An op's answer: replies to its client, applies a change of this
     /// host's own to the view. Returns the wires it touched.
-    fn finish(&mut self, p: Pending, result: Result<i64, OpError>) -> BTreeSet<u32> {
+    fn finish(&mut self, p: Pending, result: Result<Written, OpError>) -> BTreeSet<u32> {
         let d = self.dir.as_mut().expect("directory");
         let keys = d.view.keys().clone();
         match p {
             Pending::Connect { job, id, record } => match result {
-                Ok(rev) => {
+                Ok(Written { revision: rev, created }) => {
                     let value = serde_json::to_vec(&record).expect("encodes");
-                    let mut t = d.view.own(&keys.wire(id), Some(&value), rev);
+                    let mut t = d.view.own(&keys.wire(id), Some(&value), rev, created);
                     t.insert(id);
                     crate::log(&format!(
                         "directory: wire {id} {} <-> {} connected at revision {rev}",
@@ -392,8 +454,8 @@ impl Control {
                 }
             },
             Pending::Disconnect { job, id } => match result {
-                Ok(rev) => {
-                    let t = d.view.own(&keys.wire(id), None, rev);
+                Ok(Written { revision: rev, .. }) => {
+                    let t = d.view.own(&keys.wire(id), None, rev, 0);
                     crate::log(&format!("directory: wire {id} disconnected at revision {rev}"));
                     for w in t.iter().copied().chain([id]) {
                         self.reconcile(w);
@@ -414,28 +476,43 @@ impl Control {
                     BTreeSet::new()
                 }
             },
-            Pending::Claim { name, record } => match result {
-                Ok(rev) => {
-                    let value = serde_json::to_vec(&record).expect("encodes");
-                    crate::log(&format!(
-                        "directory: endpoint {name} advertised on host {} at revision {rev}",
-                        record.host
-                    ));
-                    d.solved(&format!("endpoint {name}"));
-                    d.waiting.remove(&name);
-                    d.view.own(&keys.endpoint(&name), Some(&value), rev)
-                }
-                Err(e) => {
+            Pending::Claim { name, record } => {
+                let me = d.cfg.host.clone();
+                let Ok(w) = result else {
+                    let e = result.expect_err("checked");
+                    // Written again at the next (re)connection.
                     d.problem(format!("endpoint {name}"), format!("not advertised: {e}"));
-                    BTreeSet::new()
+                    return BTreeSet::new();
+                };
+                d.solved(&format!("endpoint {name}"));
+                let value = serde_json::to_vec(&record).expect("encodes");
+                let t = d.view.own(&keys.endpoint(&me, &name), Some(&value), w.revision, w.created);
+                crate::log(&format!(
+                    "directory: endpoint {name} advertised on host {me} (VM {}) at revision {}",
+                    vm_name(record.vm),
+                    w.revision
+                ));
+                if let Some((h, c)) = d.view.owner(&name).filter(|(h, _)| **h != me) {
+                    crate::log(&format!(
+                        "directory: endpoint {name} also lives on host {h} (VM {}), which has it in the directory; \
+                         its wire stays there until that VM stops and this one starts here",
+                        vm_name(c.record.vm)
+                    ));
                 }
-            },
+                // Removed while the write was on its way: withdrawn.
+                if self.state.endpoint(&name).is_none() {
+                    self.directory_release(&name);
+                }
+                t
+            }
             Pending::Release { name } => {
                 match result {
-                    Ok(rev) => {
-                        crate::log(&format!("directory: endpoint {name} withdrawn at revision {rev}"));
-                        return d.view.own(&keys.endpoint(&name), None, rev);
+                    Ok(w) => {
+                        crate::log(&format!("directory: endpoint {name} withdrawn at revision {}", w.revision));
+                        let key = keys.endpoint(&d.cfg.host, &name);
+                        return d.view.own(&key, None, w.revision, 0);
                     }
+                    // Withdrawn at the next (re)connection.
                     Err(e) => crate::log(&format!("directory: endpoint {name} not withdrawn: {e}")),
                 }
                 BTreeSet::new()
@@ -443,64 +520,63 @@ impl Control {
         }
     }
 
-    /// Advertises local endpoint `name` as this host's, unless another host
-    /// that is up holds it (then it is reported as a conflict and taken
-    /// over only when its VM starts here: `directory_take_over`).
+    /// Advertises local endpoint `name` (if its key here is not already what
+    /// it should be): whether the group may use it, and whether its VM runs
+    /// here as last seen.
     pub(super) fn directory_claim(&mut self, name: &str) {
-        self.claim(name, false);
-    }
-
-    /// Takes `name` over from whichever host holds it, by compare-and-swap
-    /// on the revision seen: a VM that arrived here by live migration.
-    pub(super) fn directory_take_over(&mut self, name: &str) {
-        self.claim(name, true);
-    }
-
-    fn claim(&mut self, name: &str, take_over: bool) {
         let group =
             self.state.endpoint(name).and_then(|e| self.ports[e.ix.ix()].as_ref()).map(|p| p.origin.group_may_use());
         let Some(group) = group else { return };
         let Some(d) = self.dir.as_mut() else { return };
-        if !d.synced || d.pending.values().any(|p| matches!(p, Pending::Claim { name: n, .. } if n == name)) {
+        if !d.synced {
             return;
         }
-        let record = EndpointRecord { host: d.cfg.host.clone(), group };
-        let expect = match d.view.endpoint(name) {
-            None => 0,
-            Some(e) if e.value == record => return,
-            Some(e) if e.value.host == d.cfg.host => e.revision,
-            Some(e) if take_over || d.view.host(&e.value.host).is_none() => {
-                crate::log(&format!("directory: endpoint {name} is taken over from host {}", e.value.host));
-                e.revision
-            }
-            Some(e) => {
-                let host = e.value.host.clone();
-                d.waiting.insert(name.to_owned());
-                d.problem(
-                    format!("endpoint {name}"),
-                    format!(
-                        "host {host} (up) holds it in the directory; not advertised here until {host} withdraws it or its \
-                         VM starts here"
-                    ),
-                );
-                return;
-            }
-        };
-        let op = Op::ClaimEndpoint { name: name.to_owned(), record: record.clone(), expect };
+        let own = d.view.claim(name, &d.cfg.host).map(|c| c.record.clone());
+        let vm = d.vm.get(name).copied().or(own.as_ref().map(|r| r.vm)).unwrap_or_default();
+        let record = EndpointRecord { group, vm };
+        let sent = d.pending.values().rev().find_map(|p| match p {
+            Pending::Claim { name: n, record } if n == name => Some(Some(record)),
+            Pending::Release { name: n } if n == name => Some(None),
+            _ => None,
+        });
+        match sent {
+            Some(Some(r)) if *r == record => return,
+            None if own.as_ref() == Some(&record) => return,
+            _ => {}
+        }
+        let op = Op::PutEndpoint { name: name.to_owned(), record: record.clone() };
         d.send(op, Pending::Claim { name: name.to_owned(), record });
     }
 
-    /// Withdraws `name` if this host holds it (the endpoint was removed).
+    /// The VM of local endpoint `name` started (`running`) or stopped here:
+    /// the directory is told, so the endpoint's wire follows it (a VM that
+    /// arrived by live migration takes its name over, see
+    /// [`View::owner`]).
+    pub(super) fn directory_vm(&mut self, name: &str, running: bool) {
+        let Some(d) = self.dir.as_mut() else { return };
+        let was = d.vm.get(name).copied().or(d.view.claim(name, &d.cfg.host).map(|c| c.record.vm));
+        let now = match (running, was) {
+            (true, _) => VmState::Running,
+            (false, Some(VmState::Running | VmState::Stopped)) => VmState::Stopped,
+            (false, _) => VmState::Idle,
+        };
+        if was == Some(now) && d.vm.contains_key(name) {
+            return;
+        }
+        d.vm.insert(name.to_owned(), now);
+        self.directory_claim(name);
+    }
+
+    /// Withdraws this host's key for `name` (the endpoint was removed).
     pub(super) fn directory_release(&mut self, name: &str) {
         let Some(d) = self.dir.as_mut() else { return };
         d.solved(&format!("endpoint {name}"));
-        d.waiting.remove(name);
-        let Some(e) = d.view.endpoint(name) else { return };
-        if e.value.host != d.cfg.host {
+        d.vm.remove(name);
+        let pending = d.pending.values().any(|p| matches!(p, Pending::Claim { name: n, .. } if n == name));
+        if d.view.claim(name, &d.cfg.host).is_none() && !pending {
             return;
         }
-        let op = Op::ReleaseEndpoint { name: name.to_owned(), expect: e.revision };
-        d.send(op, Pending::Release { name: name.to_owned() });
+        d.send(Op::DeleteEndpoint { name: name.to_owned() }, Pending::Release { name: name.to_owned() });
     }
 
     /// The half of directory wire `id` this host runs, brought to what the
@@ -544,8 +620,15 @@ impl Control {
         };
         let Some((local, peer, encap)) = want else {
             self.dir.as_mut().expect("directory").solved(&subject);
-            if cur.is_some() {
-                if let Err(r) = self.disconnect(cid) {
+            if let Some(w) = &cur {
+                // Our end left for another host while it is still here (a
+                // live migration): the peer's MOVED, which passes on frames
+                // in flight, ends the half here; the directory ends it only
+                // if no MOVED came within LOCATE_FIRST.
+                if migration && self.state.endpoint(&w.endpoint).is_some() && !self.deferral_due(id) {
+                    return;
+                }
+                if let Err(r) = self.disconnect_half(cid) {
                     crate::log(&format!("directory: wire {id}: its half here could not be removed: {}", r.message));
                     return;
                 }
@@ -583,19 +666,16 @@ impl Control {
             // LOCATE re-points the wire and passes frames in flight on; the
             // directory only applies what the LOCATE has not within
             // LOCATE_FIRST.
-            if migration {
-                let d = self.dir.as_mut().expect("directory");
-                let due = *d.deferred.entry(id).or_insert_with(|| Instant::now() + LOCATE_FIRST);
-                if Instant::now() < due {
-                    return;
-                }
-                d.deferred.remove(&id);
-            }
+            // Not for a wire that turns loopback here: both ends are here
+            // and nothing else is to come.
             let colocating = matches!(half, Half::Loopback { .. })
                 && matches!(w.peer, Peer::Remote { .. })
                 && (w.endpoint == local || w.endpoint == peer);
+            if migration && !colocating && !self.deferral_due(id) {
+                return;
+            }
             if !colocating {
-                if let Err(r) = self.disconnect(cid) {
+                if let Err(r) = self.disconnect_half(cid) {
                     crate::log(&format!("directory: wire {id}: cannot re-point its half here: {}", r.message));
                     return;
                 }
@@ -629,6 +709,18 @@ impl Control {
         }
     }
 
+    /// Whether the change to wire `id`'s half that waits for the migration
+    /// exchange is due (it starts waiting now if it was not).
+    fn deferral_due(&mut self, id: u32) -> bool {
+        let d = self.dir.as_mut().expect("directory");
+        let due = *d.deferred.entry(id).or_insert_with(|| Instant::now() + LOCATE_FIRST);
+        if Instant::now() < due {
+            return false;
+        }
+        d.deferred.remove(&id);
+        true
+    }
+
     /// Re-points that waited for a LOCATE and are due.
     pub(super) fn directory_tick(&mut self) {
         let due: Vec<u32> = match &self.dir {
@@ -637,6 +729,12 @@ impl Control {
         };
         for id in due {
             self.reconcile(id);
+            // Nothing waits any more (the wire went, say): forgotten.
+            if let Some(d) = self.dir.as_mut() {
+                if d.deferred.get(&id).is_some_and(|t| *t <= Instant::now()) {
+                    d.deferred.remove(&id);
+                }
+            }
         }
     }
 
@@ -698,6 +796,17 @@ impl Control {
         let d = self.dir.as_ref()?;
         let mut problems: Vec<String> = d.problems.iter().map(|(s, w)| format!("{s}: {w}")).collect();
         problems.extend(d.view.bad_keys().iter().map(|(k, e)| format!("key {k} cannot be read: {e}")));
+        // Endpoints of this host that another host has in the directory.
+        for n in d.view.names_of(&d.cfg.host) {
+            if let Some((h, c)) = d.view.owner(n).filter(|(h, _)| **h != d.cfg.host) {
+                let state = if d.view.host(h).is_some() { "up" } else { "down" };
+                problems.push(format!(
+                    "endpoint {n}: lives on host {h} ({state}, VM {}) in the directory; its wire is set up there, not \
+                     here, until that VM stops and this one starts",
+                    vm_name(c.record.vm)
+                ));
+            }
+        }
         Some(proto::DirectoryStatus {
             backend: "etcd".into(),
             urls: d.cfg.endpoints.clone(),
