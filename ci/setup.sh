@@ -34,6 +34,7 @@ command -v cpio >/dev/null || need+=(cpio)
 # etcd's protobuf definitions with protoc.
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v openssl >/dev/null || need+=(openssl)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"

@@ -240,7 +240,17 @@ async fn session(
     let mut c = connect(cfg).await.map_err(lost)?;
     let lease = c.lease_grant(cfg.lease_ttl_s, None).await.map_err(lost)?.id();
     let host = serde_json::to_vec(&cfg.record).expect("a host record encodes");
-    let put = c.put(cfg.keys.host(&cfg.host), host, Some(PutOptions::new().with_lease(lease))).await.map_err(lost)?;
+    let put = c.put(cfg.keys.host(&cfg.host), host, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| {
+        match op_error(e) {
+            OpError::Refused(m) => Lost(format!(
+                "etcd refuses to let this fabric write host {}'s key ({m}): with authentication on, its client \
+                 certificate's common name must be {} and that user needs the role directory/etcd-roles.sh gives it",
+                cfg.host, cfg.host
+            )),
+            OpError::Unavailable(m) => Lost(m),
+            other => Lost(other.to_string()),
+        }
+    })?;
     let (mut keeper, mut alive) = c.lease_keep_alive(lease).await.map_err(lost)?;
     // A store behind what this fabric saw (restored from an older backup,
     // or new) cannot be resumed from: read it whole.

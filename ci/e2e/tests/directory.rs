@@ -14,25 +14,40 @@ use vw_e2e::*;
 
 const LEASE_S: &str = "2";
 
-/// A single-node etcd on loopback, with its data in the test's directory.
+/// A single-node etcd on loopback, with its data in the test's directory;
+/// with `tls`, its clients need a certificate of the test's CA.
 struct Etcd {
     child: Option<Child>,
     dir: PathBuf,
     client: u16,
     peer: u16,
+    tls: Option<PathBuf>,
 }
 
 impl Etcd {
     fn start(env: &Env) -> Etcd {
-        // Ports of this test run (several runs may share a machine).
-        let base = 20000 + (std::process::id() % 2000) as u16 * 2;
-        let mut e = Etcd { child: None, dir: env.dir.join("etcd"), client: base, peer: base + 1 };
+        Etcd::start_on(env, 0, None)
+    }
+
+    /// Etcd number `n` of this test run (several runs may share a
+    /// machine: the ports are the run's).
+    fn start_on(env: &Env, n: u16, tls: Option<PathBuf>) -> Etcd {
+        let base = 20000 + (std::process::id() % 1000) as u16 * 8 + n * 2;
+        let dir = env.dir.join(format!("etcd{n}"));
+        let mut e = Etcd { child: None, dir, client: base, peer: base + 1, tls };
         e.restart();
         e
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
+    }
+
+    /// The files of `name`'s certificate (`CA.pem`, `NAME.pem`, `NAME-key.pem`).
+    fn cert(&self, name: &str) -> [String; 3] {
+        let d = self.tls.as_ref().expect("a TLS etcd");
+        ["ca.pem".to_owned(), format!("{name}.pem"), format!("{name}-key.pem")].map(|f| d.join(f).display().to_string())
     }
 
     /// Starts etcd (again, on the same data).
@@ -40,17 +55,17 @@ impl Etcd {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
-            .args(["--name", "vw", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "vw", "--data-dir"])
             .arg(&self.dir)
             .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("vw={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
+            .args(["--initial-cluster", &format!("vw={peer}")]);
+        if self.tls.is_some() {
+            let [ca, cert, key] = self.cert("server");
+            cmd.args(["--cert-file", &cert, "--key-file", &key, "--trusted-ca-file", &ca, "--client-cert-auth"]);
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start etcd");
         self.child = Some(child);
         let t = Instant::now();
         while !self.etcdctl(&["endpoint", "health"]).status.success() {
@@ -67,13 +82,25 @@ impl Etcd {
     }
 
     fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url(), "--dial-timeout", "1s", "--command-timeout", "2s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run etcdctl")
+        self.etcdctl_as("root", args)
+    }
+
+    /// etcdctl with `who`'s certificate (TLS only; root's is etcd's root).
+    fn etcdctl_as(&self, who: &str, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &self.url(),
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+        ]);
+        if self.tls.is_some() {
+            let [ca, cert, key] = self.cert(who);
+            cmd.args(["--cacert", &ca, "--cert", &cert, "--key", &key]);
+        }
+        cmd.args(args).stdin(Stdio::null()).output().expect("run etcdctl")
     }
 
     fn log(&self) -> String {
@@ -87,21 +114,60 @@ impl Drop for Etcd {
     }
 }
 
+/// A CA and, signed by it, a certificate for each of `names` (its common
+/// name; for 127.0.0.1 too, so `server` can serve), with openssl.
+fn certificates(dir: &std::path::Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    ssl(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=vw-test-ca"],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    for n in names {
+        let (key, csr, pem, subj) =
+            (format!("{n}-key.pem"), format!("{n}.csr"), format!("{n}.pem"), format!("/CN={n}"));
+        ssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj]].concat());
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+    }
+}
+
 /// Host `i`: VTEP 10.0.0.i on `ul`, in directory domain `t`.
 fn host(env: &Env, ul: &mut Underlay, etcd: &Etcd, i: u32, more: &[&str]) -> Fabric {
-    let mut extra: Vec<String> = [
-        "--directory",
-        &etcd.url(),
-        "--directory-domain",
-        "t",
-        "--host-name",
-        &format!("h{i}"),
-        "--directory-lease-s",
-        LEASE_S,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut extra: Vec<String> =
+        ["--directory", &etcd.url(), "--directory-domain", "t", "--directory-lease-s", LEASE_S]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    if !more.contains(&"--host-name") {
+        extra.extend(["--host-name".to_owned(), format!("h{i}")]);
+    }
     extra.extend(more.iter().map(|s| s.to_string()));
     host_on(env, ul, i, &format!("10.0.0.{i}/24"), extra)
 }
@@ -197,6 +263,26 @@ fn wires_are_connected_by_name_from_one_host_and_follow_their_ends() {
     let w7 = wire_of(&h1, 7).unwrap();
     assert_eq!(ends(&w7), ["vm1@h1:here", "vm2@h2:up"], "{w7}");
     assert!(h1.ctl_ok(&["wire", "list"]).contains("vm1@here <-> vm2@h2"));
+
+    // h2 adds an endpoint named vm1 too: h1 advertised it first and keeps
+    // it (no VM runs on either), h2 reports the conflict, wire 7 is as it
+    // was; removed from h2, the conflict is gone.
+    h2.add_tap("vm1", &format!("vw{t}x1"));
+    wait_for(
+        "h2 reports that vm1 lives on h1",
+        Duration::from_secs(5),
+        || dir_state(&h2)["problems"].to_string().contains("endpoint vm1: lives on host h1"),
+        || logs(&[&h2]),
+    );
+    assert_eq!(ends(&wire_of(&h3, 7).unwrap()), ["vm1@h1:up", "vm2@h2:up"], "h3 still sees vm1 on h1");
+    assert_eq!(vm1.ping("192.168.7.2", 5, 56), Ping { sent: 5, received: 5 });
+    h2.ctl_ok(&["endpoint", "del", "vm1"]);
+    wait_for(
+        "h2's conflict is gone",
+        Duration::from_secs(5),
+        || !dir_state(&h2)["problems"].to_string().contains("vm1"),
+        || logs(&[&h2]),
+    );
 
     // vm3 and vm4 both live on h3: connected from h1 with no wire id, the
     // wire is allocated an id and made loopback on h3; h1 lists it as remote.
@@ -319,4 +405,105 @@ fn wires_are_connected_by_name_from_one_host_and_follow_their_ends() {
     for f in [&h1, &h2, &h3] {
         assert!(!f.log_text().contains("panicked"), "{}", f.log_text());
     }
+}
+
+/// etcd over TLS with client certificates and the roles
+/// `directory/etcd-roles.sh` sets up: wires by name work across two
+/// fabrics, and a host's certificate cannot write another host's keys,
+/// neither with etcdctl nor as a fabric started under another host's name.
+#[test]
+fn each_host_writes_only_its_own_keys() {
+    let Some(env) = setup("directory-tls", &["etcd", "etcdctl", "openssl"]) else { return };
+    let certs = env.dir.join("certs");
+    certificates(&certs, &["server", "root", "h1", "h2", "h3"]);
+    let etcd = Etcd::start_on(&env, 1, Some(certs.clone()));
+    let [ca, root, root_key] = etcd.cert("root");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../directory/etcd-roles.sh");
+    let o = Command::new("sh")
+        .arg(&script)
+        .args(["t", "h1", "h2"])
+        .env("ETCDCTL_ENDPOINTS", etcd.url())
+        .env("ETCDCTL_CACERT", &ca)
+        .env("ETCDCTL_CERT", &root)
+        .env("ETCDCTL_KEY", &root_key)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "etcd-roles.sh: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut ul = Underlay::new(&env);
+    let tls = |name: &str| {
+        let [ca, cert, key] = etcd.cert(name);
+        vec!["--directory-ca".to_owned(), ca, "--directory-cert".to_owned(), cert, "--directory-key".to_owned(), key]
+    };
+    let mut h1 = host(&env, &mut ul, &etcd, 1, &tls("h1").iter().map(String::as_str).collect::<Vec<_>>());
+    let mut h2 = host(&env, &mut ul, &etcd, 2, &tls("h2").iter().map(String::as_str).collect::<Vec<_>>());
+    let t = &env.tag;
+    let logs = |fs: &[&Fabric]| fs.iter().map(|f| format!("--- {}:\n{}", f.name, f.log_text())).collect::<String>();
+    h1.add_tap("vm1", &format!("vw{t}f1"));
+    h2.add_tap("vm2", &format!("vw{t}f2"));
+    let vm1 = Vm::new(&format!("vw{t}tv1"), &format!("vw{t}f1"), "192.168.9.1/24", 1400);
+    let _vm2 = Vm::new(&format!("vw{t}tv2"), &format!("vw{t}f2"), "192.168.9.2/24", 1400);
+    for f in [&h1, &h2] {
+        wait_for(
+            &format!("{} connected over TLS, sees 2 hosts and 2 endpoints", f.name),
+            Duration::from_secs(10),
+            || {
+                let d = dir_state(f);
+                d["state"] == "connected" && d["hosts"] == 2 && d["endpoints"] == 2
+            },
+            || logs(&[&h1, &h2]),
+        );
+    }
+    let w = h1.json(&["connect", "7", "vm1", "vm2"]);
+    assert_eq!(w["kind"], "encap", "{w}");
+    wait_for("h2 sets up its half", Duration::from_secs(5), || wire_of(&h2, 7).is_some(), || logs(&[&h1, &h2]));
+    assert!(vm1.wait_reachable("192.168.9.2"), "{}", logs(&[&h1, &h2]));
+
+    // h1's certificate may not touch h2's keys: etcd refuses.
+    let h2_key = "/virtualwire/t/endpoints/h2/vm2";
+    for (key, value) in [
+        (h2_key, r#"{"group":false,"vm":"running"}"#),
+        ("/virtualwire/t/hosts/h2", r#"{"vtep":"10.0.0.1"}"#),
+        ("/virtualwire/t/endpoints/h2/vm9", "{}"),
+        ("/virtualwire/other/wires/0000000001", "{}"),
+    ] {
+        let o = etcd.etcdctl_as("h1", &["put", key, value]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("permission denied"), "h1 writing {key}: {err}");
+    }
+    let o = etcd.etcdctl_as("h1", &["del", h2_key]);
+    assert!(!o.status.success(), "h1 deleting {h2_key}: {}", String::from_utf8_lossy(&o.stdout));
+    // Its own keys it may write.
+    assert!(etcd.etcdctl_as("h1", &["put", "/virtualwire/t/endpoints/h1/scratch", "{}"]).status.success());
+    assert!(etcd.etcdctl_as("h1", &["del", "/virtualwire/t/endpoints/h1/scratch"]).status.success());
+
+    // A fabric with h3's certificate (h3 has no role) or started as h2 with
+    // h1's certificate cannot advertise itself: it says why.
+    let mut as_h2 = vec!["--host-name".to_owned(), "h2".to_owned()];
+    as_h2.extend(tls("h1"));
+    for (i, more) in [(3, tls("h3")), (4, as_h2)] {
+        let more: Vec<&str> = more.iter().map(String::as_str).collect();
+        let f = host(&env, &mut ul, &etcd, i, &more);
+        wait_for(
+            &format!("{} refused by etcd", f.name),
+            Duration::from_secs(10),
+            || {
+                let d = dir_state(&f);
+                d["state"] == "unavailable" && d["reason"].as_str().is_some_and(|r| r.contains("permission denied"))
+            },
+            || logs(&[&f]),
+        );
+    }
+    // Nothing of h2's changed; the wire still carries frames.
+    let v = String::from_utf8_lossy(&etcd.etcdctl(&["get", "--print-value-only", "/virtualwire/t/hosts/h2"]).stdout)
+        .to_string();
+    assert!(v.contains("10.0.0.2"), "h2's host key: {v}");
+    assert_eq!(vm1.ping("192.168.9.2", 10, 56), Ping { sent: 10, received: 10 });
+    assert!(wire_of(&h2, 7).is_some_and(|w| w["peer"] == "10.0.0.1"), "{}", logs(&[&h2]));
 }
