@@ -22,6 +22,9 @@ struct Etcd {
     client: u16,
     peer: u16,
     tls: Option<PathBuf>,
+    /// Its member name and the cluster it belongs to (`name=peer-url,...`).
+    name: String,
+    cluster: String,
 }
 
 impl Etcd {
@@ -32,11 +35,37 @@ impl Etcd {
     /// Etcd number `n` of this test run (several runs may share a
     /// machine: the ports are the run's).
     fn start_on(env: &Env, n: u16, tls: Option<PathBuf>) -> Etcd {
-        let base = 20000 + (std::process::id() % 1000) as u16 * 8 + n * 2;
-        let dir = env.dir.join(format!("etcd{n}"));
-        let mut e = Etcd { child: None, dir, client: base, peer: base + 1, tls };
+        let mut e = Etcd::member(env, n, tls, None);
         e.restart();
         e
+    }
+
+    /// Member `n` (not started), of the cluster `cluster` lists (alone if none).
+    fn member(env: &Env, n: u16, tls: Option<PathBuf>, cluster: Option<&str>) -> Etcd {
+        let (client, peer) = Etcd::ports(n);
+        let name = format!("vw{n}");
+        let cluster = cluster.map_or_else(|| format!("{name}=http://127.0.0.1:{peer}"), str::to_owned);
+        Etcd { child: None, dir: env.dir.join(format!("etcd{n}")), client, peer, tls, name, cluster }
+    }
+
+    /// The client and peer ports of member `n` of this test run (several
+    /// runs may share a machine: the ports are the run's).
+    fn ports(n: u16) -> (u16, u16) {
+        let base = 20000 + (std::process::id() % 1000) as u16 * 16 + n * 2;
+        (base, base + 1)
+    }
+
+    /// A 3-member cluster on loopback (members 2, 3, 4), started together.
+    fn cluster(env: &Env) -> Vec<Etcd> {
+        let list: Vec<String> = (2..5).map(|n| format!("vw{n}=http://127.0.0.1:{}", Etcd::ports(n).1)).collect();
+        let mut ms: Vec<Etcd> = (2..5).map(|n| Etcd::member(env, n, None, Some(&list.join(",")))).collect();
+        for m in &mut ms {
+            m.spawn();
+        }
+        for m in &ms {
+            m.wait_healthy();
+        }
+        ms
     }
 
     fn url(&self) -> String {
@@ -50,23 +79,31 @@ impl Etcd {
         ["ca.pem".to_owned(), format!("{name}.pem"), format!("{name}-key.pem")].map(|f| d.join(f).display().to_string())
     }
 
-    /// Starts etcd (again, on the same data).
+    /// Starts etcd (again, on the same data) and waits until it is healthy.
     fn restart(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "vw", "--data-dir"])
+        cmd.args(["--name", &self.name, "--data-dir"])
             .arg(&self.dir)
             .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("vw={peer}")]);
+            .args(["--initial-cluster", &self.cluster]);
         if self.tls.is_some() {
             let [ca, cert, key] = self.cert("server");
             cmd.args(["--cert-file", &cert, "--key-file", &key, "--trusted-ca-file", &ca, "--client-cert-auth"]);
         }
         let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start etcd");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
         let t = Instant::now();
         while !self.etcdctl(&["endpoint", "health"]).status.success() {
             assert!(t.elapsed() < Duration::from_secs(20), "etcd did not become healthy:\n{}", self.log());
@@ -159,12 +196,11 @@ fn certificates(dir: &std::path::Path, names: &[&str]) {
 }
 
 /// Host `i`: VTEP 10.0.0.i on `ul`, in directory domain `t`.
-fn host(env: &Env, ul: &mut Underlay, etcd: &Etcd, i: u32, more: &[&str]) -> Fabric {
-    let mut extra: Vec<String> =
-        ["--directory", &etcd.url(), "--directory-domain", "t", "--directory-lease-s", LEASE_S]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+fn host(env: &Env, ul: &mut Underlay, etcd: &str, i: u32, more: &[&str]) -> Fabric {
+    let mut extra: Vec<String> = ["--directory", etcd, "--directory-domain", "t", "--directory-lease-s", LEASE_S]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if !more.contains(&"--host-name") {
         extra.extend(["--host-name".to_owned(), format!("h{i}")]);
     }
@@ -217,10 +253,10 @@ fn wires_are_connected_by_name_from_one_host_and_follow_their_ends() {
     let mut etcd = Etcd::start(&env);
     let mut ul = Underlay::new(&env);
     let state3 = env.dir.join("h3.state");
-    let mut h1 = host(&env, &mut ul, &etcd, 1, &[]);
-    let mut h2 = host(&env, &mut ul, &etcd, 2, &[]);
+    let mut h1 = host(&env, &mut ul, &etcd.url(), 1, &[]);
+    let mut h2 = host(&env, &mut ul, &etcd.url(), 2, &[]);
     let s3 = state3.display().to_string();
-    let mut h3 = host(&env, &mut ul, &etcd, 3, &["--state", &s3]);
+    let mut h3 = host(&env, &mut ul, &etcd.url(), 3, &["--state", &s3]);
     let t = &env.tag;
     let logs = |fs: &[&Fabric]| fs.iter().map(|f| format!("--- {}:\n{}", f.name, f.log_text())).collect::<String>();
 
@@ -383,7 +419,7 @@ fn wires_are_connected_by_name_from_one_host_and_follow_their_ends() {
     );
     assert_eq!(dir_state(&h1)["hosts"], 2);
     assert!(wire_of(&h1, 7).is_some_and(|w| w["kind"] == "encap" && w["peer"] == "10.0.0.3"), "h1 keeps its half");
-    h3 = host(&env, &mut ul, &etcd, 3, &["--state", &s3]);
+    h3 = host(&env, &mut ul, &etcd.url(), 3, &["--state", &s3]);
     attach_vm2();
     wait_for(
         "h1 sees h3 up again",
@@ -441,8 +477,8 @@ fn each_host_writes_only_its_own_keys() {
         let [ca, cert, key] = etcd.cert(name);
         vec!["--directory-ca".to_owned(), ca, "--directory-cert".to_owned(), cert, "--directory-key".to_owned(), key]
     };
-    let mut h1 = host(&env, &mut ul, &etcd, 1, &tls("h1").iter().map(String::as_str).collect::<Vec<_>>());
-    let mut h2 = host(&env, &mut ul, &etcd, 2, &tls("h2").iter().map(String::as_str).collect::<Vec<_>>());
+    let mut h1 = host(&env, &mut ul, &etcd.url(), 1, &tls("h1").iter().map(String::as_str).collect::<Vec<_>>());
+    let mut h2 = host(&env, &mut ul, &etcd.url(), 2, &tls("h2").iter().map(String::as_str).collect::<Vec<_>>());
     let t = &env.tag;
     let logs = |fs: &[&Fabric]| fs.iter().map(|f| format!("--- {}:\n{}", f.name, f.log_text())).collect::<String>();
     h1.add_tap("vm1", &format!("vw{t}f1"));
@@ -489,7 +525,7 @@ fn each_host_writes_only_its_own_keys() {
     as_h2.extend(tls("h1"));
     for (i, more) in [(3, tls("h3")), (4, as_h2)] {
         let more: Vec<&str> = more.iter().map(String::as_str).collect();
-        let f = host(&env, &mut ul, &etcd, i, &more);
+        let f = host(&env, &mut ul, &etcd.url(), i, &more);
         wait_for(
             &format!("{} refused by etcd", f.name),
             Duration::from_secs(10),
@@ -506,4 +542,97 @@ fn each_host_writes_only_its_own_keys() {
     assert!(v.contains("10.0.0.2"), "h2's host key: {v}");
     assert_eq!(vm1.ping("192.168.9.2", 10, 56), Ping { sent: 10, received: 10 });
     assert!(wire_of(&h2, 7).is_some_and(|w| w["peer"] == "10.0.0.1"), "{}", logs(&[&h2]));
+}
+
+/// A 3-member etcd cluster on loopback: one member killed, the fabrics go
+/// on (changes by name too); quorum lost, every wire keeps forwarding and
+/// changes are refused with `directory_unavailable`; quorum back, the
+/// fabrics converge: changes work again, and each wire exists once.
+#[test]
+fn a_cluster_that_loses_members_and_quorum() {
+    let Some(env) = setup("directory-cluster", &["etcd", "etcdctl"]) else { return };
+    let mut ms = Etcd::cluster(&env);
+    let urls = ms.iter().map(Etcd::url).collect::<Vec<_>>().join(",");
+    let mut ul = Underlay::new(&env);
+    let mut h1 = host(&env, &mut ul, &urls, 1, &[]);
+    let mut h2 = host(&env, &mut ul, &urls, 2, &[]);
+    let t = &env.tag;
+    let logs = |fs: &[&Fabric]| fs.iter().map(|f| format!("--- {}:\n{}", f.name, f.log_text())).collect::<String>();
+    for (i, f) in [&mut h1, &mut h2].into_iter().enumerate() {
+        for j in 0..2 {
+            f.add_tap(&format!("c{}{j}", i + 1), &format!("vw{t}c{}{j}", i + 1));
+        }
+    }
+    let a = Vm::new(&format!("vw{t}ca"), &format!("vw{t}c10"), "192.168.10.1/24", 1400);
+    let _b = Vm::new(&format!("vw{t}cb"), &format!("vw{t}c20"), "192.168.10.2/24", 1400);
+    for f in [&h1, &h2] {
+        wait_for(
+            &format!("{} connected to the cluster, sees 4 endpoints", f.name),
+            Duration::from_secs(10),
+            || {
+                let d = dir_state(f);
+                d["state"] == "connected" && d["endpoints"] == 4
+            },
+            || logs(&[&h1, &h2]),
+        );
+    }
+    h1.json(&["connect", "7", "c10", "c20"]);
+    wait_for("h2's half of wire 7", Duration::from_secs(5), || wire_of(&h2, 7).is_some(), || logs(&[&h1, &h2]));
+    assert!(a.wait_reachable("192.168.10.2"), "{}", logs(&[&h1, &h2]));
+
+    // The first member (the one each fabric lists first) is killed: the
+    // cluster has quorum; a change by name goes through (retried while the
+    // client moves to another member).
+    let kill = |m: &mut Etcd| {
+        if let Some(mut c) = m.child.take() {
+            let _ = run(&["kill", "-KILL", &c.id().to_string()]);
+            let _ = c.wait();
+        }
+    };
+    kill(&mut ms[0]);
+    let t0 = Instant::now();
+    loop {
+        let o = h2.ctl(&["connect", "8", "c11", "c21"]);
+        if o.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.contains("directory_unavailable"), "connect with one member down: {err}");
+        assert!(t0.elapsed() < Duration::from_secs(15), "no connect within 15 s of one member down: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for("h1's half of wire 8", Duration::from_secs(5), || wire_of(&h1, 8).is_some(), || logs(&[&h1, &h2]));
+    assert_eq!(a.ping("192.168.10.2", 10, 56), Ping { sent: 10, received: 10 }, "wire 7 with one member down");
+
+    // A second member killed: no quorum. Wires forward; changes refused.
+    kill(&mut ms[1]);
+    wait_for(
+        "h1 sees the directory unavailable",
+        Duration::from_secs(20),
+        || dir_state(&h1)["state"] == "unavailable",
+        || logs(&[&h1]),
+    );
+    assert_eq!(a.ping("192.168.10.2", 20, 56), Ping { sent: 20, received: 20 }, "wire 7 without quorum");
+    refused(&h1, &["disconnect", "8"], "directory_unavailable");
+
+    // Both back: the fabrics reconnect and converge.
+    ms[0].spawn();
+    ms[1].spawn();
+    for f in [&h1, &h2] {
+        wait_for(
+            &format!("{} reconnected", f.name),
+            Duration::from_secs(30),
+            || dir_state(f)["state"] == "connected",
+            || logs(&[&h1, &h2]),
+        );
+    }
+    h1.ctl_ok(&["disconnect", "8"]);
+    wait_for("wire 8's halves go", Duration::from_secs(5), || wire_of(&h2, 8).is_none(), || logs(&[&h2]));
+    for f in [&h1, &h2] {
+        let ws = f.json(&["wire", "list"]);
+        let ids: Vec<u64> = ws.as_array().unwrap().iter().map(|w| w["wire"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [7], "{}: each wire once: {ws}", f.name);
+        assert_eq!(dir_state(f)["hosts"], 2);
+    }
+    assert_eq!(a.ping("192.168.10.2", 10, 56), Ping { sent: 10, received: 10 });
 }
