@@ -44,6 +44,7 @@ pub fn sh(cmd: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+pub mod etcd;
 pub mod guest;
 
 fn have(tool: &str) -> bool {
@@ -64,8 +65,13 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    // target/<profile>/deps/<test binary>, or target/<profile>/<binary>
+    let dir = exe.parent().expect("target/<profile>");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// The repository root.

@@ -22,3 +22,19 @@ fn benchmark_smoke_run() {
         assert!(table.contains(s), "no result for {s}:\n{table}");
     }
 }
+
+/// The directory's benchmark, briefly: it asserts on every step itself (each
+/// half set up, each move applied, no fabric panicked).
+#[test]
+fn directory_benchmark_smoke_run() {
+    let Some(env) = setup("dirbench_smoke", &["etcd", "etcdctl"]) else { return };
+    let out = Command::new(env.bin.join("vw-dirbench"))
+        .args(["--connects", "3", "--moves", "3", "--wires", "20"])
+        .output()
+        .expect("run vw-dirbench");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "vw-dirbench failed:\n{}\n{table}", String::from_utf8_lossy(&out.stderr));
+    for s in ["connect by name on h1", "move: endpoint deleted", "20 wires by name across 3 fabrics", "etcd keys"] {
+        assert!(table.contains(s), "no result for {s}:\n{table}");
+    }
+}
