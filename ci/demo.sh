@@ -7,7 +7,9 @@
 # Each "host" is a vwfabric process whose uplink is a DPDK net_tap port
 # plugged into a Linux bridge; each VM is a real Linux guest in QEMU (the
 # test guest of ci/guest/build.sh) whose virtio-net NIC is a vhost-user
-# endpoint of its host's fabric. Wire 7 joins vm1 and vm2 across the
+# endpoint of its host's fabric. The fabrics share an endpoint directory
+# (a single-node etcd on loopback): wire 7 is connected once, by name, on
+# h1; h2 sets up its half by itself. It joins vm1 and vm2 across the
 # underlay in the vwire format (UDP + 32-bit connector ID). Run as root.
 # ENCAP=vxlan ci/demo.sh uses RFC 7348 VXLAN instead.
 set -euo pipefail
@@ -22,6 +24,7 @@ cleanup() {
     for q in "$D"/vm*.pid; do [ -f "$q" ] && kill -TERM "$(cat "$q")" 2>/dev/null; done || true
     [ -n "${H1:-}" ] && kill -TERM "$H1" 2>/dev/null || true
     [ -n "${H2:-}" ] && kill -TERM "$H2" 2>/dev/null || true
+    [ -n "${ETCD:-}" ] && kill -TERM "$ETCD" 2>/dev/null || true
     wait 2>/dev/null || true
     ip netns del vwdemo-ul 2>/dev/null || true
 }
@@ -39,9 +42,21 @@ ip netns add vwdemo-ul
 ip -n vwdemo-ul link add br0 type bridge
 ip -n vwdemo-ul link set br0 up
 
-say "two hosts: one vwfabric each, uplink on a net_tap port, sharing this machine's cores"
+say "the endpoint directory: a single-node etcd on loopback (a 3-member cluster in production: docs/directory.md)"
+E=http://127.0.0.1:23379
+printf '$ etcd --data-dir %s --listen-client-urls %s ... &\n' "$D/etcd" "$E"
+etcd --name demo --data-dir "$D/etcd" --listen-client-urls $E --advertise-client-urls $E \
+     --listen-peer-urls http://127.0.0.1:23380 --initial-advertise-peer-urls http://127.0.0.1:23380 \
+     --initial-cluster demo=http://127.0.0.1:23380 > "$D/etcd.log" 2>&1 &
+ETCD=$!
+etcdctl() { ETCDCTL_API=3 command etcdctl --endpoints $E "$@"; }
+for _ in $(seq 100); do etcdctl endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+etcdctl endpoint health >/dev/null 2>&1 || { echo "etcd did not start:"; cat "$D/etcd.log"; exit 1; }
+
+say "two hosts: one vwfabric each, uplink on a net_tap port, sharing this machine's cores, in directory domain demo"
 for h in 1 2; do
     args=(--socket /tmp/vwdemo-h$h.sock --uplink net_tap0,iface=vwd-up$h --vtep 10.0.0.$h/24
+          --directory $E --directory-domain demo --host-name h$h
           --idle-sleep-us 50 -- -l 0-1 --no-huge -m 256 --file-prefix vwdemo-h$h)
     printf '$ %s %s &\n' "$B/vwfabric" "${args[*]}"
     $B/vwfabric "${args[@]}" > /tmp/vwdemo-h$h.log 2>&1 &
@@ -85,9 +100,11 @@ vm1() { printf '$ (in vm1) %s\n' "$*"; ci/guest/cmd.py $D/vm1-agent.sock "$*"; }
 vm1 "cat /sys/class/net/eth0/mtu"
 h1 endpoint list
 
-say "wire 7: connected on both hosts, each naming the other's VTEP ($ENCAP)"
-h1 connect 7 vm1 10.0.0.2 --encap "$ENCAP"
-h2 connect 7 vm2 10.0.0.1 --encap "$ENCAP"
+say "wire 7: connected once, by name, on h1 ($ENCAP); h2 sets up its half from the directory"
+h1 connect 7 vm1 vm2 --encap "$ENCAP"
+for _ in $(seq 50); do $B/vwctl --socket /tmp/vwdemo-h2.sock wire list | grep -q encap && break; sleep 0.1; done
+printf '$ etcdctl get --prefix /virtualwire/demo/\n'
+etcdctl get --prefix /virtualwire/demo/
 
 say "vm1 pings vm2 across the wire"
 vm1 "ping -c 5 -i 0.2 192.168.7.2"
