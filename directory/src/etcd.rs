@@ -148,7 +148,7 @@ fn op_error(e: etcd_client::Error) -> OpError {
 }
 
 async fn run(cfg: Config, mut ops: UnboundedReceiver<(u64, Op)>, tx: Sender<Event>) {
-    let mut p = Progress { last_rev: 0, backoff: Duration::from_millis(250), reported: None, cluster: None };
+    let mut p = Progress { last_rev: 0, backoff: Duration::from_millis(250), reported: None, cluster: None, next: 0 };
     loop {
         let reason = match session(&cfg, &mut ops, &tx, &mut p).await {
             Ok(()) => return,
@@ -158,7 +158,11 @@ async fn run(cfg: Config, mut ops: UnboundedReceiver<(u64, Op)>, tx: Sender<Even
             let _ = tx.send(Event::Unavailable { reason: reason.clone() });
             p.reported = Some(reason.clone());
         }
-        let wait = tokio::time::sleep(p.backoff);
+        // The next session tries the next URL: a member that is down or cut
+        // off is left at once; the backoff grows after each whole round.
+        p.next += 1;
+        let round = p.next.is_multiple_of(cfg.endpoints.len().max(1));
+        let wait = tokio::time::sleep(if round { p.backoff } else { Duration::from_millis(50) });
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -171,11 +175,16 @@ async fn run(cfg: Config, mut ops: UnboundedReceiver<(u64, Op)>, tx: Sender<Even
                 },
             }
         }
-        p.backoff = (p.backoff * 2).min(Duration::from_secs(2));
+        if round {
+            p.backoff = (p.backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
-async fn connect(cfg: &Config) -> Result<Client, etcd_client::Error> {
+/// Connects to one of the cluster's URLs (a session uses one member, so a
+/// member that is down fails the session at once instead of some of its
+/// requests).
+async fn connect(cfg: &Config, url: &str) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(cfg.timeout)
         .with_timeout(cfg.timeout)
@@ -191,7 +200,7 @@ async fn connect(cfg: &Config) -> Result<Client, etcd_client::Error> {
     if let Some((u, p)) = &cfg.user {
         opts = opts.with_user(u.clone(), p.clone());
     }
-    Client::connect(&cfg.endpoints, Some(opts)).await
+    Client::connect([url], Some(opts)).await
 }
 
 /// Reads the whole domain and reports it as a reset.
@@ -228,6 +237,8 @@ struct Progress {
     /// The cluster answering last (another one, a new or restored store,
     /// cannot be resumed from).
     cluster: Option<u64>,
+    /// The URL the next session tries (an index into the endpoints, modulo).
+    next: usize,
 }
 
 /// One connection: returns `Ok` when the fabric dropped the backend.
@@ -237,7 +248,8 @@ async fn session(
     tx: &Sender<Event>,
     p: &mut Progress,
 ) -> Result<(), Lost> {
-    let mut c = connect(cfg).await.map_err(lost)?;
+    let url = cfg.endpoints[p.next % cfg.endpoints.len().max(1)].clone();
+    let mut c = connect(cfg, &url).await.map_err(|e| Lost(format!("{url}: {}", describe(&e))))?;
     let lease = c.lease_grant(cfg.lease_ttl_s, None).await.map_err(lost)?.id();
     let host = serde_json::to_vec(&cfg.record).expect("a host record encodes");
     let put = c.put(cfg.keys.host(&cfg.host), host, Some(PutOptions::new().with_lease(lease))).await.map_err(|e| {
@@ -263,7 +275,7 @@ async fn session(
         reset(&mut c, cfg, tx, last_rev).await?;
     }
     let mut ws = watch(&mut c, cfg, *last_rev + 1).await?;
-    let _ = tx.send(Event::Connected { endpoint: cfg.endpoints.join(",") });
+    let _ = tx.send(Event::Connected { endpoint: url.clone() });
     p.backoff = Duration::from_millis(250);
     p.reported = None;
     let mut tick = tokio::time::interval(Duration::from_millis((cfg.lease_ttl_s.max(1) as u64 * 1000) / 3));
