@@ -494,11 +494,6 @@ impl View {
         self.claims.get(name)?.get(host)
     }
 
-    /// Every host's key for endpoint `name`, by host.
-    pub fn claims(&self, name: &str) -> impl Iterator<Item = (&String, &Claim)> {
-        self.claims.get(name).into_iter().flatten()
-    }
-
     /// The host endpoint `name` lives on, decided from its hosts' keys alone
     /// (every fabric decides the same), in this order:
     /// 1. a host that is up where its VM runs (the one whose key said so
