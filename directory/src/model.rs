@@ -503,16 +503,22 @@ impl View {
     /// 3. a host that is up where its VM stopped last;
     /// 4. a host that is up that advertised it first;
     /// 5. the host that is down that advertised it first.
+    ///
+    /// While some host has the name as root's (not `--group`), only such
+    /// hosts are candidates: a member of a socket group cannot take a
+    /// root endpoint's name, and its wires, by advertising the name too.
     pub fn owner(&self, name: &str) -> Option<(&String, &Claim)> {
-        let cs = self.claims.get(name)?;
+        let all = self.claims.get(name)?;
+        let root_only = all.values().any(|c| !c.record.group);
+        let cs = || all.iter().filter(move |(_, c)| !root_only || !c.record.group);
         let up = |h: &String| self.hosts.contains_key(h);
-        let with = |vm: VmState, up_: bool| cs.iter().filter(move |(h, c)| c.record.vm == vm && up(h) == up_);
+        let with = move |vm: VmState, up_: bool| cs().filter(move |(h, c)| c.record.vm == vm && up(h) == up_);
         with(VmState::Running, true)
             .min_by_key(|(h, c)| (c.revision, *h))
             .or_else(|| with(VmState::Running, false).min_by_key(|(h, c)| (c.revision, *h)))
             .or_else(|| with(VmState::Stopped, true).max_by_key(|(h, c)| (c.revision, *h)))
-            .or_else(|| cs.iter().filter(|(h, _)| up(h)).min_by_key(|(h, c)| (c.created, *h)))
-            .or_else(|| cs.iter().min_by_key(|(h, c)| (c.created, *h)))
+            .or_else(|| cs().filter(|(h, _)| up(h)).min_by_key(|(h, c)| (c.created, *h)))
+            .or_else(|| cs().min_by_key(|(h, c)| (c.created, *h)))
     }
 
     /// The endpoint names host `host` advertises.
@@ -566,6 +572,27 @@ impl View {
             (Location::Here, far) => self.far_half(&w.a, &w.b, far, w.format),
             (far, Location::Here) => self.far_half(&w.b, &w.a, far, w.format),
             _ => Half::NotHere,
+        }
+    }
+
+    /// What host `me`'s half of wire `id` becomes when the VM of its end
+    /// `name` arrives there by live migration, before the directory says
+    /// so: the end's other hosts stop (the source) while `me` starts, so
+    /// this is the half once both have written it. `NotHere` if `name` is
+    /// not an end of `id`, or would not live on `me` even then (a root
+    /// endpoint's name, `group` being whether `me`'s endpoint is the
+    /// group's).
+    pub fn arriving_half(&self, id: u32, me: &str, name: &str, group: bool) -> Half {
+        let Some(w) = self.wires.get(&id) else { return Half::NotHere };
+        let w = &w.value;
+        let Some(other) = w.other(name).filter(|o| *o != name) else { return Half::NotHere };
+        let root_elsewhere = self.claims.get(name).into_iter().flatten().any(|(h, c)| h != me && !c.record.group);
+        if group && root_elsewhere {
+            return Half::NotHere;
+        }
+        match self.location(other, me) {
+            Location::Here => Half::Loopback { a: w.a.clone(), b: w.b.clone() },
+            far => self.far_half(name, other, far, w.format),
         }
     }
 
@@ -843,5 +870,50 @@ mod tests {
         v.watched(&key, None, 8, 0);
         v.watched(&key, Some(&ep(VmState::Idle)), 9, 9);
         assert!(v.claim("vm1", "h1").is_some(), "a newer write is applied");
+    }
+
+    #[test]
+    fn a_group_endpoint_does_not_take_a_root_endpoints_name() {
+        let mut v = domain();
+        let k = keys();
+        v.watched(&k.host("h3"), Some(&host("10.0.0.3")), 7, 7);
+        // vm2's VM stops on h2; a member's vm2 on h3 runs.
+        v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Stopped)), 8, 5);
+        let group = serde_json::to_vec(&EndpointRecord { group: true, vm: VmState::Running }).unwrap();
+        v.watched(&k.endpoint("h3", "vm2"), Some(&group), 9, 9);
+        assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h2"));
+        assert_eq!(v.half(7, "h3"), Half::NotHere);
+        assert_eq!(v.arriving_half(7, "h3", "vm2", true), Half::NotHere);
+        // Root's key gone, the group's endpoint has the name.
+        v.watched(&k.endpoint("h2", "vm2"), None, 10, 0);
+        assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h3"));
+        // Root's own endpoint takes it back (root's names rank first).
+        v.watched(&k.endpoint("h1", "vm2"), Some(&ep(VmState::Idle)), 11, 11);
+        assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h1"));
+    }
+
+    #[test]
+    fn an_arriving_vm_knows_its_half_before_the_directory_says() {
+        let mut v = domain();
+        let k = keys();
+        v.watched(&k.host("h3"), Some(&host("10.0.0.3")), 7, 7);
+        v.watched(&k.endpoint("h3", "vm2"), Some(&ep(VmState::Idle)), 8, 8);
+        v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Running)), 9, 5);
+        // Still h2's (its VM runs), but a VM arriving on h3 or h1 has its half.
+        assert_eq!(v.half(7, "h3"), Half::NotHere);
+        assert!(matches!(v.arriving_half(7, "h3", "vm2", false),
+            Half::Encap { ref local, ref remote, ref host, .. } if local == "vm2" && remote == "vm1" && host == "h1"));
+        v.watched(&k.endpoint("h1", "vm2"), Some(&ep(VmState::Idle)), 10, 10);
+        assert_eq!(v.arriving_half(7, "h1", "vm2", false), Half::Loopback { a: "vm1".into(), b: "vm2".into() });
+        // Not an end, no such wire, a far end nobody has.
+        assert_eq!(v.arriving_half(7, "h3", "vm9", false), Half::NotHere);
+        assert_eq!(v.arriving_half(8, "h3", "vm2", false), Half::NotHere);
+        v.watched(&k.endpoint("h1", "vm1"), None, 11, 0);
+        assert!(matches!(v.arriving_half(7, "h3", "vm2", false), Half::Waiting { .. }));
+        // The directory then agrees once both hosts wrote.
+        v.watched(&k.endpoint("h1", "vm1"), Some(&ep(VmState::Running)), 12, 12);
+        v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Stopped)), 13, 5);
+        v.watched(&k.endpoint("h3", "vm2"), Some(&ep(VmState::Running)), 14, 8);
+        assert_eq!(v.half(7, "h3"), v.arriving_half(7, "h3", "vm2", false));
     }
 }

@@ -1675,13 +1675,25 @@ impl Control {
         let mut next = self.state.clone();
         let mut names = Vec::new();
         let mut arriving = Vec::new();
+        let mut by_directory = Vec::new();
         for tag in changed {
             if let Some(Some(p)) = self.ports.get(tag as usize) {
                 let link = p.dev.link();
-                if link.up && link.vrings != 0 && self.incoming.contains_key(&p.name) {
+                let starts = link.up && link.vrings != 0;
+                if let Some(e) = by_directory.iter_mut().find(|(n, _, _)| *n == p.name) {
+                    // Another event of the same arrival: its latest link.
+                    e.1 = link;
+                    continue;
+                }
+                let from_directory =
+                    if starts && !self.incoming.contains_key(&p.name) { self.directory_arrival(&p.name) } else { None };
+                if starts && self.incoming.contains_key(&p.name) {
                     // A VM that migrated here: its wire first, then its rings,
                     // so nothing it sends meets an endpoint without a wire.
                     arriving.push((p.name.clone(), link));
+                } else if let Some(half) = from_directory {
+                    // Likewise, the half the directory has for it.
+                    by_directory.push((p.name.clone(), link, half));
                 } else {
                     let was = vw_core::hold::accepting(&next, &p.name);
                     next.set_link(&p.name, link);
@@ -1706,6 +1718,12 @@ impl Control {
             if let Err(r) = self.record(&st, &[Touched::Incoming(name.clone())]) {
                 crate::log(&format!("wire {}: {}", p.wire, r.message));
             }
+            let mut next = self.state.clone();
+            next.set_link(&name, link);
+            self.commit(next);
+        }
+        for (name, link, (id, peer, encap)) in by_directory {
+            self.directory_arrived(&name, id, &peer, encap);
             let mut next = self.state.clone();
             next.set_link(&name, link);
             self.commit(next);
@@ -1879,6 +1897,9 @@ impl Control {
             _ => Err(Refused::Malformed),
         };
         let result = outcome.and_then(|o| self.take_outcome(msg.wire, o, t0).map_err(|_| Refused::Unresolved));
+        if result.is_ok() && msg.kind == kind::MOVED {
+            self.directory_left(msg.wire, &msg.end);
+        }
         let Some(ch) = &mut self.mig else { return };
         match result {
             Ok(()) => ch.accepted += 1,

@@ -29,7 +29,11 @@ fn ping_and_transfer(a: &mut Guest, a_ip: &str, b: &mut Guest, b_ip: &str, ctx: 
 }
 
 fn setup_qemu(test: &str) -> Option<(Env, GuestImage)> {
-    let env = setup(test, &[])?;
+    setup_qemu_with(test, &[])
+}
+
+fn setup_qemu_with(test: &str, tools: &[&str]) -> Option<(Env, GuestImage)> {
+    let env = setup(test, tools)?;
     let image = guest_image(test)?;
     Some((env, image))
 }
@@ -326,13 +330,26 @@ fn guest_kernel_crashed(dir: &Path) -> Option<String> {
 
 #[test]
 fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
-    // The scenario runs again, up to twice, only if a guest's kernel crashed
-    // after a migration (see `guest_kernel_crashed`). Any other failure
-    // fails the test at once.
+    with_retries("qemu_migrate", false);
+}
+
+/// The same three moves with the endpoint directory on every fabric: the
+/// wire is connected once by name, and a destination is prepared only by
+/// adding the endpoint there. The directory and the LOCATE exchange agree:
+/// neither fabric's directory applies a move the exchange made.
+#[test]
+fn a_guest_moved_by_qemu_live_migration_with_the_directory_everywhere() {
+    with_retries("qemu_migrate_dir", true);
+}
+
+/// Runs [`three_moves_under_traffic`] again, up to twice, only if a
+/// guest's kernel crashed after a migration (see `guest_kernel_crashed`).
+/// Any other failure fails the test at once.
+fn with_retries(name: &str, directory: bool) {
     for attempt in 1..=3 {
-        let test = format!("qemu_migrate{attempt}");
+        let test = format!("{name}{attempt}");
         let dir = std::env::temp_dir().join(format!("vw-e2e-{}-{test}", std::process::id()));
-        let r = std::panic::catch_unwind(|| three_moves_under_traffic(&test));
+        let r = std::panic::catch_unwind(|| three_moves_under_traffic(&test, directory));
         let Err(e) = r else { return };
         match guest_kernel_crashed(&dir) {
             Some(crash) if attempt < 3 => eprintln!("a guest's kernel crashed after a migration; once more:\n{crash}"),
@@ -341,22 +358,57 @@ fn a_guest_moved_by_qemu_live_migration_takes_its_wire_along_by_itself() {
     }
 }
 
-fn three_moves_under_traffic(test: &str) {
-    let Some((env, image)) = setup_qemu(test) else { return };
+/// Log lines of the directory setting up, re-pointing or removing wire 7's
+/// half, on each host.
+fn directory_changes(hosts: &[Fabric]) -> Vec<usize> {
+    let lines =
+        ["directory: wire 7: half here set up", "directory: wire 7: no end lives here", "directory: wire 7: cannot"];
+    hosts.iter().map(|h| lines.iter().map(|l| h.log_text().matches(l).count()).sum()).collect()
+}
+
+fn three_moves_under_traffic(test: &str, directory: bool) {
+    let tools: &[&str] = if directory { &["etcd", "etcdctl"] } else { &[] };
+    let Some((env, image)) = setup_qemu_with(test, tools) else { return };
     let image = image.with_probe(&env);
     let rate: u64 = std::env::var("VW_QEMU_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(QEMU_RATE);
     let key = migration_key(&env);
+    let etcd = directory.then(|| vw_e2e::etcd::Etcd::start(&env));
     let mut ul = Underlay::new(&env);
     let grace = 2000;
     let state = env.dir.join("h3.state");
-    let h3_opts = ["--state", state.to_str().unwrap()];
-    let mut hosts: Vec<Fabric> = (1..=2).map(|i| migration_host(&env, &mut ul, i, &key, grace)).collect();
-    hosts.push(migration_host_with(&env, &mut ul, 3, &key, grace, &h3_opts));
+    let opts = |i: u32| -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(e) = &etcd {
+            o.extend(["--directory".into(), e.url(), "--directory-domain".into(), "q".into()]);
+            o.extend(["--host-name".into(), format!("h{i}")]);
+        }
+        if i == 3 {
+            o.extend(["--state".into(), state.display().to_string()]);
+        }
+        o
+    };
+    let start = |ul: &mut Underlay, i: u32| {
+        let o = opts(i);
+        migration_host_with(&env, ul, i, &key, grace, &o.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut hosts: Vec<Fabric> = (1..=3).map(|i| start(&mut ul, i)).collect();
     let (sa, sb) = (sock(&env, "vma"), sock(&env, "vmb"));
     hosts[0].ctl_ok(&["endpoint", "add", "vma", "--vhost-user", sa.to_str().unwrap()]);
     hosts[1].ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sb.to_str().unwrap()]);
-    hosts[0].ctl_ok(&["connect", "7", "vma", "10.77.0.2"]);
-    hosts[1].ctl_ok(&["connect", "7", "vmb", "10.77.0.1"]);
+    if directory {
+        // Once, by name, on host 1: host 2 sets up its half by itself.
+        let dir_ready = |f: &Fabric| f.json(&["status"])["directory"]["endpoints"] == 2;
+        let t = std::time::Instant::now();
+        while !hosts.iter().all(dir_ready) {
+            assert!(t.elapsed().as_secs() < 10, "the fabrics see both endpoints in the directory");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let w = hosts[0].json(&["connect", "7", "vma", "vmb"]);
+        assert_eq!((w["kind"].as_str(), w["peer"].as_str()), (Some("encap"), Some("10.77.0.2")), "{w}");
+    } else {
+        hosts[0].ctl_ok(&["connect", "7", "vma", "10.77.0.2"]);
+        hosts[1].ctl_ok(&["connect", "7", "vmb", "10.77.0.1"]);
+    }
     let (mut oa, mut ob) = guest_pair(&sa, &sb);
     oa.host_mtu = Some(1454);
     ob.host_mtu = Some(1454);
@@ -369,18 +421,22 @@ fn three_moves_under_traffic(test: &str) {
     }
     assert!(a.wait_reachable("192.168.7.2", 30), "{}", ctx!());
 
-    // What cannot wait for a VM is refused; an armed wire can be cancelled.
     let h3 = &hosts[2];
-    h3.ctl_ok(&["endpoint", "add", "dev", "net_null0,no-rx=1"]);
-    let out = h3.ctl(&["connect", "9", "dev", "10.77.0.1", "--incoming"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("waits for a VM to start on a vhost-user endpoint"));
+    if !directory {
+        // What cannot wait for a VM is refused; an armed wire can be cancelled.
+        h3.ctl_ok(&["endpoint", "add", "dev", "net_null0,no-rx=1"]);
+        let out = h3.ctl(&["connect", "9", "dev", "10.77.0.1", "--incoming"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("waits for a VM to start on a vhost-user endpoint"));
+    }
     h3.ctl_ok(&["endpoint", "add", "vmb", "--vhost-user", sock(&env, "vmb-h3").to_str().unwrap()]);
-    h3.ctl_ok(&["connect", "9", "vmb", "10.77.0.1", "--incoming"]);
-    let out = h3.ctl(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already waits to connect wire 9"));
-    h3.ctl_ok(&["disconnect", "9"]);
-    assert!(h3.wire(9).is_null(), "cancelled");
-    h3.ctl_ok(&["endpoint", "del", "dev"]);
+    if !directory {
+        h3.ctl_ok(&["connect", "9", "vmb", "10.77.0.1", "--incoming"]);
+        let out = h3.ctl(&["connect", "7", "vmb", "10.77.0.1", "--incoming"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("already waits to connect wire 9"));
+        h3.ctl_ok(&["disconnect", "9"]);
+        assert!(h3.wire(9).is_null(), "cancelled");
+        h3.ctl_ok(&["endpoint", "del", "dev"]);
+    }
 
     // A sequenced UDP stream each way and a ping every 10 ms, through all
     // three moves; both streams listen before either sends.
@@ -412,15 +468,28 @@ fn three_moves_under_traffic(test: &str) {
                 s
             }
         };
-        let peer = if to == 0 { "vma" } else { "10.77.0.1" };
-        let armed = hosts[to].ctl_ok(&["connect", "7", "vmb", peer, "--incoming"]);
-        assert!(armed.contains("incoming"), "{armed}");
-        if k == 0 {
-            // An armed wire is configuration: a fabric restart keeps it.
-            hosts[2].kill9();
-            hosts[2] = migration_host_with(&env, &mut ul, 3, &key, grace, &h3_opts);
-            assert_eq!(hosts[2].wire(7)["state"], "incoming", "after a restart\n{}", hosts[2].log_text());
+        if !directory {
+            let peer = if to == 0 { "vma" } else { "10.77.0.1" };
+            let armed = hosts[to].ctl_ok(&["connect", "7", "vmb", peer, "--incoming"]);
+            assert!(armed.contains("incoming"), "{armed}");
         }
+        if k == 0 {
+            // An armed wire (or, with the directory, the endpoint) is
+            // configuration: a fabric restart keeps it.
+            hosts[2].kill9();
+            hosts[2] = start(&mut ul, 3);
+            if directory {
+                assert_eq!(endpoint(&hosts[2], "vmb")["driver"], "vhost-user", "after a restart");
+                let t = std::time::Instant::now();
+                while hosts[2].json(&["status"])["directory"]["state"] != "connected" {
+                    assert!(t.elapsed().as_secs() < 10, "h3 back in the directory\n{}", hosts[2].log_text());
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            } else {
+                assert_eq!(hosts[2].wire(7)["state"], "incoming", "after a restart\n{}", hosts[2].log_text());
+            }
+        }
+        let changes_before = directory_changes(&hosts);
         let stopped_before = hosts[from].log_text().matches("vmb's VM stopped; holding frames").count();
         let mut od = ob.clone();
         od.socket = socket;
@@ -452,6 +521,18 @@ fn three_moves_under_traffic(test: &str) {
             ("encap", [format!("10.77.0.{}", to + 1), "vma".to_string()])
         };
         assert_eq!((w1["kind"].as_str().unwrap(), ends), want, "move {}: {w1}", k + 1);
+        if directory {
+            // The exchange moved the wire; no directory applied it again.
+            assert_eq!(directory_changes(&hosts), changes_before, "move {}\n{}", k + 1, ctx!());
+            // And every host's directory has B where it is now.
+            for h in &hosts {
+                let w = h.json(&["wire", "list"]);
+                let w = w.as_array().unwrap().iter().find(|w| w["wire"] == 7).cloned().unwrap_or_default();
+                let at = w["ends"].as_array().into_iter().flatten().find(|e| e["endpoint"] == "vmb").cloned();
+                let at = at.map(|e| e["host"].as_str().unwrap_or_default().to_owned());
+                assert_eq!(at.as_deref(), Some(format!("h{}", to + 1).as_str()), "move {}, {}: {w}", k + 1, h.name);
+            }
+        }
         eprintln!(
             "move {}: {} -> {}: QEMU total {} ms, downtime {} ms, from {at:.3} s to {done:.3} s of the stream",
             k + 1,
@@ -537,6 +618,8 @@ fn three_moves_under_traffic(test: &str) {
         ));
     }
     eprintln!("QEMU live migration, {rate} datagrams/s each way:\n{table}");
+    let what = if directory { "with the directory" } else { "armed with connect --incoming" };
+    eprintln!("({what})");
     std::fs::write(env.dir.join("qemu-migration.md"), &table).unwrap();
 
     // Nothing was dropped in any fabric during the moves, for any reason

@@ -58,6 +58,10 @@ pub(super) struct Dir {
     problems: BTreeMap<String, String>,
     /// Re-points waiting for the LOCATE fast path, with when they are due.
     deferred: BTreeMap<u32, Instant>,
+    /// Wires whose half here a MOVED ended (their end's VM left by live
+    /// migration), with that end: not set up here again from a view that
+    /// has not caught up yet, only once the VM runs here again.
+    left: BTreeMap<u32, String>,
     /// Where the next allocated connector ID is looked for.
     next_alloc: u32,
     /// A full copy of the domain has been read since start.
@@ -86,6 +90,7 @@ impl Dir {
             made: BTreeSet::new(),
             problems: BTreeMap::new(),
             deferred: BTreeMap::new(),
+            left: BTreeMap::new(),
             next_alloc: 1,
             synced: false,
             vm: HashMap::new(),
@@ -618,7 +623,19 @@ impl Control {
                 return;
             }
         };
+        if cur.is_none() && want.is_some() {
+            let d = self.dir.as_mut().expect("directory");
+            if let Some(end) = d.left.get(&id) {
+                if d.vm.get(end) != Some(&VmState::Running) {
+                    // Its VM left by live migration; the view has not
+                    // caught up with its new host yet.
+                    return;
+                }
+                d.left.remove(&id);
+            }
+        }
         let Some((local, peer, encap)) = want else {
+            self.dir.as_mut().expect("directory").left.remove(&id);
             self.dir.as_mut().expect("directory").solved(&subject);
             if let Some(w) = &cur {
                 // Our end left for another host while it is still here (a
@@ -706,6 +723,78 @@ impl Control {
                 }
                 self.dir.as_mut().expect("directory").problem(subject, format!("half here not set up: {}", r.message));
             }
+        }
+    }
+
+    /// A VM that started here on local endpoint `name`, which has no wire
+    /// here but is an end of a directory wire: the half it takes, set up at
+    /// once, as an armed `connect --incoming` would be (so the exchange's
+    /// LOCATE re-points the peer without waiting for the directory, and
+    /// nothing the VM sends meets an endpoint without a wire). The
+    /// directory then agrees once this host's `running` and the source's
+    /// `stopped` are written ([`View::arriving_half`]); a VM that did not
+    /// arrive by migration but runs while another host's VM of that name
+    /// still runs loses the name back to it after [`LOCATE_FIRST`].
+    pub(super) fn directory_arrival(&self, name: &str) -> Option<(ConnectorId, String, Option<EncapName>)> {
+        let d = self.dir.as_ref().filter(|d| d.synced)?;
+        self.mig.as_ref()?;
+        if self.state.table().wire_of(name).is_some() {
+            return None;
+        }
+        let e = self.state.endpoint(name)?;
+        let group = self.ports[e.ix.ix()].as_ref()?.origin.group_may_use();
+        for id in d.view.wires_of(name) {
+            let cur = self.state.table().wire(ConnectorId(id));
+            let by_group = d.view.wire(id).is_some_and(|w| w.value.by_group);
+            let (peer, encap, ends) = match d.view.arriving_half(id, &d.cfg.host, name, group) {
+                // The far end's encap half is here: the wire turns loopback.
+                Half::Loopback { a, b } if cur.is_none_or(|w| w.kind() == vw_wire::WireKind::Encap) => {
+                    let other = if a == name { b } else { a };
+                    if cur.is_some_and(|w| w.endpoint != other) {
+                        continue;
+                    }
+                    (other.clone(), None, vec![name.to_owned(), other])
+                }
+                _ if cur.is_some() => continue,
+                Half::Encap { vtep: IpAddr::V4(v), format, .. } => {
+                    (v.to_string(), Some(encap_of(format)), vec![name.to_owned()])
+                }
+                _ => continue,
+            };
+            let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
+            if by_group && self.may_use(Role::Member, &ends, "connect").is_err() {
+                continue;
+            }
+            return Some((ConnectorId(id), peer, encap));
+        }
+        None
+    }
+
+    /// Sets up what [`Control::directory_arrival`] found.
+    pub(super) fn directory_arrived(&mut self, name: &str, id: ConnectorId, peer: &str, encap: Option<EncapName>) {
+        let Some(d) = self.dir.as_mut() else { return };
+        d.made.insert(id);
+        d.left.remove(&id.0);
+        d.deferred.remove(&id.0);
+        match self.connect(id, name, peer, encap) {
+            Ok(_) => {
+                crate::log(&format!("wire {id}: {name}'s VM started here; connected to {peer} (from the directory)"));
+                self.dir.as_mut().expect("directory").solved(&format!("wire {id}"));
+            }
+            Err(r) => {
+                crate::log(&format!("wire {id}: {name}'s VM started here, but its half is not set up: {}", r.message));
+                if self.state.table().wire(id).is_none() {
+                    self.dir.as_mut().expect("directory").made.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// A MOVED ended wire `id`'s half here: its end left by live migration.
+    pub(super) fn directory_left(&mut self, id: ConnectorId, end: &str) {
+        let Some(d) = self.dir.as_mut() else { return };
+        if d.made.contains(&id) {
+            d.left.insert(id.0, end.to_owned());
         }
     }
 
@@ -800,6 +889,14 @@ impl Control {
         for n in d.view.names_of(&d.cfg.host) {
             if let Some((h, c)) = d.view.owner(n).filter(|(h, _)| **h != d.cfg.host) {
                 let state = if d.view.host(h).is_some() { "up" } else { "down" };
+                let mine = d.view.claim(n, &d.cfg.host).is_some_and(|m| m.record.group);
+                if mine && !c.record.group {
+                    problems.push(format!(
+                        "endpoint {n}: root's endpoint of this name lives on host {h} ({state}); an endpoint the \
+                         socket group may use does not take a root endpoint's name or wires"
+                    ));
+                    continue;
+                }
                 problems.push(format!(
                     "endpoint {n}: lives on host {h} ({state}, VM {}) in the directory; its wire is set up there, not \
                      here, until that VM stops and this one starts",
