@@ -77,6 +77,9 @@ pub struct EndpointRecord {
     /// `vwctl endpoint add --group`).
     #[serde(default)]
     pub group: bool,
+    /// Added by a member of the socket group, not by root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub member: bool,
     /// Whether its VM runs on that host.
     #[serde(default)]
     pub vm: VmState,
@@ -504,13 +507,14 @@ impl View {
     /// 4. a host that is up that advertised it first;
     /// 5. the host that is down that advertised it first.
     ///
-    /// While some host has the name as root's (not `--group`), only such
-    /// hosts are candidates: a member of a socket group cannot take a
-    /// root endpoint's name, and its wires, by advertising the name too.
+    /// While some host has the name as root's (added by root, with or
+    /// without `--group`), hosts where a member of the socket group added
+    /// it are not candidates: a member cannot take a root endpoint's
+    /// name, and its wires, by advertising the name too.
     pub fn owner(&self, name: &str) -> Option<(&String, &Claim)> {
         let all = self.claims.get(name)?;
-        let root_only = all.values().any(|c| !c.record.group);
-        let cs = || all.iter().filter(move |(_, c)| !root_only || !c.record.group);
+        let root_only = all.values().any(|c| !c.record.member);
+        let cs = || all.iter().filter(move |(_, c)| !root_only || !c.record.member);
         let up = |h: &String| self.hosts.contains_key(h);
         let with = move |vm: VmState, up_: bool| cs().filter(move |(h, c)| c.record.vm == vm && up(h) == up_);
         with(VmState::Running, true)
@@ -577,17 +581,20 @@ impl View {
 
     /// What host `me`'s half of wire `id` becomes when the VM of its end
     /// `name` arrives there by live migration, before the directory says
-    /// so: the end's other hosts stop (the source) while `me` starts, so
-    /// this is the half once both have written it. `NotHere` if `name` is
-    /// not an end of `id`, or would not live on `me` even then (a root
-    /// endpoint's name, `group` being whether `me`'s endpoint is the
-    /// group's).
-    pub fn arriving_half(&self, id: u32, me: &str, name: &str, group: bool) -> Half {
+    /// so: the source has written `stopped` and `me`'s `running` is on its
+    /// way, so this is the half once it is written. `NotHere` if `name` is
+    /// not an end of `id`, or may not live on `me` then: another host that
+    /// is up still has its VM running (not a migration, or the source
+    /// could not say it stopped: the directory decides, once it is told),
+    /// or `member` (a member of the socket group added `me`'s endpoint)
+    /// while root has the name elsewhere.
+    pub fn arriving_half(&self, id: u32, me: &str, name: &str, member: bool) -> Half {
         let Some(w) = self.wires.get(&id) else { return Half::NotHere };
         let w = &w.value;
         let Some(other) = w.other(name).filter(|o| *o != name) else { return Half::NotHere };
-        let root_elsewhere = self.claims.get(name).into_iter().flatten().any(|(h, c)| h != me && !c.record.group);
-        if group && root_elsewhere {
+        let others = || self.claims.get(name).into_iter().flatten().filter(|(h, _)| *h != me);
+        let running = others().any(|(h, c)| c.record.vm == VmState::Running && self.hosts.contains_key(h));
+        if running || (member && others().any(|(_, c)| !c.record.member)) {
             return Half::NotHere;
         }
         match self.location(other, me) {
@@ -632,7 +639,7 @@ mod tests {
     }
 
     fn ep(vm: VmState) -> Vec<u8> {
-        serde_json::to_vec(&EndpointRecord { group: false, vm }).unwrap()
+        serde_json::to_vec(&EndpointRecord { group: false, member: false, vm }).unwrap()
     }
 
     fn entry(key: String, value: Vec<u8>, revision: i64) -> Entry {
@@ -879,11 +886,18 @@ mod tests {
         v.watched(&k.host("h3"), Some(&host("10.0.0.3")), 7, 7);
         // vm2's VM stops on h2; a member's vm2 on h3 runs.
         v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Stopped)), 8, 5);
-        let group = serde_json::to_vec(&EndpointRecord { group: true, vm: VmState::Running }).unwrap();
+        let group = serde_json::to_vec(&EndpointRecord { group: true, member: true, vm: VmState::Running }).unwrap();
         v.watched(&k.endpoint("h3", "vm2"), Some(&group), 9, 9);
         assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h2"));
         assert_eq!(v.half(7, "h3"), Half::NotHere);
         assert_eq!(v.arriving_half(7, "h3", "vm2", true), Half::NotHere);
+        // Root's endpoints with --group are root's: a migration between
+        // two of them, or with one without --group, goes as usual.
+        let root_group =
+            serde_json::to_vec(&EndpointRecord { group: true, member: false, vm: VmState::Running }).unwrap();
+        v.watched(&k.endpoint("h3", "vm2"), Some(&root_group), 20, 9);
+        assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h3"));
+        v.watched(&k.endpoint("h3", "vm2"), Some(&group), 21, 9);
         // Root's key gone, the group's endpoint has the name.
         v.watched(&k.endpoint("h2", "vm2"), None, 10, 0);
         assert_eq!(v.owner("vm2").map(|(h, _)| h.as_str()), Some("h3"));
@@ -899,21 +913,27 @@ mod tests {
         v.watched(&k.host("h3"), Some(&host("10.0.0.3")), 7, 7);
         v.watched(&k.endpoint("h3", "vm2"), Some(&ep(VmState::Idle)), 8, 8);
         v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Running)), 9, 5);
-        // Still h2's (its VM runs), but a VM arriving on h3 or h1 has its half.
+        // Still h2's while its VM runs: a VM of that name starting on h3
+        // is not an arrival (or h2 could not say its VM stopped).
+        assert_eq!(v.arriving_half(7, "h3", "vm2", false), Half::NotHere);
+        // Stopped on h2: a VM arriving on h3 or h1 has its half.
+        v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Stopped)), 10, 5);
         assert_eq!(v.half(7, "h3"), Half::NotHere);
         assert!(matches!(v.arriving_half(7, "h3", "vm2", false),
             Half::Encap { ref local, ref remote, ref host, .. } if local == "vm2" && remote == "vm1" && host == "h1"));
-        v.watched(&k.endpoint("h1", "vm2"), Some(&ep(VmState::Idle)), 10, 10);
+        v.watched(&k.endpoint("h1", "vm2"), Some(&ep(VmState::Idle)), 11, 11);
         assert_eq!(v.arriving_half(7, "h1", "vm2", false), Half::Loopback { a: "vm1".into(), b: "vm2".into() });
         // Not an end, no such wire, a far end nobody has.
         assert_eq!(v.arriving_half(7, "h3", "vm9", false), Half::NotHere);
         assert_eq!(v.arriving_half(8, "h3", "vm2", false), Half::NotHere);
-        v.watched(&k.endpoint("h1", "vm1"), None, 11, 0);
+        v.watched(&k.endpoint("h1", "vm1"), None, 12, 0);
         assert!(matches!(v.arriving_half(7, "h3", "vm2", false), Half::Waiting { .. }));
-        // The directory then agrees once both hosts wrote.
-        v.watched(&k.endpoint("h1", "vm1"), Some(&ep(VmState::Running)), 12, 12);
-        v.watched(&k.endpoint("h2", "vm2"), Some(&ep(VmState::Stopped)), 13, 5);
+        // The directory then agrees once the destination wrote.
+        v.watched(&k.endpoint("h1", "vm1"), Some(&ep(VmState::Running)), 13, 13);
+        let before = v.arriving_half(7, "h3", "vm2", false);
         v.watched(&k.endpoint("h3", "vm2"), Some(&ep(VmState::Running)), 14, 8);
-        assert_eq!(v.half(7, "h3"), v.arriving_half(7, "h3", "vm2", false));
+        assert_eq!(v.half(7, "h3"), before);
+        // A member's endpoint does not arrive where root has the name.
+        assert_eq!(v.arriving_half(7, "h1", "vm2", true), Half::NotHere);
     }
 }

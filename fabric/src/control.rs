@@ -1723,7 +1723,10 @@ impl Control {
             self.commit(next);
         }
         for (name, link, (id, peer, encap)) in by_directory {
-            self.directory_arrived(&name, id, &peer, encap);
+            // (Unless the VM stopped again in the same batch of events.)
+            if link.up && link.vrings != 0 {
+                self.directory_arrived(&name, id, &peer, encap);
+            }
             let mut next = self.state.clone();
             next.set_link(&name, link);
             self.commit(next);

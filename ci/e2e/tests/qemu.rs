@@ -343,7 +343,8 @@ fn a_guest_moved_by_qemu_live_migration_with_the_directory_everywhere() {
 }
 
 /// Runs [`three_moves_under_traffic`] again, up to twice, only if a
-/// guest's kernel crashed after a migration (see `guest_kernel_crashed`).
+/// guest's kernel crashed after a migration (see `guest_kernel_crashed`),
+/// or a migrated guest (`gbN`) stopped answering.
 /// Any other failure fails the test at once.
 fn with_retries(name: &str, directory: bool) {
     for attempt in 1..=3 {
@@ -351,8 +352,14 @@ fn with_retries(name: &str, directory: bool) {
         let dir = std::env::temp_dir().join(format!("vw-e2e-{}-{test}", std::process::id()));
         let r = std::panic::catch_unwind(|| three_moves_under_traffic(&test, directory));
         let Err(e) = r else { return };
-        match guest_kernel_crashed(&dir) {
-            Some(crash) if attempt < 3 => eprintln!("a guest's kernel crashed after a migration; once more:\n{crash}"),
+        let msg = e.downcast_ref::<String>().cloned().or(e.downcast_ref::<&str>().map(|s| s.to_string()));
+        // A migrated guest that stops answering its agent, with nothing on
+        // its console, is the same open problem without the oops.
+        let hung = msg.filter(|m| m.starts_with("gb") && m.contains("no answer from the guest in time"));
+        match guest_kernel_crashed(&dir).or(hung) {
+            Some(crash) if attempt < 3 => {
+                eprintln!("a guest's kernel crashed or hung after a migration; once more:\n{crash}")
+            }
             _ => std::panic::resume_unwind(e),
         }
     }

@@ -529,16 +529,16 @@ impl Control {
     /// it should be): whether the group may use it, and whether its VM runs
     /// here as last seen.
     pub(super) fn directory_claim(&mut self, name: &str) {
-        let group =
-            self.state.endpoint(name).and_then(|e| self.ports[e.ix.ix()].as_ref()).map(|p| p.origin.group_may_use());
-        let Some(group) = group else { return };
+        let origin = self.state.endpoint(name).and_then(|e| self.ports[e.ix.ix()].as_ref()).map(|p| p.origin);
+        let Some(origin) = origin else { return };
+        let (group, member) = (origin.group_may_use(), origin.member);
         let Some(d) = self.dir.as_mut() else { return };
         if !d.synced {
             return;
         }
         let own = d.view.claim(name, &d.cfg.host).map(|c| c.record.clone());
         let vm = d.vm.get(name).copied().or(own.as_ref().map(|r| r.vm)).unwrap_or_default();
-        let record = EndpointRecord { group, vm };
+        let record = EndpointRecord { group, member, vm };
         let sent = d.pending.values().rev().find_map(|p| match p {
             Pending::Claim { name: n, record } if n == name => Some(Some(record)),
             Pending::Release { name: n } if n == name => Some(None),
@@ -685,9 +685,14 @@ impl Control {
             // LOCATE_FIRST.
             // Not for a wire that turns loopback here: both ends are here
             // and nothing else is to come.
+            // (Not from a view that has not seen the arriving end leave
+            // again: its VM stopped here.)
+            let arriving = if w.endpoint == local { &peer } else { &local };
+            let stopped = self.dir.as_ref().is_some_and(|d| d.vm.get(arriving) == Some(&VmState::Stopped));
             let colocating = matches!(half, Half::Loopback { .. })
                 && matches!(w.peer, Peer::Remote { .. })
-                && (w.endpoint == local || w.endpoint == peer);
+                && (w.endpoint == local || w.endpoint == peer)
+                && !stopped;
             if migration && !colocating && !self.deferral_due(id) {
                 return;
             }
@@ -742,11 +747,15 @@ impl Control {
             return None;
         }
         let e = self.state.endpoint(name)?;
-        let group = self.ports[e.ix.ix()].as_ref()?.origin.group_may_use();
+        let member = self.ports[e.ix.ix()].as_ref()?.origin.member;
         for id in d.view.wires_of(name) {
             let cur = self.state.table().wire(ConnectorId(id));
+            // A wire with this id that is not the directory's is left alone.
+            if cur.is_some() && !d.made.contains(&ConnectorId(id)) {
+                continue;
+            }
             let by_group = d.view.wire(id).is_some_and(|w| w.value.by_group);
-            let (peer, encap, ends) = match d.view.arriving_half(id, &d.cfg.host, name, group) {
+            let (peer, encap, ends) = match d.view.arriving_half(id, &d.cfg.host, name, member) {
                 // The far end's encap half is here: the wire turns loopback.
                 Half::Loopback { a, b } if cur.is_none_or(|w| w.kind() == vw_wire::WireKind::Encap) => {
                     let other = if a == name { b } else { a };
@@ -793,7 +802,7 @@ impl Control {
     /// A MOVED ended wire `id`'s half here: its end left by live migration.
     pub(super) fn directory_left(&mut self, id: ConnectorId, end: &str) {
         let Some(d) = self.dir.as_mut() else { return };
-        if d.made.contains(&id) {
+        if d.view.wire(id.0).is_some() {
             d.left.insert(id.0, end.to_owned());
         }
     }
@@ -889,11 +898,11 @@ impl Control {
         for n in d.view.names_of(&d.cfg.host) {
             if let Some((h, c)) = d.view.owner(n).filter(|(h, _)| **h != d.cfg.host) {
                 let state = if d.view.host(h).is_some() { "up" } else { "down" };
-                let mine = d.view.claim(n, &d.cfg.host).is_some_and(|m| m.record.group);
-                if mine && !c.record.group {
+                let mine = d.view.claim(n, &d.cfg.host).is_some_and(|m| m.record.member);
+                if mine && !c.record.member {
                     problems.push(format!(
-                        "endpoint {n}: root's endpoint of this name lives on host {h} ({state}); an endpoint the \
-                         socket group may use does not take a root endpoint's name or wires"
+                        "endpoint {n}: root's endpoint of this name lives on host {h} ({state}); an endpoint a \
+                         member of the socket group added does not take a root endpoint's name or wires"
                     ));
                     continue;
                 }
