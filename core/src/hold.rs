@@ -130,6 +130,21 @@ pub fn arrive(st: &mut State, id: ConnectorId, end: &str, now: Instant) {
     st.set_hold(HoldAt::Inbound(id), held(id, HoldReason::AwaitingFlush, now + ACK_WAIT + FLUSH_WAIT, true));
 }
 
+/// Our LOCATE for wire `id` (end `end`) went out: what the end sends goes
+/// on behind it, without waiting for the ACK. The peer's workers hold a
+/// moment what comes from here before the LOCATE is applied there (see
+/// the fabric's `STRAY_WAIT`), so the end's frames wait for one message's
+/// way instead of the LOCATE's round trip through both control planes.
+/// Returns whether a hold was released.
+pub fn located(st: &mut State, end: &str, now: Instant) -> bool {
+    let from = HoldAt::From(end.to_owned());
+    let held = unreleased(st, &from, HoldReason::AwaitingAck);
+    if held {
+        release(st, from, now);
+    }
+    held
+}
+
 /// The peer `peer` acknowledged our LOCATE for wire `id` (end `end`);
 /// `previous` is where our end was before (unspecified: nowhere, or the
 /// peer itself, which then sends everything in order on one path).
@@ -370,6 +385,14 @@ mod tests {
         acked(&mut st, ConnectorId(7), "vmb", PEER, OLD, t0);
         let ex = expire(&mut st, t0 + FLUSH_WAIT, |_| true);
         assert!(ex.iter().any(|e| matches!(e, Expired::Released(at, _) if *at == inbound)), "{ex:?}");
+        // Its LOCATE sent, what it sends goes on behind it before the ACK
+        // (once); the peer's frames still wait for the old host.
+        arrive(&mut st, ConnectorId(7), "vmb", t0);
+        assert!(located(&mut st, "vmb", t0));
+        assert!(st.hold(&from).unwrap().released && !st.hold(&inbound).unwrap().released);
+        assert!(!located(&mut st, "vmb", t0), "released once");
+        acked(&mut st, ConnectorId(7), "vmb", PEER, OLD, t0);
+        assert_eq!(st.hold(&inbound).unwrap().flush_from, Some(OLD));
         // A disconnect ends every hold of the wire.
         st.disconnect(ConnectorId(7)).unwrap();
         assert_eq!(st.holds().count(), 0);

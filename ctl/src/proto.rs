@@ -547,6 +547,11 @@ pub struct MigrationStats {
     pub unsent: u64,
     /// Frames forwarded during grace periods, all wires.
     pub forwarded: u64,
+    /// How long frames from a wire's new peer waited in a worker for the
+    /// LOCATE that re-points the wire to be applied, the last time some
+    /// did (the longest of them), microseconds.
+    #[serde(default)]
+    pub stray_wait_last_us: u64,
 }
 
 /// Per-port counters in `stats`.

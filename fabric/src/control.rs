@@ -1800,6 +1800,7 @@ impl Control {
         });
         let Some(ch) = &mut self.mig else { return };
         let mut due = Vec::new();
+        let mut first = Vec::new();
         ch.pending.retain_mut(|p| {
             if p.next > now || !resolved.contains(&p.to) {
                 return true;
@@ -1810,11 +1811,27 @@ impl Control {
             }
             p.tries += 1;
             p.next = now + Pending::backoff(p.tries);
+            if p.tries == 1 {
+                first.push((p.msg.wire, p.msg.end.clone(), p.first));
+            }
             due.push(Outgoing { msg: p.msg.clone(), to: p.to, mac: None });
             true
         });
         for o in due {
             self.send_message(o);
+        }
+        // What the arrived end sends goes on behind its LOCATE.
+        if !first.is_empty() {
+            let mut next = self.state.clone();
+            for (id, end, since) in first {
+                if vw_core::hold::located(&mut next, &end, now) {
+                    crate::log(&format!(
+                        "wire {id}: location sent {} us after the connect; {end}'s frames go on behind it",
+                        now.saturating_duration_since(since).as_micros()
+                    ));
+                }
+            }
+            self.commit(next);
         }
     }
 

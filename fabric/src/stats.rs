@@ -141,12 +141,24 @@ pub enum Handled {
     Held,
     /// Held frames sent on once their hold was released, in order.
     Released,
+    /// Frames from a VTEP that was not (yet) their wire's peer, held for a
+    /// moment for the LOCATE of an end that moved there.
+    StrayHeld,
+    /// Of those, frames delivered once the LOCATE re-pointed the wire.
+    StrayReleased,
 }
 
 impl Handled {
     /// Every kind, in counter order.
-    pub const ALL: [Handled; 5] =
-        [Handled::ArpAnswered, Handled::ArpFromNeighbour, Handled::IcmpEchoAnswered, Handled::Held, Handled::Released];
+    pub const ALL: [Handled; 7] = [
+        Handled::ArpAnswered,
+        Handled::ArpFromNeighbour,
+        Handled::IcmpEchoAnswered,
+        Handled::Held,
+        Handled::Released,
+        Handled::StrayHeld,
+        Handled::StrayReleased,
+    ];
 
     /// Counter name.
     pub fn name(self) -> &'static str {
@@ -156,6 +168,8 @@ impl Handled {
             Handled::IcmpEchoAnswered => "icmp_echo_answered",
             Handled::Held => "held",
             Handled::Released => "released",
+            Handled::StrayHeld => "stray_held",
+            Handled::StrayReleased => "stray_released",
         }
     }
 }
@@ -281,6 +295,10 @@ pub struct WorkerStats {
     /// ARP sightings lost because the control plane's queue was full (the
     /// frames themselves are still counted as handled).
     pub arp_events_lost: AtomicU64,
+    /// How long the frames from a wire's new peer waited for its LOCATE to
+    /// be applied, the last time some were, in microseconds (the longest of
+    /// them; see `Handled::StrayReleased`).
+    pub stray_wait_last_us: AtomicU64,
     /// Drops by reason (see [`drop_name`]).
     pub drops: [AtomicU64; DROP_REASONS],
     /// Frames handled by the VTEP, by [`Handled`] kind.
@@ -311,6 +329,7 @@ impl WorkerStats {
             config_updates: AtomicU64::new(0),
             control_frames_sent: AtomicU64::new(0),
             arp_events_lost: AtomicU64::new(0),
+            stray_wait_last_us: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             handled: std::array::from_fn(|_| AtomicU64::new(0)),
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),

@@ -43,6 +43,23 @@ const HOLD_CAPACITY: usize = 64;
 const HOLD_PER_WIRE: usize = 16;
 /// How long a held frame waits for resolution before it is dropped.
 const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames a worker holds from a VTEP that is not (yet) their wire's peer,
+/// with the migration channel on: a wire end that moved there sends right
+/// away, and its LOCATE, in the same stream just ahead, re-points the wire
+/// a moment later (the control plane applies it). Beyond this, or after
+/// [`STRAY_WAIT`], such frames are dropped as `wrong_peer`.
+const STRAY_CAPACITY: usize = 256;
+/// How long a frame from a VTEP that is not its wire's peer waits for a
+/// LOCATE to re-point the wire there.
+const STRAY_WAIT: Duration = Duration::from_millis(100);
+
+/// A decapsulated frame from a VTEP its wire does not accept yet.
+struct Stray {
+    key: u64,
+    src: std::net::Ipv4Addr,
+    since: u64,
+    m: Mbuf,
+}
 
 /// A frame waiting for its wire's next hop to be resolved.
 struct Held {
@@ -104,6 +121,11 @@ struct Io {
     /// TSC at which the oldest held frame expires (u64::MAX when none).
     held_expiry: u64,
     hold_ticks: u64,
+    /// Frames from a VTEP their wire does not accept yet, oldest first
+    /// (see [`STRAY_CAPACITY`]); `stray_ticks` is [`STRAY_WAIT`] in TSC ticks.
+    stray: std::collections::VecDeque<Stray>,
+    stray_ticks: u64,
+    tsc_hz: u64,
 }
 
 /// Runs the poll loop until `stop` is set. Returns 0.
@@ -128,6 +150,9 @@ pub fn run(ctx: WorkerContext) -> i32 {
         held_len: 0,
         held_expiry: u64::MAX,
         hold_ticks: (vw_pmd::time::tsc_hz() as f64 * HOLD_TIMEOUT.as_secs_f64()) as u64,
+        stray: std::collections::VecDeque::with_capacity(STRAY_CAPACITY),
+        stray_ticks: (vw_pmd::time::tsc_hz() as f64 * STRAY_WAIT.as_secs_f64()) as u64,
+        tsc_hz: vw_pmd::time::tsc_hz().max(1),
     };
     let mut snap = initial;
     // Marks the worker dead when the loop ends, by return or by panic.
@@ -141,6 +166,11 @@ pub fn run(ctx: WorkerContext) -> i32 {
         }
         if io.held_len > 0 && (updated || vw_pmd::time::tsc() >= io.held_expiry) {
             io.release_held(&snap);
+        }
+        if let Some(first) = io.stray.front() {
+            if updated || vw_pmd::time::tsc() >= first.since + io.stray_ticks {
+                io.release_strays(&snap);
+            }
         }
         if !io.stalled.is_empty() {
             io.tend_stalled(&snap);
@@ -200,6 +230,7 @@ pub fn run(ctx: WorkerContext) -> i32 {
     for h in io.held.iter_mut() {
         *h = None;
     }
+    io.stray.clear();
     for tx in io.tx.iter_mut() {
         tx.discard();
     }
@@ -499,6 +530,18 @@ impl Io {
                     };
                     let target = match found {
                         Some(t) if t.accepts(d.src_ip) => t,
+                        Some(_) if up.underlay.migration_port != 0 && self.stray.len() < STRAY_CAPACITY => {
+                            // Perhaps the end moved there and its LOCATE is
+                            // being applied: held a moment, not delivered.
+                            if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
+                                self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+                                continue;
+                            }
+                            let since = vw_pmd::time::tsc();
+                            self.stray.push_back(Stray { key, src: d.src_ip, since, m });
+                            bump(&self.stats.handled[Handled::StrayHeld as usize], 1);
+                            continue;
+                        }
                         Some(_) => {
                             self.drop_frame(m, FabricDrop::WrongPeer.index());
                             continue;
@@ -564,6 +607,38 @@ impl Io {
             self.release_park(snap, key);
         }
         n
+    }
+
+    /// At a new snapshot, or when the oldest is due: frames from a VTEP
+    /// their wire now accepts (a LOCATE re-pointed it) go on, in order,
+    /// ahead of what comes next from there; those whose wait is over are
+    /// dropped as `wrong_peer`; the rest keep waiting, in order.
+    #[cold]
+    fn release_strays(&mut self, snap: &Snapshot) {
+        let now = vw_pmd::time::tsc();
+        let mut longest = None;
+        for _ in 0..self.stray.len() {
+            let Some(s) = self.stray.pop_front() else { break };
+            match snap.decap.get(&s.key).copied() {
+                Some(t) if t.accepts(s.src) && !t.forward => {
+                    let waited = now.saturating_sub(s.since) * 1_000_000 / self.tsc_hz;
+                    longest = longest.max(Some(waited));
+                    bump(&self.stats.handled[Handled::StrayReleased as usize], 1);
+                    if t.park != Park::No {
+                        self.park_frame(snap, s.key, s.m);
+                    } else {
+                        let len = s.m.pkt_len() as u64;
+                        self.send(snap, t.port, s.m);
+                        self.count_wire(t.slot, 1, 1, len, 0);
+                    }
+                }
+                _ if now >= s.since + self.stray_ticks => self.drop_frame(s.m, FabricDrop::WrongPeer.index()),
+                _ => self.stray.push_back(s),
+            }
+        }
+        if let Some(us) = longest {
+            self.stats.stray_wait_last_us.store(us, Relaxed);
+        }
     }
 
     /// Puts a burst received on an endpoint whose frames are held in its

@@ -535,10 +535,10 @@ fn f_underlay_capture_decodes_as_the_documented_format() {
                 "icmp.type",
             ],
         );
-        assert!(
-            rows.iter().all(|r| !r[8].is_empty() && !r[9].is_empty()),
-            "every UDP frame decodes as {encap}: {rows:?}"
-        );
+        assert!(rows.iter().all(|r| r[8] == "7"), "every UDP frame decodes as {encap} of wire 7: {rows:?}");
+        // The pings (an ARP exchange of the VMs' may be in the capture too,
+        // inside the tunnel: checked above, not below).
+        let rows: Vec<Vec<String>> = rows.into_iter().filter(|r| !r[9].is_empty()).collect();
         let (requests, replies) =
             (rows.iter().filter(|r| r[9] == "8").count(), rows.iter().filter(|r| r[9] == "0").count());
         assert!(requests >= 3 && replies >= 3, "echo requests and replies in both directions: {rows:?}");

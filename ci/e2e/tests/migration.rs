@@ -251,6 +251,12 @@ fn mac_of(ns: &Netns, iface: &str) -> String {
 /// Sends host `to` a vwire frame of wire 7 from host 1's VTEP, through the
 /// underlay bridge.
 fn late_frame(sender: &Netns, to: &Fabric, host: u8) {
+    sender.send_raw("eth0", &[frame_from(to, 1, host)]);
+}
+
+/// A vwire frame of wire 7 to fabric `to` (VTEP 10.77.0.`host`), as the
+/// fabric at 10.77.0.`src` would send it.
+fn frame_from(to: &Fabric, src: u8, host: u8) -> Vec<u8> {
     use vw_wire::{ConnectorId, Encap, EncapTemplate, MacAddr};
     let mac: MacAddr = to.json(&["status"])["uplink"]["mac"].as_str().unwrap().parse().unwrap();
     let t = EncapTemplate::new(
@@ -258,7 +264,7 @@ fn late_frame(sender: &Netns, to: &Fabric, host: u8) {
         ConnectorId(7),
         MacAddr::new(2, 0, 0, 0, 0, 1),
         mac,
-        [10, 77, 0, 1].into(),
+        [10, 77, 0, src].into(),
         [10, 77, 0, host].into(),
         vw_wire::vwire::DEFAULT_PORT,
         1500,
@@ -267,7 +273,75 @@ fn late_frame(sender: &Netns, to: &Fabric, host: u8) {
     inner[..6].copy_from_slice(&[2, 0, 0, 0, 0x0b, 0x0b]);
     inner[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
     inner[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-    sender.send_raw("eth0", &[vw_wire::underlay::build_tunnel_frame(&t, &inner, 40000)]);
+    vw_wire::underlay::build_tunnel_frame(&t, &inner, 40000)
+}
+
+/// An end's new host sends at once, before its LOCATE is applied at the
+/// peer: the peer's worker holds such frames a moment (`stray_held`) and
+/// delivers them once the LOCATE re-points the wire (`stray_released`),
+/// not as `wrong_peer`; a frame from a host that sends no LOCATE is
+/// dropped as `wrong_peer` after the wait, never delivered.
+#[test]
+fn frames_from_an_ends_new_host_wait_for_its_locate() {
+    let Some(env) = setup("migration-stray", &["python3"]) else { return };
+    let key = key_file(&env);
+    let mut underlay = Underlay::new(&env);
+    let mut h1 = host(&env, &mut underlay, 1, &key);
+    let mut h3 = host(&env, &mut underlay, 3, &key);
+    let sender = underlay.linux_host(&format!("vw{}-ul2", env.tag), "10.77.0.97/24");
+    let ta = format!("vw{}sa", env.tag);
+    h1.add_tap("vma", &ta);
+    let _vma = Vm::new(&format!("vw{}-sva", env.tag), &ta, "10.9.0.1/24", 1400);
+    h3.add_tap("vmb", &format!("vw{}sb", env.tag));
+    h1.ctl_ok(&["connect", WIRE, "vma", "10.77.0.2"]);
+    // Host 3 knows host 1's MAC already (a wire of its own there), as a
+    // prepared destination does: its LOCATE goes out at once.
+    h3.add_tap("other", &format!("vw{}sc", env.tag));
+    h3.ctl_ok(&["connect", "8", "other", "10.77.0.1"]);
+    wait_for("host 3 to resolve host 1", || h3.log_text().contains("wire 8: location sent"));
+    let stat = |f: &Fabric, k: &str| f.json(&["stats"])["handled"][k].as_u64().unwrap();
+    let delivered = |f: &Fabric| f.wire(7)["reverse"]["frames"].as_u64().unwrap();
+    let (wrong0, held0, got0) = (h1.drops("wrong_peer"), stat(&h1, "stray_held"), delivered(&h1));
+    // A sender that stays up: each line of hex it reads goes out at once.
+    let mut tx = sender.spawn(&[
+        "python3",
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('eth0',0))\n\
+         for l in sys.stdin:\n s.send(bytes.fromhex(l.strip())); print('sent', flush=True)",
+    ]);
+    let mut tx_in = tx.stdin.take().unwrap();
+    let mut tx_out = std::io::BufReader::new(tx.stdout.take().unwrap());
+    let mut send = |frame: Vec<u8>| {
+        use std::io::{BufRead, Write};
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(tx_in, "{hex}").unwrap();
+        let mut line = String::new();
+        tx_out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "sent");
+    };
+    let t0 = Instant::now();
+
+    // From host 3, just ahead of its connect (and so of its LOCATE).
+    send(frame_from(&h1, 3, 1));
+    let t1 = Instant::now();
+    h3.ctl_ok(&["connect", WIRE, "vmb", "10.77.0.1"]);
+    let t2 = Instant::now();
+    wait_for("host 1 to deliver the early frame", || stat(&h1, "stray_released") >= 1);
+    eprintln!("frame sent after {:?}, connect took {:?}", t1 - t0, t2 - t1);
+    assert_eq!(h1.wire(7)["peer"], "10.77.0.3", "re-pointed by the LOCATE");
+    assert_eq!(stat(&h1, "stray_held"), held0 + 1);
+    assert!(delivered(&h1) > got0, "the early frame reached vma");
+    assert_eq!(h1.drops("wrong_peer"), wrong0);
+    let waited = h1.json(&["stats"])["migration"]["stray_wait_last_us"].as_u64().unwrap();
+    eprintln!("the early frame waited {waited} us for the LOCATE");
+
+    // From a host that sends no LOCATE: held, then dropped, not delivered.
+    send(frame_from(&h1, 9, 1));
+    wait_for("the stray frame to be dropped", || h1.drops("wrong_peer") == wrong0 + 1);
+    let _ = tx.kill();
+    let _ = tx.wait();
+    assert_eq!(stat(&h1, "stray_held"), held0 + 2);
+    assert_eq!(stat(&h1, "stray_released"), 1);
 }
 
 #[test]
@@ -351,6 +425,14 @@ fn wire_follows_its_end_through_three_hosts_without_loss() {
         let switch_ms = t0.elapsed().as_secs_f64() * 1e3;
         // Host 1 applied every one of these moves (re-point, co-location, split).
         let applied_us = h[0].wire(7)["migration"]["last_move_us"].clone();
+        // B's frames that reached host 1 before the move was applied there
+        // wait for it (the last such wait).
+        let st1 = h[0].json(&["stats"]);
+        let stray = json!({
+            "released_total": st1["handled"]["stray_released"],
+            "last_wait_us": st1["migration"]["stray_wait_last_us"],
+        });
+        let applied_us = json!({ "apply_us": applied_us, "stray": stray });
         windows.push((from, to, start, moved, switch_ms, applied_us));
         b_iface = new_iface;
         // Steady traffic past the grace period before the next move.
@@ -383,7 +465,7 @@ fn wire_follows_its_end_through_three_hosts_without_loss() {
             "b_to_a": {"lost": ba.lost, "duplicated": ba.duplicated, "reordered": ba.reordered, "longest_gap_ms": ba.longest_gap_ms},
             "source_forwarded": moved["migration"]["forwarded"],
             "orchestration_ms": switch_ms,
-            "host1_apply_us": applied_us,
+            "host1": applied_us,
         }));
     }
     // The whole run, each way: every datagram sent arrived, once, in order.

@@ -498,6 +498,7 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
         }
         let changes_before = directory_changes(&hosts);
         let stopped_before = hosts[from].log_text().matches("vmb's VM stopped; holding frames").count();
+        let strays_before = hosts[0].json(&["stats"])["handled"]["stray_released"].as_u64().unwrap_or(0);
         let mut od = ob.clone();
         od.socket = socket;
         od.incoming = Some(47000 + (std::process::id() % 300) as u16 * 3 + k as u16);
@@ -548,16 +549,21 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
             m.total_ms,
             m.downtime_ms
         );
-        // The fabric's own share: the destination's wait for the peer's ACK
-        // (none when the VM came next to its peer), and the peer's time to
-        // switch its workers to the new path.
-        let ack_us = t
+        // The fabric's own share: how long the destination held B's first
+        // frames (until its LOCATE went out; none when the VM came next to
+        // its peer), how long host 1 held them until the LOCATE was applied
+        // there, and host 1's time to switch its workers to the new path.
+        let sent_us = t
             .log_text()
             .lines()
             .rev()
-            .find_map(|l| l.split("wire 7: 10.77.0.1 acknowledged the new location in ").nth(1))
-            .and_then(|r| r.trim_end_matches(" us").parse::<u64>().ok())
+            .find_map(|l| l.split("wire 7: location sent ").nth(1))
+            .and_then(|r| r.split(' ').next()?.parse::<u64>().ok())
             .filter(|_| to != 0);
+        let st1 = hosts[0].json(&["stats"]);
+        let strays = st1["handled"]["stray_released"].as_u64().unwrap_or(0);
+        let stray_us = st1["migration"]["stray_wait_last_us"].as_u64().filter(|_| strays > strays_before);
+        let ack_us = (sent_us, stray_us);
         let apply_us = hosts[0].wire(7)["migration"]["last_move_us"].as_u64().unwrap_or(0);
         done_moves.push((k, from, to, at, done, m, ack_us, apply_us));
     }
@@ -603,7 +609,7 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
     // host's clock; B's stop during each downtime. B's pauses are on B's
     // clock, which QEMU stops with the VM (so they leave the downtime out).
     let mut table = String::from(
-        "| move | QEMU total ms | QEMU downtime ms | B -> A pause at A, ms | over the downtime, ms | A -> B pause at B (B's clock), ms | destination waits for the ACK, us | host 1 switches, us |\n|---|---|---|---|---|---|---|---|\n",
+        "| move | QEMU total ms | QEMU downtime ms | B -> A pause at A, ms | over the downtime, ms | A -> B pause at B (B's clock), ms | destination holds B's frames, us | host 1 holds B's first frames, us | host 1 switches, us |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut b_stopped = 0.0;
     for (k, from, to, at, done, m, ack_us, apply_us) in &done_moves {
@@ -614,14 +620,15 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
         let ba = gap_in(&at_a, b_lo.max(0.0) as u64, b_hi as u64);
         b_stopped += m.downtime_ms as f64;
         table.push_str(&format!(
-            "| {} {} -> {} | {} | {} | {ba:.1} | {:.1} | {ab:.1} | {} | {apply_us} |\n",
+            "| {} {} -> {} | {} | {} | {ba:.1} | {:.1} | {ab:.1} | {} | {} | {apply_us} |\n",
             k + 1,
             names[*from],
             names[*to],
             m.total_ms,
             m.downtime_ms,
             ba - m.downtime_ms as f64,
-            ack_us.map_or("none (local)".to_string(), |u| u.to_string())
+            ack_us.0.map_or("none (local)".to_string(), |u| u.to_string()),
+            ack_us.1.map_or("none".to_string(), |u| u.to_string()),
         ));
     }
     eprintln!("QEMU live migration, {rate} datagrams/s each way:\n{table}");

@@ -62,6 +62,9 @@ pub(super) struct Dir {
     /// migration), with that end: not set up here again from a view that
     /// has not caught up yet, only once the VM runs here again.
     left: BTreeMap<u32, String>,
+    /// Wires with a local end but no half here, with the VTEP whose next
+    /// hop is kept resolved for the end's arrival ([`Control::directory_arm`]).
+    armed: BTreeMap<u32, std::net::Ipv4Addr>,
     /// Where the next allocated connector ID is looked for.
     next_alloc: u32,
     /// A full copy of the domain has been read since start.
@@ -91,6 +94,7 @@ impl Dir {
             problems: BTreeMap::new(),
             deferred: BTreeMap::new(),
             left: BTreeMap::new(),
+            armed: BTreeMap::new(),
             next_alloc: 1,
             synced: false,
             vm: HashMap::new(),
@@ -585,8 +589,56 @@ impl Control {
     }
 
     /// The half of directory wire `id` this host runs, brought to what the
-    /// view says: made, re-pointed, turned loopback or encap, or removed.
+    /// view says: made, re-pointed, turned loopback or encap, or removed;
+    /// and the next hop an arrival would use kept resolved.
     pub(super) fn reconcile(&mut self, id: u32) {
+        self.reconcile_half(id);
+        self.directory_arm(id);
+    }
+
+    /// A local endpoint that is an end of directory wire `id` without a
+    /// half here may see its VM arrive by live migration: the next hop to
+    /// the far end's host is kept resolved meanwhile (as for an armed
+    /// `connect --incoming`), so the arrival's LOCATE goes out at once.
+    pub(super) fn directory_arm(&mut self, id: u32) {
+        let Some(d) = self.dir.as_ref() else { return };
+        let mut want = None;
+        if self.mig.is_some() && self.state.table().wire(ConnectorId(id)).is_none() {
+            if let Some(w) = d.view.wire(id) {
+                want = [&w.value.a, &w.value.b].into_iter().find_map(|n| {
+                    self.state.endpoint(n)?;
+                    match d.view.location(w.value.other(n)?, &d.cfg.host) {
+                        Location::Host { vtep: IpAddr::V4(v), .. } => Some(v),
+                        _ => None,
+                    }
+                });
+            }
+        }
+        let had = d.armed.get(&id).copied();
+        if had == want {
+            return;
+        }
+        let mut next = self.state.clone();
+        if let Some(v) = had {
+            next.release(v);
+        }
+        if let Some(v) = want {
+            next.want(v, None, Instant::now());
+        }
+        self.commit(next);
+        let d = self.dir.as_mut().expect("directory");
+        match want {
+            Some(v) => {
+                d.armed.insert(id, v);
+                self.send_arp_requests();
+            }
+            None => {
+                d.armed.remove(&id);
+            }
+        }
+    }
+
+    fn reconcile_half(&mut self, id: u32) {
         let Some(d) = self.dir.as_ref() else { return };
         let cid = ConnectorId(id);
         let half = d.view.half(id, &d.cfg.host);
@@ -785,7 +837,9 @@ impl Control {
         d.made.insert(id);
         d.left.remove(&id.0);
         d.deferred.remove(&id.0);
-        match self.connect(id, name, peer, encap) {
+        let r = self.connect(id, name, peer, encap);
+        self.directory_arm(id.0);
+        match r {
             Ok(_) => {
                 crate::log(&format!("wire {id}: {name}'s VM started here; connected to {peer} (from the directory)"));
                 self.dir.as_mut().expect("directory").solved(&format!("wire {id}"));

@@ -415,6 +415,12 @@ impl Control {
                 pending: ch.pending.len(),
                 unsent: ch.unsent,
                 forwarded: ch.forwarded_before + live,
+                stray_wait_last_us: self
+                    .workers
+                    .iter()
+                    .map(|w| w.stats.stray_wait_last_us.load(Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0),
             }
         });
         proto::Stats {
