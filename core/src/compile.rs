@@ -172,6 +172,17 @@ fn wire_paths(plan: &mut Plan, st: &State, id: ConnectorId) {
             if let Some((ip, encap, _)) = m.and_then(|m| m.old) {
                 plan.decap.insert(decap_key(encap, id.0), DecapTarget::deliver(b.ix, slot, ip));
             }
+            // With the migration channel, an end that leaves for another
+            // host sends from there right behind its LOCATE: an entry that
+            // accepts no sender, so the workers hold those frames until the
+            // LOCATE splits the wire (then the encap entry takes them).
+            if has_uplink && st.config().migration.is_some() {
+                for e in Encap::ALL {
+                    plan.decap
+                        .entry(decap_key(e, id.0))
+                        .or_insert_with(|| DecapTarget::deliver(b.ix, slot, std::net::Ipv4Addr::UNSPECIFIED));
+                }
+            }
             arrived(plan, a.ix);
         }
         Peer::Remote { vtep, encap } => {

@@ -180,7 +180,7 @@ impl DecapTarget {
     /// Whether a frame from `src` may use this target.
     #[inline(always)]
     pub fn accepts(&self, src: Ipv4Addr) -> bool {
-        self.peer_ip == src || self.any_src || (self.alt_ip == src && !src.is_unspecified())
+        (self.peer_ip == src && !src.is_unspecified()) || self.any_src || (self.alt_ip == src && !src.is_unspecified())
     }
 }
 

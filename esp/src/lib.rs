@@ -29,7 +29,7 @@
 mod replay;
 mod sa;
 
-pub use replay::{ReplayWindow, WINDOW};
+pub use replay::{Refusal, ReplayWindow, WINDOW};
 pub use sa::{
     classify, Datagram, Inbound, KeyError, Keymat, OpenError, Opened, Outbound, SealError, HEADER_LEN, ICV_LEN,
     MAX_TRAILER_LEN, NAT_KEEPALIVE, PORT,

@@ -48,7 +48,7 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(1);
 /// away, and its LOCATE, in the same stream just ahead, re-points the wire
 /// a moment later (the control plane applies it). Beyond this, or after
 /// [`STRAY_WAIT`], such frames are dropped as `wrong_peer`.
-const STRAY_CAPACITY: usize = 256;
+const STRAY_CAPACITY: usize = 512;
 /// How long a frame from a VTEP that is not its wire's peer waits for a
 /// LOCATE to re-point the wire there.
 const STRAY_WAIT: Duration = Duration::from_millis(100);
@@ -56,6 +56,9 @@ const STRAY_WAIT: Duration = Duration::from_millis(100);
 /// A decapsulated frame from a VTEP its wire does not accept yet.
 struct Stray {
     key: u64,
+    /// The wire's counter slot when it came (a wire re-created with the
+    /// same id meanwhile does not get it).
+    slot: u32,
     src: std::net::Ipv4Addr,
     since: u64,
     m: Mbuf,
@@ -168,8 +171,10 @@ pub fn run(ctx: WorkerContext) -> i32 {
             io.release_held(&snap);
         }
         if let Some(first) = io.stray.front() {
-            if updated || vw_pmd::time::tsc() >= first.since + io.stray_ticks {
+            if updated {
                 io.release_strays(&snap);
+            } else if vw_pmd::time::tsc() >= first.since + io.stray_ticks {
+                io.expire_strays(&snap);
             }
         }
         if !io.stalled.is_empty() {
@@ -538,7 +543,8 @@ impl Io {
                                 continue;
                             }
                             let since = vw_pmd::time::tsc();
-                            self.stray.push_back(Stray { key, src: d.src_ip, since, m });
+                            let slot = found.map_or(u32::MAX, |t| t.slot);
+                            self.stray.push_back(Stray { key, slot, src: d.src_ip, since, m });
                             bump(&self.stats.handled[Handled::StrayHeld as usize], 1);
                             continue;
                         }
@@ -609,10 +615,10 @@ impl Io {
         n
     }
 
-    /// At a new snapshot, or when the oldest is due: frames from a VTEP
-    /// their wire now accepts (a LOCATE re-pointed it) go on, in order,
-    /// ahead of what comes next from there; those whose wait is over are
-    /// dropped as `wrong_peer`; the rest keep waiting, in order.
+    /// At a new snapshot: frames from a VTEP their wire now accepts (a
+    /// LOCATE re-pointed or split it) go on, in order, ahead of what comes
+    /// next from there; those whose wait is over are dropped; the rest keep
+    /// waiting, in order.
     #[cold]
     fn release_strays(&mut self, snap: &Snapshot) {
         let now = vw_pmd::time::tsc();
@@ -620,25 +626,50 @@ impl Io {
         for _ in 0..self.stray.len() {
             let Some(s) = self.stray.pop_front() else { break };
             match snap.decap.get(&s.key).copied() {
-                Some(t) if t.accepts(s.src) && !t.forward => {
+                Some(t) if t.slot == s.slot && t.accepts(s.src) => {
                     let waited = now.saturating_sub(s.since) * 1_000_000 / self.tsc_hz;
                     longest = longest.max(Some(waited));
                     bump(&self.stats.handled[Handled::StrayReleased as usize], 1);
                     if t.park != Park::No {
                         self.park_frame(snap, s.key, s.m);
+                    } else if t.forward {
+                        // Our end of the wire left meanwhile: passed on.
+                        match &snap.uplink {
+                            Some(up) => self.forward(snap, up, s.m, t.slot, s.key as u32),
+                            None => self.drop_frame(s.m, FabricDrop::WrongPeer.index()),
+                        }
                     } else {
                         let len = s.m.pkt_len() as u64;
                         self.send(snap, t.port, s.m);
                         self.count_wire(t.slot, 1, 1, len, 0);
                     }
                 }
-                _ if now >= s.since + self.stray_ticks => self.drop_frame(s.m, FabricDrop::WrongPeer.index()),
+                t if now >= s.since + self.stray_ticks => self.drop_stray(t.is_some_and(|t| t.slot == s.slot), s.m),
                 _ => self.stray.push_back(s),
             }
         }
         if let Some(us) = longest {
             self.stats.stray_wait_last_us.store(us, Relaxed);
         }
+    }
+
+    /// Between snapshots: the frames whose wait is over, from the front
+    /// (the queue is in arrival order), are dropped.
+    #[cold]
+    fn expire_strays(&mut self, snap: &Snapshot) {
+        let now = vw_pmd::time::tsc();
+        while self.stray.front().is_some_and(|s| now >= s.since + self.stray_ticks) {
+            let Some(s) = self.stray.pop_front() else { break };
+            let wire = snap.decap.get(&s.key).is_some_and(|t| t.slot == s.slot);
+            self.drop_stray(wire, s.m);
+        }
+    }
+
+    /// A held stray frame that no LOCATE claimed: `wrong_peer` while its
+    /// wire is still here, `unknown_connector` if the wire went.
+    fn drop_stray(&mut self, wire_here: bool, m: Mbuf) {
+        let reason = if wire_here { FabricDrop::WrongPeer } else { FabricDrop::UnknownConnector };
+        self.drop_frame(m, reason.index());
     }
 
     /// Puts a burst received on an endpoint whose frames are held in its

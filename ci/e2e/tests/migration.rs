@@ -257,11 +257,16 @@ fn late_frame(sender: &Netns, to: &Fabric, host: u8) {
 /// A vwire frame of wire 7 to fabric `to` (VTEP 10.77.0.`host`), as the
 /// fabric at 10.77.0.`src` would send it.
 fn frame_from(to: &Fabric, src: u8, host: u8) -> Vec<u8> {
+    frame_of(7, to, src, host)
+}
+
+/// [`frame_from`] for wire `wire`.
+fn frame_of(wire: u32, to: &Fabric, src: u8, host: u8) -> Vec<u8> {
     use vw_wire::{ConnectorId, Encap, EncapTemplate, MacAddr};
     let mac: MacAddr = to.json(&["status"])["uplink"]["mac"].as_str().unwrap().parse().unwrap();
     let t = EncapTemplate::new(
         Encap::Vwire,
-        ConnectorId(7),
+        ConnectorId(wire),
         MacAddr::new(2, 0, 0, 0, 0, 1),
         mac,
         [10, 77, 0, src].into(),
@@ -330,7 +335,7 @@ fn frames_from_an_ends_new_host_wait_for_its_locate() {
     eprintln!("frame sent after {:?}, connect took {:?}", t1 - t0, t2 - t1);
     assert_eq!(h1.wire(7)["peer"], "10.77.0.3", "re-pointed by the LOCATE");
     assert_eq!(stat(&h1, "stray_held"), held0 + 1);
-    assert!(delivered(&h1) > got0, "the early frame reached vma");
+    wait_for("the early frame to reach vma", || delivered(&h1) > got0);
     assert_eq!(h1.drops("wrong_peer"), wrong0);
     let waited = h1.json(&["stats"])["migration"]["stray_wait_last_us"].as_u64().unwrap();
     eprintln!("the early frame waited {waited} us for the LOCATE");
@@ -338,10 +343,25 @@ fn frames_from_an_ends_new_host_wait_for_its_locate() {
     // From a host that sends no LOCATE: held, then dropped, not delivered.
     send(frame_from(&h1, 9, 1));
     wait_for("the stray frame to be dropped", || h1.drops("wrong_peer") == wrong0 + 1);
-    let _ = tx.kill();
-    let _ = tx.wait();
     assert_eq!(stat(&h1, "stray_held"), held0 + 2);
     assert_eq!(stat(&h1, "stray_released"), 1);
+
+    // A loopback wire on host 1 whose end vmc leaves for host 3: what vmc
+    // sends from there right behind its LOCATE waits for the split too.
+    h1.add_tap("vmd", &format!("vw{}sd", env.tag));
+    h1.add_tap("vmc", &format!("vw{}se", env.tag));
+    h1.ctl_ok(&["connect", "9", "vmd", "vmc"]);
+    h3.add_tap("vmc", &format!("vw{}sf", env.tag));
+    let unknown0 = h1.drops("unknown_connector");
+    send(frame_of(9, &h1, 3, 1));
+    h3.ctl_ok(&["connect", "9", "vmc", "10.77.0.1"]);
+    wait_for("host 1 to deliver the split's early frame", || stat(&h1, "stray_released") >= 2);
+    let w9 = h1.wire(9);
+    assert_eq!((w9["kind"].as_str(), w9["peer"].as_str()), (Some("encap"), Some("10.77.0.3")), "{w9}");
+    assert_eq!(h1.drops("unknown_connector"), unknown0);
+    assert_eq!(h1.drops("wrong_peer"), wrong0 + 1);
+    let _ = tx.kill();
+    let _ = tx.wait();
 }
 
 #[test]
