@@ -89,17 +89,21 @@ impl Keymat {
     }
 }
 
-/// The nonce (salt || IV, RFC 4106 §4) and the AAD with an extended
-/// sequence number (SPI || seq high || seq low, RFC 4106 §5).
-fn nonce_aad(salt: [u8; 4], spi: u32, seq: u64) -> (Nonce, [u8; 12]) {
+/// The nonce: salt || IV (RFC 4106 §4).
+fn nonce(salt: [u8; 4], iv: [u8; 8]) -> Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&salt);
-    // The IV is the 64-bit sequence number: unique for the key (RFC 4106 §3.1).
-    n[4..].copy_from_slice(&seq.to_be_bytes());
-    let mut aad = [0u8; 12];
-    aad[..4].copy_from_slice(&spi.to_be_bytes());
-    aad[4..].copy_from_slice(&seq.to_be_bytes());
-    (Nonce::assume_unique_for_key(n), aad)
+    n[4..].copy_from_slice(&iv);
+    Nonce::assume_unique_for_key(n)
+}
+
+/// The AAD with an extended sequence number: SPI || seq high || seq low
+/// (RFC 4106 §5).
+fn aad(spi: u32, seq: u64) -> Aad<[u8; 12]> {
+    let mut a = [0u8; 12];
+    a[..4].copy_from_slice(&spi.to_be_bytes());
+    a[4..].copy_from_slice(&seq.to_be_bytes());
+    Aad::from(a)
 }
 
 /// Why a payload was not sealed.
@@ -182,9 +186,10 @@ impl Outbound {
         }
         rest[len + pad] = pad as u8;
         rest[len + pad + 1] = next_header;
-        let (nonce, aad) = nonce_aad(self.salt, self.spi, seq);
         let (text, tail) = rest.split_at_mut(body);
-        let tag = self.key.seal_in_place_separate_tag(nonce, Aad::from(aad), text).map_err(|_| SealError::NoRoom)?;
+        // The IV is the 64-bit sequence number: unique for the key (RFC 4106 §3.1).
+        let n = nonce(self.salt, seq.to_be_bytes());
+        let tag = self.key.seal_in_place_separate_tag(n, aad(self.spi, seq), text).map_err(|_| SealError::NoRoom)?;
         tail[..ICV_LEN].copy_from_slice(tag.as_ref());
         Ok(total)
     }
@@ -274,17 +279,12 @@ impl Inbound {
         })?;
         // The IV is what the sender put there (it need not be its sequence
         // number: Linux uses its own).
-        let mut n = [0u8; 12];
-        n[..4].copy_from_slice(&self.salt);
-        n[4..].copy_from_slice(&buf[8..16]);
-        let mut aad = [0u8; 12];
-        aad[..4].copy_from_slice(&self.spi.to_be_bytes());
-        aad[4..].copy_from_slice(&seq.to_be_bytes());
-        let nonce = Nonce::assume_unique_for_key(n);
+        let mut iv = [0u8; 8];
+        iv.copy_from_slice(&buf[8..16]);
         let body_len = {
             let text = &mut buf[HEADER_LEN..];
-            let plain = self.key.open_in_place(nonce, Aad::from(aad), text).map_err(|_| OpenError::AuthFailed)?;
-            plain.len()
+            let n = nonce(self.salt, iv);
+            self.key.open_in_place(n, aad(self.spi, seq), text).map_err(|_| OpenError::AuthFailed)?.len()
         };
         self.window.accept(seq);
         let end = HEADER_LEN + body_len;

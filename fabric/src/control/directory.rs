@@ -788,10 +788,9 @@ impl Control {
     /// once, as an armed `connect --incoming` would be (so the exchange's
     /// LOCATE re-points the peer without waiting for the directory, and
     /// nothing the VM sends meets an endpoint without a wire). The
-    /// directory then agrees once this host's `running` and the source's
-    /// `stopped` are written ([`View::arriving_half`]); a VM that did not
-    /// arrive by migration but runs while another host's VM of that name
-    /// still runs loses the name back to it after [`LOCATE_FIRST`].
+    /// directory then agrees once this host's `running` is written
+    /// ([`View::arriving_half`]: none while another host that is up still
+    /// has the name's VM running; the directory decides that case).
     pub(super) fn directory_arrival(&self, name: &str) -> Option<(ConnectorId, String, Option<EncapName>)> {
         let d = self.dir.as_ref().filter(|d| d.synced)?;
         self.mig.as_ref()?;
