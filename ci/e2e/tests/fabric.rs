@@ -91,7 +91,11 @@ fn encap_wire_carries_ping_and_tcp(encap: &str, overhead: u32) {
         assert_eq!(w["encap"], encap);
         assert_eq!(w["peer"], peer);
         assert_eq!(w["state"], "up");
-        assert!(u(&w["forward"]["frames"]) > 1000 && u(&w["reverse"]["frames"]) > 1000, "{w}");
+        // One direction carried the 8 MB (at least 8 MiB / 1400 frames),
+        // the other the pings' replies and TCP's ACKs (how many ACKs
+        // depends on the receiver's coalescing, so only a floor).
+        let (f, r) = (u(&w["forward"]["frames"]), u(&w["reverse"]["frames"]));
+        assert!(f.max(r) > (8 << 20) / 1400 && f.min(r) > 100, "{w}");
     }
     // What the wire carries, and that the endpoints' 1500-byte ports do
     // not fit it: in `wire list`, in `status` and once in the log.

@@ -347,6 +347,37 @@ fn gap_in(s: &Summary, from: u64, to: u64) -> f64 {
     s.gaps.iter().filter(|g| g.0 >= from && g.0 < to).map(|g| g.2).fold(0.0, f64::max)
 }
 
+/// What a guest's kernel counted on its network side: eth0's frames
+/// received and dropped, and UDP's datagrams received and those its
+/// sockets' buffers had no room for. The counters live in guest memory, so
+/// they follow the VM through its migrations.
+#[derive(Debug, Default, Clone, Copy)]
+struct GuestNet {
+    rx_frames: u64,
+    rx_dropped: u64,
+    udp_in: u64,
+    udp_rcvbuf_errors: u64,
+}
+
+fn guest_net(g: &mut Guest) -> GuestNet {
+    let out = g
+        .ok("cat /sys/class/net/eth0/statistics/rx_packets /sys/class/net/eth0/statistics/rx_dropped; grep '^Udp:' \
+         /proc/net/snmp");
+    let lines: Vec<&str> = out.lines().collect();
+    let num = |l: Option<&&str>| l.and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    let mut n = GuestNet { rx_frames: num(lines.first()), rx_dropped: num(lines.get(1)), ..Default::default() };
+    if let (Some(names), Some(values)) = (lines.get(2), lines.get(3)) {
+        for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            match k {
+                "InDatagrams" => n.udp_in = v.parse().unwrap_or(0),
+                "RcvbufErrors" => n.udp_rcvbuf_errors = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
 /// Whether a guest's kernel crashed in this run. Now and then a guest
 /// comes back from a live migration with corrupt memory (a `BUG:` in
 /// `timerqueue_del`, `list_add corruption`, then a reboot): about one
@@ -494,6 +525,7 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
     a.ok("(ping -i 0.01 192.168.7.2 > /tmp/ping.out 2>&1 &)");
     std::thread::sleep(std::time::Duration::from_secs(3));
 
+    let net_before = (guest_net(&mut a), guest_net(&mut b));
     let reasons = ["no_wire", "endpoint_down", "hold_overflow", "hold_expired"];
     let before: Vec<Vec<u64>> = hosts.iter().map(|h| reasons.iter().map(|r| h.drops(r)).collect()).collect();
     let all_before: Vec<Value> = hosts.iter().map(|h| h.all_drops()).collect();
@@ -626,6 +658,26 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
          awk '{n++; top=$1} END {print \"replies\", n, \"last_seq\", top}'",
     );
     let (at_a, at_b) = (stream_summary(&mut a), stream_summary(&mut b));
+    // Where frames to B could have gone: what the fabrics put in B's RX
+    // rings on every host, against what B's kernel took from them and what
+    // its socket had no room for.
+    let net_after = (guest_net(&mut a), guest_net(&mut b));
+    let to_b: u64 = hosts.iter().map(|h| h.port("vmb")["tx_packets"].as_u64().unwrap_or(0)).sum();
+    let to_a = hosts[0].port("vma")["tx_packets"].as_u64().unwrap_or(0);
+    let guests = [("A", to_a, net_before.0, net_after.0), ("B", to_b, net_before.1, net_after.1)]
+        .iter()
+        .map(|(g, put, before, after)| {
+            format!(
+                "{g}: the fabrics put {put} frames in its rings since it booted, its kernel took {} and dropped {}; \
+                 during the moves its UDP sockets took {} datagrams and had no room for {}\n",
+                after.rx_frames,
+                after.rx_dropped,
+                after.udp_in - before.udp_in,
+                after.udp_rcvbuf_errors - before.udp_rcvbuf_errors
+            )
+        })
+        .collect::<String>();
+    eprintln!("{guests}");
     let changed: Vec<String> = hosts
         .iter()
         .zip(&all_before)
@@ -688,7 +740,7 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
         assert_eq!(
             (got.distinct, got.duplicated, got.reordered, got.missing.len()),
             (sent, 0, 0, 0),
-            "{what}: {sent} sent, {got:?}\n{table}\n{}",
+            "{what}: {sent} sent, {got:?}\n{guests}\n{table}\n{}",
             ctx!()
         );
     }
@@ -698,7 +750,7 @@ fn three_moves_under_traffic(test: &str, directory: bool) {
         .find(|l| l.starts_with("replies"))
         .map(|l| l.split_whitespace().filter_map(|w| w.parse().ok()).collect())
         .unwrap_or_default();
-    assert!(replies.len() == 2 && replies[0] > 500 && replies[0] == replies[1] + 1, "pings: {ping}");
+    assert!(replies.len() == 2 && replies[0] > 500 && replies[0] == replies[1] + 1, "pings: {ping}\n{guests}");
 
     // The wire is where B is, and carries a transfer.
     assert!(hosts[1].wire(7)["kind"] == "encap" && hosts[1].wire(7)["state"] == "up", "{}", ctx!());
