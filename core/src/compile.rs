@@ -34,7 +34,7 @@ pub fn compile(st: &State) -> Plan {
 pub fn update(plan: &mut Plan, st: &mut State) {
     let dirty = st.take_dirty();
     for &id in &dirty.wires {
-        for e in [Encap::Vwire, Encap::Vxlan, Encap::Forward] {
+        for e in [Encap::Vwire, Encap::Vxlan, Encap::Forward, Encap::Secure, Encap::SecureVxlan] {
             plan.decap.remove(&decap_key(e, id.0));
             plan.parks.remove(&decap_key(e, id.0));
         }
@@ -177,7 +177,8 @@ fn wire_paths(plan: &mut Plan, st: &State, id: ConnectorId) {
             // accepts no sender, so the workers hold those frames until the
             // LOCATE splits the wire (then the encap entry takes them).
             if has_uplink && st.config().migration.is_some() {
-                for e in Encap::ALL {
+                // (Not the secure formats: their ends do not move.)
+                for e in [Encap::Vwire, Encap::Vxlan] {
                     plan.decap
                         .entry(decap_key(e, id.0))
                         .or_insert_with(|| DecapTarget::deliver(b.ix, slot, std::net::Ipv4Addr::UNSPECIFIED));

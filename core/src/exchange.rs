@@ -36,11 +36,14 @@ pub enum Refused {
     Unexpected,
     /// It could not be applied (no uplink, or the change could not be published).
     Unresolved,
+    /// It would move an end of a secure wire, whose SAs do not follow a
+    /// move yet: the wire stays where it is.
+    SecureWire,
 }
 
 impl Refused {
     /// Every reason, in `stats` order.
-    pub const ALL: [Refused; 10] = [
+    pub const ALL: [Refused; 11] = [
         Refused::Malformed,
         Refused::BadMac,
         Refused::WrongSource,
@@ -51,6 +54,7 @@ impl Refused {
         Refused::Conflict,
         Refused::Unexpected,
         Refused::Unresolved,
+        Refused::SecureWire,
     ];
 
     /// Its name in `stats` and the log.
@@ -66,6 +70,7 @@ impl Refused {
             Refused::Conflict => "conflict",
             Refused::Unexpected => "unexpected",
             Refused::Unresolved => "unresolved",
+            Refused::SecureWire => "secure_wire",
         }
     }
 }
@@ -180,6 +185,9 @@ pub fn on_locate(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Ref
             if msg.when_ns <= mv.remote_ns {
                 return Err(Refused::Stale);
             }
+            if encap.is_secure() || msg.encap.is_secure() {
+                return Err(Refused::SecureWire);
+            }
             // The remote end moved from `vtep` to `s`.
             let old_mac = st.next_hop_mac(*vtep);
             next.repoint(id, s, msg.encap).map_err(|_| Refused::Conflict)?;
@@ -210,6 +218,9 @@ pub fn on_locate(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Ref
             };
             if msg.when_ns <= mv.local_ns.max(mv.remote_ns) {
                 return Err(Refused::Stale);
+            }
+            if msg.encap.is_secure() {
+                return Err(Refused::SecureWire);
             }
             let d =
                 Departed { endpoint: msg.end.clone(), peer: Peer::Local(staying.clone()), to: s, until: now + grace };
@@ -252,6 +263,9 @@ pub fn on_moved(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Refu
     let id = msg.wire;
     let Some(w) = st.table().wire(id).cloned() else { return Err(Refused::UnknownWire) };
     let Peer::Remote { vtep, encap } = w.peer else { return Err(Refused::Conflict) };
+    if encap.is_secure() {
+        return Err(Refused::SecureWire);
+    }
     let Some(u) = st.config().uplink.clone() else { return Err(Refused::Unresolved) };
     // Only our end's peer may say so, about our end, to another host.
     if vtep != msg.from || msg.end != w.endpoint || msg.location == u.vtep {
@@ -318,6 +332,8 @@ pub fn on_flushed(st: &State, msg: &Message, now: Instant) -> Result<Outcome, Re
 pub enum ArrivalError {
     /// The wire is not an encap wire.
     NotEncap(ConnectorId),
+    /// The wire is secure: its SAs do not follow a move yet.
+    Secure(ConnectorId),
     /// The table refused.
     Table(TableError),
 }
@@ -336,6 +352,9 @@ pub fn colocate(
     let Some(Peer::Remote { vtep, encap }) = st.table().wire(id).map(|w| w.peer.clone()) else {
         return Err(ArrivalError::NotEncap(id));
     };
+    if encap.is_secure() {
+        return Err(ArrivalError::Secure(id));
+    }
     let resident = st.table().wire(id).map(|w| w.endpoint.clone()).unwrap_or_default();
     let mut next = st.clone();
     next.colocate(id, arriving).map_err(ArrivalError::Table)?;

@@ -10,7 +10,8 @@ use vw_wire::Encap;
 /// The largest MTU (IP packet size, the figure a guest is configured with)
 /// an encap wire in `encap` carries over an underlay of `underlay_mtu`.
 pub fn encap_carries(encap: Encap, underlay_mtu: u16) -> u16 {
-    underlay_mtu.saturating_sub(encap.overhead() as u16)
+    let frame = vw_wire::encap::max_inner_len_for(encap, underlay_mtu);
+    frame.saturating_sub(vw_wire::ethernet::HEADER_LEN).min(usize::from(u16::MAX)) as u16
 }
 
 /// What is wrong with endpoint `name`, at MTU `mtu` (0: not known), on a
@@ -49,6 +50,9 @@ mod tests {
         assert_eq!(encap_carries(Encap::Vxlan, 1500), 1450);
         assert_eq!(encap_carries(Encap::Vwire, 9000), 8954);
         assert_eq!(encap_carries(Encap::Vxlan, 20), 0);
+        // ESP's header, the datagram's UDP header and the longest trailer.
+        assert_eq!(encap_carries(Encap::Secure, 1500), 1412);
+        assert_eq!(encap_carries(Encap::SecureVxlan, 1500), 1408);
     }
 
     #[test]

@@ -140,11 +140,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// UDP destination port of a format.
+    /// UDP destination port of a format (for a secure format, of the datagram inside).
     pub fn udp_port(&self, encap: Encap) -> u16 {
         match (&self.uplink, encap) {
-            (Some(u), Encap::Vwire) => u.vwire_port,
-            (Some(u), Encap::Vxlan) => u.vxlan_port,
+            (Some(u), Encap::Vwire | Encap::Secure) => u.vwire_port,
+            (Some(u), Encap::Vxlan | Encap::SecureVxlan) => u.vxlan_port,
             (_, Encap::Forward) => self.migration.map_or(0, |m| m.port),
             (None, e) => e.default_port(),
         }

@@ -7,9 +7,12 @@
 //!   hands each valid request to the fabric's control thread over a channel.
 //!   It owns no fabric state and makes no DPDK call.
 //! * [`client`]: a blocking client, used by `vwctl` and the tests.
+//! * [`keyfile`]: a secure wire's key file, as `vwctl keygen` writes it and
+//!   `vwctl connect --key-file` reads it.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod keyfile;
 pub mod proto;
 pub mod server;
 

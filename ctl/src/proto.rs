@@ -11,13 +11,24 @@ use std::fmt;
 
 /// Tunnel format of an encap wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum EncapName {
     /// The VirtualWire connector format: UDP + 32-bit connector ID.
     #[default]
     Vwire,
     /// RFC 7348 VXLAN, VNI = connector ID.
     Vxlan,
+    /// A secure wire: the vwire datagram in ESP in UDP (AES-GCM); needs keys.
+    Secure,
+    /// A secure wire carrying VXLAN, as a Linux host's xfrm SA and VXLAN device do.
+    SecureVxlan,
+}
+
+impl EncapName {
+    /// A secure format (needs keys).
+    pub fn is_secure(self) -> bool {
+        matches!(self, EncapName::Secure | EncapName::SecureVxlan)
+    }
 }
 
 impl fmt::Display for EncapName {
@@ -25,8 +36,59 @@ impl fmt::Display for EncapName {
         f.write_str(match self {
             EncapName::Vwire => "vwire",
             EncapName::Vxlan => "vxlan",
+            EncapName::Secure => "secure",
+            EncapName::SecureVxlan => "secure-vxlan",
         })
     }
+}
+
+/// The keys of a secure wire, one SA per direction (what a key file holds;
+/// see [`crate::keyfile`]). Only root may send them. `Debug` shows the SPIs,
+/// never the key material.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureKeys {
+    /// SPI of the SA this end sends with.
+    pub out_spi: u32,
+    /// Its AES-GCM key and salt, hexadecimal as `ip xfrm` takes them.
+    pub out_key: String,
+    /// SPI of the SA this end receives with.
+    pub in_spi: u32,
+    /// Its key and salt.
+    pub in_key: String,
+}
+
+impl fmt::Debug for SecureKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecureKeys")
+            .field("out_spi", &format_args!("{:#010x}", self.out_spi))
+            .field("in_spi", &format_args!("{:#010x}", self.in_spi))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `wire list` shows of a secure wire: never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureInfo {
+    /// SPI of the outbound SA.
+    pub out_spi: u32,
+    /// SPI of the inbound SA.
+    pub in_spi: u32,
+    /// AES key length in bits (128 or 256), outbound.
+    pub key_bits: u32,
+    /// The last sequence number sent.
+    pub sent_seq: u64,
+    /// The highest sequence number received and verified.
+    pub received_seq: u64,
+    /// The sequence number the outbound SA may not pass before the fabric
+    /// has saved a higher one (so none repeats after a restart).
+    pub seq_limit: u64,
+    /// Inbound packets whose ICV did not verify.
+    pub auth_failed: u64,
+    /// Inbound packets received before or below the replay window.
+    pub replayed: u64,
+    /// Inbound packets with this wire's SPI from an address that is not its peer's.
+    pub wrong_peer: u64,
 }
 
 /// How an endpoint's device is created.
@@ -103,6 +165,9 @@ pub enum Request {
         /// prepared, so the wire follows the VM with no command at switch-over.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         incoming: bool,
+        /// A secure wire's keys (root only; required for `secure` formats).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keys: Option<SecureKeys>,
     },
     /// Disconnect a wire.
     Disconnect {
@@ -410,7 +475,9 @@ pub struct WireInfo {
     pub forward: FlowCounters,
     /// Frames that entered at `peer` and left at `endpoint`.
     pub reverse: FlowCounters,
-    /// Frames dropped on this wire (too big, no headroom, peer unresolved, TX full).
+    /// Frames dropped on this wire (too big, no headroom, peer unresolved,
+    /// TX full; for a secure wire also its inbound packets that failed
+    /// authentication, were replayed or came from another address).
     pub dropped: u64,
     /// Moves of this wire's ends seen by this fabric (with `--migration-key-file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,6 +493,9 @@ pub struct WireInfo {
     /// A wire of the endpoint directory: where each end lives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ends: Vec<WireEnd>,
+    /// A secure wire's SAs (no key material).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureInfo>,
 }
 
 impl WireInfo {
@@ -453,6 +523,7 @@ impl WireInfo {
             carries_mtu: None,
             mtu_warning: None,
             ends: Vec::new(),
+            secure: None,
         }
     }
 }
@@ -641,6 +712,7 @@ mod tests {
             peer: "10.0.0.2".into(),
             encap: Some(EncapName::Vxlan),
             incoming: false,
+            keys: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"cmd":"connect","wire":7,"endpoint":"vm1","peer":"10.0.0.2","encap":"vxlan"}"#);

@@ -29,8 +29,8 @@
 mod replay;
 mod sa;
 
-pub use replay::{Refusal, ReplayWindow, WINDOW};
+pub use replay::{Refusal, ReplayWindow, SharedWindow, Window, WINDOW};
 pub use sa::{
-    classify, Datagram, Inbound, KeyError, Keymat, OpenError, Opened, Outbound, SealError, HEADER_LEN, ICV_LEN,
-    MAX_TRAILER_LEN, NAT_KEEPALIVE, PORT,
+    classify, Datagram, Inbound, KeyError, Keymat, OpenError, OpenKey, Opened, Outbound, SealError, SealKey,
+    SharedOutbound, HEADER_LEN, ICV_LEN, MAX_TRAILER_LEN, NAT_KEEPALIVE, PORT,
 };

@@ -1,8 +1,9 @@
 //! Security associations: one direction of one wire, its key, its SPI and
 //! its sequence numbers.
 
-use crate::replay::{Refusal, ReplayWindow};
+use crate::replay::{Refusal, ReplayWindow, Window};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The UDP port of ESP in UDP (RFC 3948), source and destination.
 pub const PORT: u16 = 4500;
@@ -41,6 +42,16 @@ pub enum KeyError {
     /// Not hexadecimal.
     #[error("key material must be hexadecimal (optionally with a leading 0x), as `ip xfrm` takes it")]
     NotHex,
+    /// The operating system's random generator failed.
+    #[error("the system's random generator failed")]
+    Random,
+}
+
+impl Drop for Keymat {
+    fn drop(&mut self) {
+        self.bytes.fill(0);
+        std::hint::black_box(&self.bytes);
+    }
 }
 
 impl Keymat {
@@ -76,6 +87,43 @@ impl Keymat {
     /// The AES key's length in bits: 128 or 256.
     pub fn bits(&self) -> usize {
         (self.len - 4) * 8
+    }
+
+    /// Fresh key material from the operating system's generator: a
+    /// `bits`-bit key (128 or 256) and a salt.
+    pub fn generate(bits: usize) -> Result<Keymat, KeyError> {
+        use ring::rand::SecureRandom;
+        let n = match bits {
+            128 => 20,
+            256 => 36,
+            _ => return Err(KeyError::Length(bits / 8 + 4)),
+        };
+        let mut raw = [0u8; 36];
+        ring::rand::SystemRandom::new().fill(&mut raw[..n]).map_err(|_| KeyError::Random)?;
+        let k = Keymat::new(&raw[..n]);
+        raw.fill(0);
+        k
+    }
+
+    /// A name for this key that does not reveal it: SHA-256 over a label
+    /// and the material, 128 bits in hex. The fabric keeps the names of
+    /// the keys it used so that none is used twice.
+    pub fn fingerprint(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"VirtualWire secure wire key v1\0");
+        ctx.update(&self.bytes[..self.len]);
+        ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The material as hexadecimal with a leading `0x`, as `ip xfrm` and
+    /// [`Keymat::from_hex`] take it. For key files only: never log it.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(2 + 2 * self.len);
+        s.push_str("0x");
+        for b in &self.bytes[..self.len] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
     }
 
     fn split(&self) -> (LessSafeKey, [u8; 4]) {
@@ -117,35 +165,27 @@ pub enum SealError {
     NoRoom,
 }
 
-/// The outbound SA of a wire: seals payloads for the peer.
-pub struct Outbound {
+/// The key of an outbound SA: seals a payload in place with the sequence
+/// number it is given. Read-only, so several senders may share it; each
+/// sequence number must be used once ([`Outbound`] counts them for one
+/// sender, [`SharedOutbound`] hands out ranges to several).
+pub struct SealKey {
     spi: u32,
     key: LessSafeKey,
     salt: [u8; 4],
-    /// The last sequence number used (the first sent is 1).
-    seq: u64,
-    /// Sequence numbers above this are not used (a rekey must come first).
-    limit: u64,
 }
 
-impl core::fmt::Debug for Outbound {
+impl core::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Outbound").field("spi", &format_args!("{:#010x}", self.spi)).field("seq", &self.seq).finish()
+        f.debug_struct("SealKey").field("spi", &format_args!("{:#010x}", self.spi)).finish_non_exhaustive()
     }
 }
 
-impl Outbound {
-    /// An SA with SPI `spi` (not 0: RFC 4303 §2.1; 1-255 are reserved by
-    /// IANA) and key material `k`, sending from sequence number 1.
-    pub fn new(spi: u32, k: &Keymat) -> Outbound {
+impl SealKey {
+    /// The key of SPI `spi` (not 0: RFC 4303 §2.1) from material `k`.
+    pub fn new(spi: u32, k: &Keymat) -> SealKey {
         let (key, salt) = k.split();
-        Outbound { spi, key, salt, seq: 0, limit: u64::MAX }
-    }
-
-    /// Sets the last sequence number this SA may use (a packet lifetime).
-    pub fn with_limit(mut self, packets: u64) -> Outbound {
-        self.limit = packets;
-        self
+        SealKey { spi, key, salt }
     }
 
     /// Its SPI.
@@ -153,29 +193,21 @@ impl Outbound {
         self.spi
     }
 
-    /// The last sequence number used.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
     /// Seals, in place, the `len` payload bytes at `buf[HEADER_LEN..]`
-    /// whose protocol is `next_header` (17 for a UDP tunnel datagram):
-    /// writes the ESP header in `buf[..HEADER_LEN]`, pads, encrypts and
-    /// appends the ICV. `buf` must have [`MAX_TRAILER_LEN`] bytes of room
-    /// after the payload. Returns the ESP packet's length (from the SPI to
-    /// the end of the ICV).
-    pub fn seal(&mut self, buf: &mut [u8], len: usize, next_header: u8) -> Result<usize, SealError> {
+    /// whose protocol is `next_header` (17 for a UDP tunnel datagram), as
+    /// packet `seq` (never 0, never used before with this key): writes the
+    /// ESP header in `buf[..HEADER_LEN]`, pads, encrypts and appends the
+    /// ICV. `buf` must have room for the trailer after the payload
+    /// ([`MAX_TRAILER_LEN`] at most). Returns the ESP packet's length (from
+    /// the SPI to the end of the ICV).
+    #[inline]
+    pub fn seal(&self, seq: u64, buf: &mut [u8], len: usize, next_header: u8) -> Result<usize, SealError> {
         let pad = (4 - (len + 2) % 4) % 4;
         let body = len + pad + 2;
         let total = HEADER_LEN + body + ICV_LEN;
         if buf.len() < total {
             return Err(SealError::NoRoom);
         }
-        if self.seq >= self.limit {
-            return Err(SealError::Expired);
-        }
-        self.seq += 1;
-        let seq = self.seq;
         let (hdr, rest) = buf.split_at_mut(HEADER_LEN);
         hdr[..4].copy_from_slice(&self.spi.to_be_bytes());
         hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
@@ -192,6 +224,126 @@ impl Outbound {
         let tag = self.key.seal_in_place_separate_tag(n, aad(self.spi, seq), text).map_err(|_| SealError::NoRoom)?;
         tail[..ICV_LEN].copy_from_slice(tag.as_ref());
         Ok(total)
+    }
+}
+
+/// The outbound SA of a wire with one sender: seals payloads for the peer.
+pub struct Outbound {
+    key: SealKey,
+    /// The last sequence number used (the first sent is 1).
+    seq: u64,
+    /// Sequence numbers above this are not used (a rekey must come first).
+    limit: u64,
+}
+
+impl core::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("spi", &format_args!("{:#010x}", self.key.spi))
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// An SA with SPI `spi` (not 0: RFC 4303 §2.1; 1-255 are reserved by
+    /// IANA) and key material `k`, sending from sequence number 1.
+    pub fn new(spi: u32, k: &Keymat) -> Outbound {
+        Outbound { key: SealKey::new(spi, k), seq: 0, limit: u64::MAX }
+    }
+
+    /// Sets the last sequence number this SA may use (a packet lifetime).
+    pub fn with_limit(mut self, packets: u64) -> Outbound {
+        self.limit = packets;
+        self
+    }
+
+    /// Its SPI.
+    pub fn spi(&self) -> u32 {
+        self.key.spi
+    }
+
+    /// The last sequence number used.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Seals with the next sequence number: see [`SealKey::seal`].
+    pub fn seal(&mut self, buf: &mut [u8], len: usize, next_header: u8) -> Result<usize, SealError> {
+        if HEADER_LEN + len + (4 - (len + 2) % 4) % 4 + 2 + ICV_LEN > buf.len() {
+            return Err(SealError::NoRoom);
+        }
+        if self.seq >= self.limit {
+            return Err(SealError::Expired);
+        }
+        self.seq += 1;
+        self.key.seal(self.seq, buf, len, next_header)
+    }
+}
+
+/// The outbound SA of a wire that several senders (workers) use at once:
+/// the key is shared read-only; each sender reserves a range of sequence
+/// numbers for a burst with one atomic add ([`SharedOutbound::reserve`]),
+/// then seals each packet of it with its own number, without further
+/// synchronisation. The receiver's window (2048) absorbs the reordering
+/// between senders.
+pub struct SharedOutbound {
+    key: SealKey,
+    /// The next sequence number to hand out.
+    next: AtomicU64,
+    /// Sequence numbers above this are not used (until it is raised).
+    limit: AtomicU64,
+}
+
+impl core::fmt::Debug for SharedOutbound {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedOutbound")
+            .field("spi", &format_args!("{:#010x}", self.key.spi))
+            .field("sent", &self.sent())
+            .finish()
+    }
+}
+
+impl SharedOutbound {
+    /// An SA with SPI `spi` and key material `k`, sending from sequence
+    /// number `first` (1 for a new SA), using none above `limit`.
+    pub fn new(spi: u32, k: &Keymat, first: u64, limit: u64) -> SharedOutbound {
+        SharedOutbound { key: SealKey::new(spi, k), next: AtomicU64::new(first.max(1)), limit: AtomicU64::new(limit) }
+    }
+
+    /// The key, to seal with the numbers [`SharedOutbound::reserve`] gave.
+    #[inline(always)]
+    pub fn key(&self) -> &SealKey {
+        &self.key
+    }
+
+    /// The last sequence number handed out (0: none).
+    pub fn sent(&self) -> u64 {
+        self.next.load(Relaxed).saturating_sub(1).min(self.limit())
+    }
+
+    /// The highest sequence number that may be handed out now.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Relaxed)
+    }
+
+    /// Lets numbers up to `limit` be handed out (never lowers it).
+    pub fn raise_limit(&self, limit: u64) {
+        if limit > self.limit() {
+            self.limit.store(limit, Relaxed);
+        }
+    }
+
+    /// Reserves `n` consecutive sequence numbers: returns the first and
+    /// how many of them may be used (fewer than `n`, or 0, at the limit).
+    #[inline]
+    pub fn reserve(&self, n: u64) -> (u64, u64) {
+        let first = self.next.fetch_add(n, Relaxed);
+        let limit = self.limit();
+        if first > limit {
+            return (first, 0);
+        }
+        (first, n.min(limit - first + 1))
     }
 }
 
@@ -226,28 +378,27 @@ pub struct Opened {
     pub seq: u64,
 }
 
-/// The inbound SA of a wire: opens what the peer sealed.
-pub struct Inbound {
+/// The key of an inbound SA: opens what the peer sealed, against a replay
+/// window the caller keeps ([`Inbound`] for one receiver, a
+/// [`SharedWindow`](crate::SharedWindow) for a receiver that moves between
+/// threads).
+pub struct OpenKey {
     spi: u32,
     key: LessSafeKey,
     salt: [u8; 4],
-    window: ReplayWindow,
 }
 
-impl core::fmt::Debug for Inbound {
+impl core::fmt::Debug for OpenKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Inbound")
-            .field("spi", &format_args!("{:#010x}", self.spi))
-            .field("top", &self.window.top())
-            .finish()
+        f.debug_struct("OpenKey").field("spi", &format_args!("{:#010x}", self.spi)).finish_non_exhaustive()
     }
 }
 
-impl Inbound {
-    /// An SA with SPI `spi` and key material `k`, nothing received yet.
-    pub fn new(spi: u32, k: &Keymat) -> Inbound {
+impl OpenKey {
+    /// The key of SPI `spi` from material `k`.
+    pub fn new(spi: u32, k: &Keymat) -> OpenKey {
         let (key, salt) = k.split();
-        Inbound { spi, key, salt, window: ReplayWindow::new() }
+        OpenKey { spi, key, salt }
     }
 
     /// Its SPI.
@@ -255,16 +406,13 @@ impl Inbound {
         self.spi
     }
 
-    /// The highest sequence number received.
-    pub fn top(&self) -> u64 {
-        self.window.top()
-    }
-
     /// Opens, in place, the ESP packet `buf` (from the SPI to the end of
     /// the ICV; the caller found this SA by the SPI in it): the replay
     /// window is checked, then the ICV, then the window moves; only then
-    /// is the payload decrypted in `buf` and its range returned.
-    pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened, OpenError> {
+    /// is the payload's range returned. A packet that fails leaves `buf`
+    /// unspecified (it is dropped) and the window as it was.
+    #[inline]
+    pub fn open(&self, buf: &mut [u8], window: &mut impl Window) -> Result<Opened, OpenError> {
         if buf.len() < HEADER_LEN + 2 + ICV_LEN {
             return Err(OpenError::Malformed);
         }
@@ -272,8 +420,8 @@ impl Inbound {
             return Err(OpenError::UnknownSpi);
         }
         let low = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let seq = self.window.infer(low);
-        self.window.check(seq).map_err(|r| match r {
+        let seq = window.infer(low);
+        window.check(seq).map_err(|r| match r {
             Refusal::Replayed => OpenError::Replayed,
             Refusal::TooOld => OpenError::TooOld,
         })?;
@@ -286,13 +434,50 @@ impl Inbound {
             let n = nonce(self.salt, iv);
             self.key.open_in_place(n, aad(self.spi, seq), text).map_err(|_| OpenError::AuthFailed)?.len()
         };
-        self.window.accept(seq);
+        window.accept(seq);
         let end = HEADER_LEN + body_len;
         let (pad, next_header) = (usize::from(buf[end - 2]), buf[end - 1]);
         if pad + 2 > body_len || buf[end - 2 - pad..end - 2].iter().enumerate().any(|(i, b)| *b != i as u8 + 1) {
             return Err(OpenError::Malformed);
         }
         Ok(Opened { payload: HEADER_LEN..end - 2 - pad, next_header, seq })
+    }
+}
+
+/// The inbound SA of a wire with one receiver: opens what the peer sealed.
+pub struct Inbound {
+    key: OpenKey,
+    window: ReplayWindow,
+}
+
+impl core::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("spi", &format_args!("{:#010x}", self.key.spi))
+            .field("top", &self.window.top())
+            .finish()
+    }
+}
+
+impl Inbound {
+    /// An SA with SPI `spi` and key material `k`, nothing received yet.
+    pub fn new(spi: u32, k: &Keymat) -> Inbound {
+        Inbound { key: OpenKey::new(spi, k), window: ReplayWindow::new() }
+    }
+
+    /// Its SPI.
+    pub fn spi(&self) -> u32 {
+        self.key.spi
+    }
+
+    /// The highest sequence number received.
+    pub fn top(&self) -> u64 {
+        self.window.top()
+    }
+
+    /// Opens, in place: see [`OpenKey::open`].
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened, OpenError> {
+        self.key.open(buf, &mut self.window)
     }
 }
 
@@ -426,5 +611,43 @@ mod tests {
         assert_eq!(classify(&[0, 0, 0, 0, 1, 2, 3]), Datagram::Ike);
         assert_eq!(classify(&[1, 2, 3]), Datagram::Malformed);
         assert_eq!(classify(&[0u8; 3]), Datagram::Malformed);
+    }
+
+    #[test]
+    fn shared_senders_reserve_disjoint_numbers_up_to_the_limit() {
+        let k = keys(128);
+        let out = SharedOutbound::new(0x3003, &k, 1, 100);
+        assert_eq!(out.reserve(32), (1, 32));
+        assert_eq!(out.reserve(32), (33, 32));
+        assert_eq!(out.reserve(32), (65, 32));
+        assert_eq!(out.reserve(32), (97, 4), "only 97..=100 are left");
+        assert_eq!(out.reserve(1).1, 0);
+        assert_eq!(out.sent(), 100);
+        out.raise_limit(50);
+        assert_eq!(out.limit(), 100, "never lowered");
+        out.raise_limit(200);
+        assert_eq!(out.reserve(10).1, 10, "raised: more may go");
+        // Packets sealed with reserved numbers open in any order.
+        let mut inb = Inbound::new(0x3003, &k);
+        for seq in [5u64, 3, 4, 90] {
+            let mut buf = vec![0u8; HEADER_LEN + 10 + MAX_TRAILER_LEN];
+            let n = out.key().seal(seq, &mut buf, 10, 17).unwrap();
+            buf.truncate(n);
+            assert_eq!(inb.open(&mut buf).unwrap().seq, seq);
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_fresh_and_read_back() {
+        let (a, b) = (Keymat::generate(128).unwrap(), Keymat::generate(256).unwrap());
+        assert_eq!((a.bits(), b.bits()), (128, 256));
+        assert_ne!(a, Keymat::generate(128).unwrap());
+        assert_eq!(Keymat::from_hex(&a.to_hex()).unwrap(), a);
+        assert_eq!(a.to_hex().len(), 2 + 40);
+        assert!(Keymat::generate(192).is_err());
+        let fp = a.fingerprint();
+        assert_eq!((fp.len(), fp.clone()), (32, Keymat::from_hex(&a.to_hex()).unwrap().fingerprint()));
+        assert_ne!(fp, b.fingerprint());
+        assert!(!a.to_hex().contains(&fp[..8]), "not the key itself");
     }
 }

@@ -15,8 +15,9 @@
 mod directory;
 mod hold;
 mod report;
+mod secure;
 
-use crate::persist::{Change, Origin, Saved, SavedIncoming, SavedWire, Store};
+use crate::persist::{Change, Origin, Saved, SavedIncoming, SavedSecure, SavedWire, Store};
 use crate::snapshot::{self, new_handoff, Handoff, Mailbox, PortDevice, PortIndex, Snapshot};
 use crate::sockdir::SockDir;
 use crate::stats::{FabricDrop, PortTotals, WireTotals, WorkerStats, RXQ_SLOTS};
@@ -379,6 +380,10 @@ pub struct Control {
     last_rates: Instant,
     /// The endpoint directory, with `--directory`.
     dir: Option<directory::Dir>,
+    /// Secure wires' SAs, as the next snapshot carries them.
+    secure: Arc<crate::secure::SecureTable>,
+    /// Secure wires' keys and the sequence floors saved for them.
+    secure_saved: BTreeMap<ConnectorId, SavedSecure>,
 }
 
 impl Control {
@@ -408,7 +413,13 @@ impl Control {
         let plan = compile::compile(&state);
         state.take_dirty();
         let devices: Arc<[PortDevice]> = devices.into();
-        let current = Arc::new(Snapshot { version: 1, plan, devices: devices.clone(), parks: Default::default() });
+        let current = Arc::new(Snapshot {
+            version: 1,
+            plan,
+            devices: devices.clone(),
+            parks: Default::default(),
+            secure: Default::default(),
+        });
         let settings_max_wires = settings.max_wires;
         Control {
             mig: settings.migration.clone().map(Channel::new),
@@ -440,6 +451,8 @@ impl Control {
             last_rebalance: Instant::now(),
             oversize_logged: (0, None),
             mtu_logged: HashMap::new(),
+            secure: Arc::default(),
+            secure_saved: BTreeMap::new(),
             incoming: BTreeMap::new(),
             hold_expired: 0,
             rates: vec![hold::WireRate::default(); settings_max_wires],
@@ -579,10 +592,11 @@ impl Control {
                 })
             }
             Request::EndpointList => Ok(Reply::ok(&self.endpoint_list())),
-            Request::Connect { wire, endpoint, peer, encap, incoming } => {
+            Request::Connect { wire, endpoint, peer, encap, incoming, keys } => {
                 // A peer that names a local endpoint makes a loopback wire:
                 // both ends must be the caller's to use.
                 let r = self.may_use(role, &[endpoint.as_str(), peer.as_str()], "connect").and_then(|_| {
+                    self.check_secure_request(role, *encap, keys.as_ref(), *incoming)?;
                     let Some(wire) = wire else {
                         return Err(Refusal::new(
                             ErrorCode::InvalidArgument,
@@ -595,10 +609,12 @@ impl Control {
                             },
                         ));
                     };
-                    if *incoming {
-                        self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap)
-                    } else {
-                        self.connect(ConnectorId(*wire), endpoint, peer, *encap)
+                    match (encap, keys) {
+                        (Some(e), Some(k)) if e.is_secure() => {
+                            self.connect_secure(ConnectorId(*wire), endpoint, peer, *e, k)
+                        }
+                        _ if *incoming => self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap),
+                        _ => self.connect(ConnectorId(*wire), endpoint, peer, *encap),
                     }
                 });
                 if r.is_ok() {
@@ -665,7 +681,8 @@ impl Control {
         self.next_version += 1;
         let devices = devices.unwrap_or_else(|| self.devices.clone());
         let (parks, retired) = self.parks_for(&plan);
-        let snap = Arc::new(Snapshot { version, plan, devices, parks });
+        let secure = self.secure.clone();
+        let snap = Arc::new(Snapshot { version, plan, devices, parks, secure });
         if let Err(e) = snapshot::publish(&self.mailboxes, snap.clone(), PUBLISH_TIMEOUT) {
             let msg = format!("{e}; stopping the fabric");
             crate::log(&msg);
@@ -1239,6 +1256,8 @@ impl Control {
                 let encap = match encap.unwrap_or_default() {
                     EncapName::Vwire => Encap::Vwire,
                     EncapName::Vxlan => Encap::Vxlan,
+                    EncapName::Secure => Encap::Secure,
+                    EncapName::SecureVxlan => Encap::SecureVxlan,
                 };
                 Ok(Peer::Remote { vtep, encap })
             }
@@ -1300,7 +1319,8 @@ impl Control {
         }
         let (local_ns, remote_ns) = restored.unwrap_or((now_ns(), 0));
         let locate = match (&peer, &self.mig) {
-            (Peer::Remote { vtep, encap }, Some(ch)) => {
+            // A secure wire's ends do not move: nothing to announce.
+            (Peer::Remote { vtep, encap }, Some(ch)) if !encap.is_secure() => {
                 // Our end arrives here: frames its old host passes on are taken.
                 let m = next.move_mut(id);
                 m.local_ns = local_ns.max(1);
@@ -1352,13 +1372,19 @@ impl Control {
     fn disconnect_half(&mut self, id: ConnectorId) -> Result<(), Refusal> {
         let mut next = self.state.clone();
         let w = next.disconnect(id)?;
+        let secure = self.secure_forget(id);
         if let Some(ch) = &mut self.mig {
             ch.pending.retain(|p| p.msg.wire != id);
         }
         if let Peer::Remote { vtep, .. } = w.peer {
             next.release(vtep);
         }
-        self.apply_with(next, &[Touched::Wire(id)], None)?;
+        if let Err(r) = self.apply_with(next, &[Touched::Wire(id)], None) {
+            if let Some(s) = secure {
+                self.secure_put_back(id, s);
+            }
+            return Err(r);
+        }
         crate::log(&format!("wire {id} disconnected"));
         Ok(())
     }
@@ -1376,6 +1402,7 @@ impl Control {
                 local_ns: 0,
                 remote_ns: 0,
                 directory: false,
+                secure: None,
             },
             Peer::Remote { vtep, encap } => SavedWire {
                 wire: w.id.0,
@@ -1385,6 +1412,7 @@ impl Control {
                 local_ns: st.wire_move(w.id).map_or(0, |m| m.local_ns),
                 remote_ns: st.wire_move(w.id).map_or(0, |m| m.remote_ns),
                 directory: false,
+                secure: None,
             },
         }
     }
@@ -1403,9 +1431,11 @@ impl Control {
                     None => Change::EndpointRemoved { name: name.clone() },
                 },
                 Touched::Wire(id) => match st.table().wire(*id) {
-                    Some(w) => {
-                        Change::WireSaved(SavedWire { directory: self.directory_made(*id), ..Self::saved_wire(st, w) })
-                    }
+                    Some(w) => Change::WireSaved(SavedWire {
+                        directory: self.directory_made(*id),
+                        secure: self.secure_saved.get(id).cloned(),
+                        ..Self::saved_wire(st, w)
+                    }),
                     None => Change::WireRemoved { wire: id.0 },
                 },
                 Touched::Incoming(endpoint) => match self.incoming.get(endpoint) {
@@ -1458,10 +1488,19 @@ impl Control {
                 self.directory_mark(ConnectorId(w.wire));
             }
             let when = (if w.local_ns == 0 { now_ns() } else { w.local_ns }, w.remote_ns);
-            match self.connect_with(ConnectorId(w.wire), &w.endpoint, &w.peer, w.encap, Some(when)) {
+            let id = ConnectorId(w.wire);
+            if let Some(s) = &w.secure {
+                if let Err(e) = self.secure_restore(id, &w.peer, s) {
+                    crate::log(&format!("cannot restore secure wire {} from {}: {e}", w.wire, path.display()));
+                    self.unrestored.wires.push(w.clone());
+                    continue;
+                }
+            }
+            match self.connect_with(id, &w.endpoint, &w.peer, w.encap, Some(when)) {
                 Ok(_) => restored += 1,
                 Err(r) => {
                     crate::log(&format!("cannot restore wire {} from {}: {}", w.wire, path.display(), r.message));
+                    self.secure_forget(id);
                     self.unrestored.wires.push(w.clone());
                 }
             }
@@ -1491,6 +1530,15 @@ impl Control {
             }
         }
         self.restoring = false;
+        // Secure wires send above their saved floors: the next floor is
+        // saved before any of them seals a frame.
+        let st = self.state.clone();
+        for id in self.secure_saved.keys().copied().collect::<Vec<_>>() {
+            if let Err(r) = self.record(&st, &[Touched::Wire(id)]) {
+                crate::log(&format!("secure wire {id} is not restored: {}", r.message));
+                self.secure_forget(id);
+            }
+        }
         let next = self.state.clone();
         if self.apply(next).is_err() {
             return Err(self
@@ -1537,6 +1585,7 @@ impl Control {
         self.directory_tick();
         self.balance();
         self.measure_rates();
+        self.secure_tick();
         Ok(())
     }
 
@@ -1986,6 +2035,10 @@ impl Control {
                 ArrivalError::NotEncap(id) => {
                     Refusal::new(ErrorCode::InvalidArgument, format!("wire {id} is not an encap wire"))
                 }
+                ArrivalError::Secure(id) => Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    format!("wire {id} is a secure wire: its ends do not move between hosts yet"),
+                ),
                 ArrivalError::Table(e) => Refusal::from(e),
             })?;
         let o = Outcome { save, ..o };
@@ -1997,6 +2050,8 @@ impl Control {
 fn encap_name(e: Encap) -> EncapName {
     match e {
         Encap::Vxlan => EncapName::Vxlan,
+        Encap::Secure => EncapName::Secure,
+        Encap::SecureVxlan => EncapName::SecureVxlan,
         // Forward is never a wire's format.
         Encap::Vwire | Encap::Forward => EncapName::Vwire,
     }

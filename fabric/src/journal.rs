@@ -22,6 +22,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib computes it), table built at
@@ -179,7 +180,8 @@ pub fn prepare(path: &Path, bytes: &[u8]) -> io::Result<Prepared> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut file = OpenOptions::new().append(true).create_new(true).open(&tmp)?;
+    // Owner only: a secure wire's keys are in the state.
+    let mut file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(Prepared { tmp, path: path.to_path_buf(), file })
@@ -216,6 +218,8 @@ impl Journal {
     /// does not follow garbage.
     pub fn open(path: &Path, valid_len: u64) -> io::Result<Journal> {
         let file = OpenOptions::new().append(true).open(path)?;
+        // Owner only (an older build made it 0644): keys may follow.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         if file.metadata()?.len() != valid_len {
             file.set_len(valid_len)?;
             file.sync_data()?;

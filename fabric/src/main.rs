@@ -10,6 +10,7 @@ mod control;
 mod devargs;
 mod journal;
 mod persist;
+mod secure;
 mod snapshot;
 mod sockdir;
 mod stats;

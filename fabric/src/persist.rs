@@ -127,6 +127,32 @@ pub struct SavedWire {
     /// removes it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub directory: bool,
+    /// A secure wire's keys and sequence floors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SavedSecure>,
+}
+
+/// What a restart needs of a secure wire: its keys (the state file and its
+/// journal are mode 0600) and the sequence numbers it may not go below.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSecure {
+    /// The keys, as given at connect.
+    pub keys: vw_ctl::proto::SecureKeys,
+    /// The outbound SA sends from here after a restart: above every
+    /// number it may have used.
+    pub out_floor: u64,
+    /// The inbound SA accepts only numbers above this after a restart.
+    pub in_floor: u64,
+}
+
+impl std::fmt::Debug for SavedSecure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedSecure")
+            .field("keys", &self.keys)
+            .field("out_floor", &self.out_floor)
+            .field("in_floor", &self.in_floor)
+            .finish()
+    }
 }
 
 /// A connect armed to be made when the endpoint's VM starts here
@@ -162,6 +188,10 @@ pub struct Saved {
     /// Armed connects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incoming: Vec<SavedIncoming>,
+    /// Fingerprints of every outbound key a secure wire used here: a key
+    /// is used once (see `secure::fingerprint`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_keys: Vec<String>,
 }
 
 /// Writes `state` to `path` atomically (write, fsync, rename, fsync dir),
@@ -231,6 +261,11 @@ pub enum Change {
     IncomingDone {
         /// The endpoint.
         endpoint: String,
+    },
+    /// A secure wire began to use an outbound key (its fingerprint).
+    KeyUsed {
+        /// See `secure::fingerprint`.
+        fingerprint: String,
     },
 }
 
@@ -304,11 +339,18 @@ struct Live {
     wires: BTreeMap<u32, SavedWire>,
     /// Armed connects by endpoint.
     incoming: BTreeMap<String, SavedIncoming>,
+    /// Outbound keys used, by fingerprint.
+    used_keys: std::collections::BTreeSet<String>,
 }
 
 impl Live {
-    fn from_saved(endpoints: Vec<SavedEndpoint>, wires: Vec<SavedWire>, incoming: Vec<SavedIncoming>) -> Live {
-        let mut live = Live::default();
+    fn from_saved(
+        endpoints: Vec<SavedEndpoint>,
+        wires: Vec<SavedWire>,
+        incoming: Vec<SavedIncoming>,
+        used_keys: Vec<String>,
+    ) -> Live {
+        let mut live = Live { used_keys: used_keys.into_iter().collect(), ..Live::default() };
         for SavedEndpoint { name, spec, origin } in endpoints {
             live.add_endpoint(name, spec, origin);
         }
@@ -351,6 +393,9 @@ impl Live {
             Change::IncomingDone { endpoint } => {
                 self.incoming.remove(endpoint);
             }
+            Change::KeyUsed { fingerprint } => {
+                self.used_keys.insert(fingerprint.clone());
+            }
         }
     }
 
@@ -364,6 +409,7 @@ impl Live {
             endpoints: self.endpoints.values().cloned().collect(),
             wires: self.wires.values().cloned().collect(),
             incoming: self.incoming.values().cloned().collect(),
+            used_keys: self.used_keys.iter().cloned().collect(),
         }
     }
 }
@@ -377,6 +423,8 @@ struct BaseOut<'a> {
     wires: Vec<&'a SavedWire>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     incoming: Vec<&'a SavedIncoming>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    used_keys: Vec<&'a String>,
 }
 
 /// The base as read: version 1 (no generation) or 2.
@@ -389,6 +437,8 @@ struct BaseIn {
     wires: Vec<SavedWire>,
     #[serde(default)]
     incoming: Vec<SavedIncoming>,
+    #[serde(default)]
+    used_keys: Vec<String>,
 }
 
 /// Line 1 of the journal.
@@ -418,7 +468,7 @@ fn read_base(path: &Path) -> Result<Option<(u64, Live)>, String> {
             ))
         }
     };
-    Ok(Some((generation, Live::from_saved(base.endpoints, base.wires, base.incoming))))
+    Ok(Some((generation, Live::from_saved(base.endpoints, base.wires, base.incoming, base.used_keys))))
 }
 
 /// The persisted configuration: a base and a journal (see the module
@@ -556,6 +606,11 @@ impl Store {
         self.live.to_saved()
     }
 
+    /// Whether a secure wire used the outbound key of this fingerprint.
+    pub fn key_used(&self, fingerprint: &str) -> bool {
+        self.live.used_keys.contains(fingerprint)
+    }
+
     /// Records one change; it is on disk when this returns `Ok`.
     #[cfg(test)]
     pub fn record(&mut self, change: &Change) -> io::Result<()> {
@@ -616,6 +671,7 @@ impl Store {
             endpoints: self.live.endpoints.values().collect(),
             wires: self.live.wires.values().collect(),
             incoming: self.live.incoming.values().collect(),
+            used_keys: self.live.used_keys.iter().collect(),
         };
         let mut text = serde_json::to_string_pretty(&base).map_err(io::Error::other)?;
         text.push('\n');
@@ -676,6 +732,7 @@ mod tests {
             local_ns,
             remote_ns: 0,
             directory: id.is_multiple_of(2),
+            secure: None,
         }
     }
 
@@ -710,8 +767,10 @@ mod tests {
                 local_ns: 1_700_000_000_000_000_000,
                 remote_ns: 0,
                 directory: true,
+                secure: None,
             }],
             incoming: vec![],
+            used_keys: vec![],
         };
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), Some(s.clone()));
@@ -806,6 +865,45 @@ mod tests {
         let (_, saved) = Store::open(&path).unwrap();
         let saved = saved.unwrap();
         assert_eq!((saved.wires, saved.incoming), (vec![wire(7, "vmb", "vma", 0)], vec![]));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secure_wires_keep_keys_floors_and_used_keys_in_owner_only_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("secure");
+        let path = dir.join("state.json");
+        let (mut store, _) = Store::open(&path).unwrap();
+        let keys = vw_ctl::proto::SecureKeys {
+            out_spi: 0x1001,
+            out_key: "0x0123456789abcdef0123456789abcdef01020304".into(),
+            in_spi: 0x2002,
+            in_key: "0x1123456789abcdef0123456789abcdef01020304".into(),
+        };
+        let secure = SavedSecure { keys, out_floor: 1 << 22, in_floor: 77 };
+        let w = SavedWire { secure: Some(secure.clone()), ..wire(7, "vm1", "10.0.0.2", 0) };
+        store.record_all(&[Change::KeyUsed { fingerprint: "ab".repeat(16) }, Change::WireSaved(w.clone())]).unwrap();
+        assert!(!format!("{w:?}").contains("0123456789"), "Debug hides the keys");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for _ in 0..2 {
+            drop(store);
+            let (s, saved) = Store::open(&path).unwrap();
+            store = s;
+            assert!(store.key_used(&"ab".repeat(16)) && !store.key_used("cd"));
+            assert_eq!(saved.unwrap().wires, vec![w.clone()]);
+            for p in [&path, &journal_path(&path)] {
+                if p.exists() {
+                    assert_eq!(mode(p), 0o600, "{}", p.display());
+                }
+            }
+            store.compact().unwrap();
+        }
+        // Disconnected: the key stays used.
+        store.record(&Change::WireRemoved { wire: 7 }).unwrap();
+        store.compact().unwrap();
+        drop(store);
+        let (store, saved) = Store::open(&path).unwrap();
+        assert!(saved.unwrap().wires.is_empty() && store.key_used(&"ab".repeat(16)));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -929,6 +1027,7 @@ mod tests {
             ],
             wires: vec![wire(4, "vm1", "vm2", 0), wire(9, "vm2", "10.0.0.7", 1_700_000_000_000_000_000)],
             incoming: vec![],
+            used_keys: vec![],
         };
         save(&path, &old).unwrap();
         let (mut store, saved) = Store::open(&path).unwrap();

@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub devices: Arc<[PortDevice]>,
     /// The hold queues `plan.parks` names.
     pub parks: Parks,
+    /// Secure wires' SAs (shared between snapshots).
+    pub secure: Arc<crate::secure::SecureTable>,
 }
 
 impl std::ops::Deref for Snapshot {
@@ -125,6 +127,7 @@ impl Snapshot {
             plan: Plan::empty(max_ports, workers),
             devices: vec![PortDevice::NONE; max_ports].into(),
             parks: Parks::default(),
+            secure: Arc::default(),
         }
     }
 }

@@ -59,11 +59,26 @@ pub enum FabricDrop {
     /// the VM stopped and neither came back nor moved within
     /// `--migration-hold-ms` (counted by the control plane, which frees it).
     HoldExpired,
+    /// A secure wire's packet whose ICV does not verify: altered on the
+    /// way, or not sealed with the wire's key. Nothing of it is delivered.
+    AuthFailed,
+    /// A secure wire's packet whose sequence number was received before,
+    /// or lies below the replay window (2048 packets).
+    Replayed,
+    /// An ESP packet whose SPI names no secure wire here.
+    UnknownSpi,
+    /// A frame for a secure wire whose outbound SA may not send more now:
+    /// the fabric could not yet save a new sequence floor (see
+    /// docs/security.md), or the SA's sequence numbers are used up.
+    SaExpired,
+    /// An ESP packet for a secure wire from an address that is not the
+    /// wire's peer (not opened, so it cannot move the replay window).
+    SecureWrongPeer,
 }
 
 impl FabricDrop {
     /// Every fabric drop reason, in counter order.
-    pub const ALL: [FabricDrop; 15] = [
+    pub const ALL: [FabricDrop; 20] = [
         FabricDrop::UnknownConnector,
         FabricDrop::WrongPeer,
         FabricDrop::ArpIgnored,
@@ -79,6 +94,11 @@ impl FabricDrop {
         FabricDrop::MalformedMbuf,
         FabricDrop::HoldOverflow,
         FabricDrop::HoldExpired,
+        FabricDrop::AuthFailed,
+        FabricDrop::Replayed,
+        FabricDrop::UnknownSpi,
+        FabricDrop::SaExpired,
+        FabricDrop::SecureWrongPeer,
     ];
 
     /// Counter name.
@@ -99,6 +119,11 @@ impl FabricDrop {
             FabricDrop::MalformedMbuf => "malformed_mbuf",
             FabricDrop::HoldOverflow => "hold_overflow",
             FabricDrop::HoldExpired => "hold_expired",
+            FabricDrop::AuthFailed => "auth_failed",
+            FabricDrop::Replayed => "replayed",
+            FabricDrop::UnknownSpi => "unknown_spi",
+            FabricDrop::SaExpired => "sa_expired",
+            FabricDrop::SecureWrongPeer => "secure_wrong_peer",
         }
     }
 
@@ -146,11 +171,13 @@ pub enum Handled {
     StrayHeld,
     /// Of those, frames delivered once the LOCATE re-pointed the wire.
     StrayReleased,
+    /// NAT keepalives received on port 4500 (RFC 3948 §2.3).
+    NatKeepalive,
 }
 
 impl Handled {
     /// Every kind, in counter order.
-    pub const ALL: [Handled; 7] = [
+    pub const ALL: [Handled; 8] = [
         Handled::ArpAnswered,
         Handled::ArpFromNeighbour,
         Handled::IcmpEchoAnswered,
@@ -158,6 +185,7 @@ impl Handled {
         Handled::Released,
         Handled::StrayHeld,
         Handled::StrayReleased,
+        Handled::NatKeepalive,
     ];
 
     /// Counter name.
@@ -170,6 +198,7 @@ impl Handled {
             Handled::Released => "released",
             Handled::StrayHeld => "stray_held",
             Handled::StrayReleased => "stray_released",
+            Handled::NatKeepalive => "nat_keepalive",
         }
     }
 }

@@ -23,6 +23,7 @@
 //! and counted per worker by reason. The only syscall is the optional idle
 //! back-off sleep, taken when the worker has been idle for a while.
 
+use crate::secure::{InboundDrop, SecureSa};
 use crate::snapshot::{
     decap_key, DecapTarget, EndpointAction, Mailbox, NeighbourEvent, PortIndex, Role, Snapshot, UplinkPlan,
 };
@@ -32,8 +33,77 @@ use std::sync::Arc;
 use std::time::Duration;
 use vw_core::plan::{park_key_port, port_park_key, Park};
 use vw_pmd::{Burst, FreeBatch, Mbuf, Mempool, PortIo, TxBuffer};
-use vw_wire::underlay::{classify_verified, Underlay, UnderlayError};
-use vw_wire::{arp, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
+use vw_wire::underlay::{classify_secure, classify_verified, Decap, EspPacket, Underlay, UnderlayError, ESP_OFFSET};
+use vw_wire::{arp, encap::secure, encap::source_port, flow::flow_hash, icmpv4, Encap, EncapTemplate};
+
+/// Encapsulates `m` for a secure wire and seals it in place as packet
+/// `seq` of the wire's outbound SA: the ESP trailer's room is appended, the
+/// outer headers prepended, then the datagram after the ESP header is
+/// encrypted and the ICV written.
+#[inline(always)]
+fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -> Result<(), FabricDrop> {
+    let len = m.pkt_len() as usize;
+    if len > template.max_inner_len() {
+        return Err(FabricDrop::EncapTooBig);
+    }
+    let hash = match m.rss_hash() {
+        Some(h) => h,
+        None => flow_hash(m.data()),
+    };
+    // The frame is one segment (ESP seals a contiguous buffer here).
+    if m.append(template.trailer_len(len)).is_none() {
+        return Err(FabricDrop::NoHeadroom);
+    }
+    match m.prepend(template.len()) {
+        Some(hdr) => template.write(hdr, len, source_port(hash)),
+        None => return Err(FabricDrop::NoHeadroom),
+    }
+    let payload = template.len() - ESP_OFFSET - secure::HEADER_LEN + len;
+    let Some(esp) = m.data_mut().get_mut(ESP_OFFSET..) else { return Err(FabricDrop::NoHeadroom) };
+    sa.out.key().seal(seq, esp, payload, secure::NEXT_HEADER_UDP).map(drop).map_err(|_| FabricDrop::NoHeadroom)
+}
+
+/// Opens a secure wire's ESP packet in place (SA by SPI, outer source the
+/// wire's peer, replay window, ICV) and reads the datagram inside: how to
+/// decapsulate it, as a tunnel frame of the secure format. Nothing is read
+/// from the payload before its ICV verified. Errors are drop counters.
+#[inline(always)]
+fn open_esp(snap: &Snapshot, up: &UplinkPlan, m: &mut Mbuf, e: EspPacket) -> Result<Decap, usize> {
+    let Some(sa) = snap.secure.by_spi(e.spi) else { return Err(FabricDrop::UnknownSpi.index()) };
+    if e.src_ip != sa.peer {
+        sa.count(InboundDrop::WrongPeer);
+        return Err(FabricDrop::SecureWrongPeer.index());
+    }
+    let pkt_len = m.pkt_len() as usize;
+    // The whole packet in the first segment: ESP opens a contiguous buffer.
+    let Some(esp) = m.data_mut().get_mut(ESP_OFFSET..ESP_OFFSET + e.len) else {
+        return Err(underlay_index(UnderlayError::EspTruncated));
+    };
+    let o = match sa.inb.open(esp, &mut &sa.window) {
+        Ok(o) => o,
+        Err(vw_esp::OpenError::AuthFailed) => {
+            sa.count(InboundDrop::AuthFailed);
+            return Err(FabricDrop::AuthFailed.index());
+        }
+        Err(vw_esp::OpenError::Replayed | vw_esp::OpenError::TooOld) => {
+            sa.count(InboundDrop::Replayed);
+            return Err(FabricDrop::Replayed.index());
+        }
+        Err(vw_esp::OpenError::UnknownSpi) => return Err(FabricDrop::UnknownSpi.index()),
+        Err(vw_esp::OpenError::Malformed) => return Err(underlay_index(UnderlayError::SecureInner)),
+    };
+    if o.next_header != secure::NEXT_HEADER_UDP {
+        return Err(underlay_index(UnderlayError::SecureInner));
+    }
+    let (encap, connector, at) = classify_secure(&esp[o.payload.clone()], &up.underlay).map_err(underlay_index)?;
+    // Sealed with this wire's key, so it must be this wire's.
+    if connector.0 != sa.wire {
+        return Err(underlay_index(UnderlayError::SecureInner));
+    }
+    let outer_len = ESP_OFFSET + o.payload.start + at;
+    let inner_len = o.payload.len() - at;
+    Ok(Decap { encap, connector, src_ip: e.src_ip, outer_len, inner_len, trailer_len: pkt_len - outer_len - inner_len })
+}
 
 /// Empty polls in a row before the idle back-off sleeps.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 64;
@@ -374,6 +444,9 @@ impl Io {
                 self.rx = rx;
                 self.count_wire(slot, dir as usize, n as u64, bytes, 0);
             }
+            EndpointAction::Encap { template, uplink, slot } if template.encap().is_secure() => {
+                self.seal_burst(snap, &template, uplink, slot);
+            }
             EndpointAction::Encap { template, uplink, slot } => {
                 // Every frame of the burst goes to the uplink: encapsulate in
                 // place, compact out the drops, hand the burst over whole.
@@ -423,11 +496,74 @@ impl Io {
         n
     }
 
+    /// A secure wire's burst: its sequence numbers reserved at once, each
+    /// frame encapsulated and sealed in place, the drops compacted out, the
+    /// burst handed to the uplink whole.
+    #[inline(never)]
+    fn seal_burst(&mut self, snap: &Snapshot, template: &EncapTemplate, uplink: PortIndex, slot: u32) {
+        let n = self.rx.len() as u64;
+        let Some(sa) = snap.secure.by_wire(template.connector().0) else {
+            bump(&self.stats.drops[FabricDrop::SaExpired.index()], n);
+            self.count_wire(slot, 0, 0, 0, n);
+            self.rx.clear();
+            return;
+        };
+        let (mut seq, mut granted) = sa.out.reserve(n);
+        let mut counts = [0u64; FabricDrop::ALL.len()];
+        let mut bytes = 0u64;
+        self.rx.retain_mut(&mut self.free, |m| {
+            if granted == 0 {
+                counts[FabricDrop::SaExpired as usize] += 1;
+                return false;
+            }
+            let len = m.pkt_len() as usize;
+            let r = seal_frame(m, template, sa, seq);
+            seq += 1;
+            granted -= 1;
+            match r {
+                Ok(()) => {
+                    bytes += len as u64;
+                    true
+                }
+                Err(d) => {
+                    counts[d as usize] += 1;
+                    false
+                }
+            }
+        });
+        let dropped: u64 = counts.iter().sum();
+        if dropped != 0 {
+            for (i, c) in counts.iter().enumerate().filter(|(_, c)| **c != 0) {
+                bump(&self.stats.drops[FabricDrop::ALL[i].index()], *c);
+            }
+        }
+        let frames = self.rx.len() as u64;
+        let mut rx = std::mem::take(&mut self.rx);
+        self.send_burst(snap, uplink, &mut rx);
+        self.rx = rx;
+        self.count_wire(slot, 0, frames, bytes, dropped);
+    }
+
     /// Encapsulates one frame and queues it on the uplink. Returns the inner
     /// length, or None if the frame was dropped (and counted).
     #[inline(always)]
     fn encap(&mut self, snap: &Snapshot, mut m: Mbuf, template: &EncapTemplate, uplink: PortIndex) -> Option<u64> {
         let len = m.pkt_len() as usize;
+        if template.encap().is_secure() {
+            let sealed = match snap.secure.by_wire(template.connector().0) {
+                Some(sa) => match sa.out.reserve(1) {
+                    (seq, 1) => seal_frame(&mut m, template, sa, seq),
+                    _ => Err(FabricDrop::SaExpired),
+                },
+                None => Err(FabricDrop::SaExpired),
+            };
+            if let Err(d) = sealed {
+                self.drop_frame(m, d.index());
+                return None;
+            }
+            self.send(snap, uplink, m);
+            return Some(len as u64);
+        }
         if len > template.max_inner_len() {
             self.drop_frame(m, FabricDrop::EncapTooBig.index());
             return None;
@@ -522,80 +658,29 @@ impl Io {
                 self.drop_frame(m, FabricDrop::Oversize.index());
                 continue;
             }
-            match classify_verified(m.data(), m.pkt_len() as usize, &up.underlay, m.l4_checksum_good()) {
-                Ok(Underlay::Tunnel(d)) => {
-                    let key = decap_key(d.encap, d.connector.0);
-                    let found = match last {
-                        Some((k, t)) if k == key => t,
-                        _ => {
-                            let t = decap.get(&key).copied();
-                            last = Some((key, t));
-                            t
-                        }
-                    };
-                    let target = match found {
-                        Some(t) if t.accepts(d.src_ip) => t,
-                        Some(_) if up.underlay.migration_port != 0 && self.stray.len() < STRAY_CAPACITY => {
-                            // Perhaps the end moved there and its LOCATE is
-                            // being applied: held a moment, not delivered.
-                            if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
-                                self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
-                                continue;
-                            }
-                            let since = vw_pmd::time::tsc();
-                            let slot = found.map_or(u32::MAX, |t| t.slot);
-                            self.stray.push_back(Stray { key, slot, src: d.src_ip, since, m });
-                            bump(&self.stats.handled[Handled::StrayHeld as usize], 1);
-                            continue;
-                        }
-                        Some(_) => {
-                            self.drop_frame(m, FabricDrop::WrongPeer.index());
-                            continue;
-                        }
-                        None => {
-                            self.drop_frame(m, FabricDrop::UnknownConnector.index());
-                            continue;
-                        }
-                    };
-                    // classify guarantees the outer headers are in the first
-                    // segment and the trailer within the packet.
-                    if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
-                        self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+            let d = match classify_verified(m.data(), m.pkt_len() as usize, &up.underlay, m.l4_checksum_good()) {
+                Ok(Underlay::Tunnel(d)) => d,
+                Ok(Underlay::Esp(e)) => match open_esp(snap, up, &mut m, e) {
+                    Ok(d) => d,
+                    Err(reason) => {
+                        self.drop_frame(m, reason);
                         continue;
                     }
-                    if target.park != Park::No {
-                        if d.encap == Encap::Forward {
-                            self.count_forwarded(target.slot);
-                        }
-                        self.park_frame(snap, key, m);
-                        if target.park == Park::Release {
-                            released = Some(key);
-                        }
-                        continue;
-                    }
-                    if target.forward {
-                        self.forward(snap, up, m, target.slot, d.connector.0);
-                        continue;
-                    }
-                    if d.encap == Encap::Forward {
-                        self.count_forwarded(target.slot);
-                    }
-                    if target.slot != cur_slot || target.port != cur_port {
-                        self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
-                        (cur_slot, cur_port, frames, bytes) = (target.slot, target.port, 0, 0);
-                    }
-                    frames += 1;
-                    bytes += d.inner_len as u64;
-                    if let Err(m) = run.push(m) {
-                        // Cannot happen (a run is at most one burst); stay safe.
-                        self.send(snap, target.port, m);
-                    }
+                },
+                Ok(Underlay::NatKeepalive) => {
+                    bump(&self.stats.handled[Handled::NatKeepalive as usize], 1);
+                    self.free.push(m);
+                    continue;
                 }
-                Ok(Underlay::Arp) => self.arp(snap, m, up),
+                Ok(Underlay::Arp) => {
+                    self.arp(snap, m, up);
+                    continue;
+                }
                 Ok(Underlay::Migration) => {
                     if let Err(m) = self.mailbox.migration.push(m) {
                         self.drop_frame(m, FabricDrop::MigrationBacklog.index());
                     }
+                    continue;
                 }
                 Ok(Underlay::IcmpEcho) => {
                     if icmpv4::echo_reply_in_place(m.data_mut(), up.underlay.mac) {
@@ -604,8 +689,78 @@ impl Io {
                     } else {
                         self.drop_frame(m, underlay_index(UnderlayError::IcmpOther));
                     }
+                    continue;
                 }
-                Err(e) => self.drop_frame(m, underlay_index(e)),
+                Err(e) => {
+                    self.drop_frame(m, underlay_index(e));
+                    continue;
+                }
+            };
+            let key = decap_key(d.encap, d.connector.0);
+            let found = match last {
+                Some((k, t)) if k == key => t,
+                _ => {
+                    let t = decap.get(&key).copied();
+                    last = Some((key, t));
+                    t
+                }
+            };
+            let target = match found {
+                Some(t) if t.accepts(d.src_ip) => t,
+                Some(_) if up.underlay.migration_port != 0 && self.stray.len() < STRAY_CAPACITY => {
+                    // Perhaps the end moved there and its LOCATE is
+                    // being applied: held a moment, not delivered.
+                    if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
+                        self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+                        continue;
+                    }
+                    let since = vw_pmd::time::tsc();
+                    let slot = found.map_or(u32::MAX, |t| t.slot);
+                    self.stray.push_back(Stray { key, slot, src: d.src_ip, since, m });
+                    bump(&self.stats.handled[Handled::StrayHeld as usize], 1);
+                    continue;
+                }
+                Some(_) => {
+                    self.drop_frame(m, FabricDrop::WrongPeer.index());
+                    continue;
+                }
+                None => {
+                    self.drop_frame(m, FabricDrop::UnknownConnector.index());
+                    continue;
+                }
+            };
+            // classify guarantees the outer headers are in the first
+            // segment and the trailer within the packet.
+            if !m.adj(d.outer_len) || (d.trailer_len != 0 && !m.trim(d.trailer_len)) {
+                self.drop_frame(m, underlay_index(UnderlayError::Ipv4TotalLength));
+                continue;
+            }
+            if target.park != Park::No {
+                if d.encap == Encap::Forward {
+                    self.count_forwarded(target.slot);
+                }
+                self.park_frame(snap, key, m);
+                if target.park == Park::Release {
+                    released = Some(key);
+                }
+                continue;
+            }
+            if target.forward {
+                self.forward(snap, up, m, target.slot, d.connector.0);
+                continue;
+            }
+            if d.encap == Encap::Forward {
+                self.count_forwarded(target.slot);
+            }
+            if target.slot != cur_slot || target.port != cur_port {
+                self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);
+                (cur_slot, cur_port, frames, bytes) = (target.slot, target.port, 0, 0);
+            }
+            frames += 1;
+            bytes += d.inner_len as u64;
+            if let Err(m) = run.push(m) {
+                // Cannot happen (a run is at most one burst); stay safe.
+                self.send(snap, target.port, m);
             }
         }
         self.end_run(snap, cur_port, &mut run, cur_slot, frames, bytes);

@@ -24,42 +24,121 @@ pub enum Encap {
     /// forwarded-frame header of the migration channel ([`crate::migration`]). Never the
     /// format of a wire, so not in [`Encap::ALL`].
     Forward,
+    /// A secure wire: the vwire datagram (UDP + connector header + frame) protected by ESP
+    /// (RFC 4303) with AES-GCM (RFC 4106) in transport mode, in UDP port 4500 (RFC 3948).
+    Secure,
+    /// The same with a VXLAN datagram inside: what a Linux host's `ip xfrm` transport-mode
+    /// SA and VXLAN device send and take.
+    SecureVxlan,
+}
+
+/// The secure wires' ESP-in-UDP layout (RFC 3948, RFC 4303, RFC 4106).
+pub mod secure {
+    /// UDP port of ESP in UDP (RFC 3948), both ends.
+    pub const PORT: u16 = 4500;
+    /// SPI (4) + low 32 bits of the sequence number (4) + IV (8).
+    pub const HEADER_LEN: usize = 16;
+    /// The AES-GCM ICV (RFC 4106: 16 bytes).
+    pub const ICV_LEN: usize = 16;
+    /// Padding (0-3, to a 4-byte boundary), pad length, next header, ICV.
+    pub const MAX_TRAILER_LEN: usize = 3 + 2 + ICV_LEN;
+    /// The ESP next header of the protected datagram: UDP.
+    pub const NEXT_HEADER_UDP: u8 = 17;
+
+    /// Padding for a protected payload of `len` bytes (RFC 4303 §2.4: the
+    /// pad length and next header end on a 4-byte boundary).
+    #[inline(always)]
+    pub const fn pad(len: usize) -> usize {
+        (4 - (len + 2) % 4) % 4
+    }
+
+    /// Bytes after a protected payload of `len` bytes: padding, pad length,
+    /// next header and ICV.
+    #[inline(always)]
+    pub const fn trailer_len(len: usize) -> usize {
+        pad(len) + 2 + ICV_LEN
+    }
 }
 
 impl Encap {
     /// Every format a wire can use, in a stable order.
-    pub const ALL: [Encap; 2] = [Encap::Vwire, Encap::Vxlan];
+    pub const ALL: [Encap; 4] = [Encap::Vwire, Encap::Vxlan, Encap::Secure, Encap::SecureVxlan];
 
-    /// Stable lower-case name: "vwire" or "vxlan".
+    /// Stable lower-case name: "vwire", "vxlan", "secure" or "secure-vxlan".
     pub const fn name(self) -> &'static str {
         match self {
             Encap::Vwire => "vwire",
             Encap::Vxlan => "vxlan",
             Encap::Forward => "forward",
+            Encap::Secure => "secure",
+            Encap::SecureVxlan => "secure-vxlan",
         }
     }
 
-    /// Length of the tunnel header: 4 for vwire, 8 for VXLAN and forwarded frames.
+    /// True for the secure formats (ESP in UDP).
+    #[inline(always)]
+    pub const fn is_secure(self) -> bool {
+        matches!(self, Encap::Secure | Encap::SecureVxlan)
+    }
+
+    /// The tunnel format of the datagram inside: vwire for [`Encap::Secure`], VXLAN for
+    /// [`Encap::SecureVxlan`], the format itself otherwise.
+    #[inline(always)]
+    pub const fn tunnel(self) -> Encap {
+        match self {
+            Encap::Secure => Encap::Vwire,
+            Encap::SecureVxlan => Encap::Vxlan,
+            e => e,
+        }
+    }
+
+    /// The secure format carrying this tunnel format (vwire or VXLAN), if any.
+    pub const fn secured(self) -> Option<Encap> {
+        match self {
+            Encap::Vwire => Some(Encap::Secure),
+            Encap::Vxlan => Some(Encap::SecureVxlan),
+            _ => None,
+        }
+    }
+
+    /// Bytes between the outer UDP header and the inner frame: the tunnel header (4 for
+    /// vwire, 8 for VXLAN and forwarded frames); for a secure format also the ESP header
+    /// (16) and the protected datagram's UDP header (8).
     pub const fn header_len(self) -> usize {
         match self {
             Encap::Vwire => vwire::HEADER_LEN,
             Encap::Vxlan => vxlan::HEADER_LEN,
             Encap::Forward => migration::HEADER_LEN,
+            Encap::Secure => secure::HEADER_LEN + udp::HEADER_LEN + vwire::HEADER_LEN,
+            Encap::SecureVxlan => secure::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN,
         }
     }
 
-    /// Bytes added in front of the inner frame: Ethernet + IPv4 + UDP + tunnel header (46 / 50).
+    /// Bytes added in front of the inner frame: Ethernet + IPv4 + UDP + what
+    /// [`header_len`](Self::header_len) counts (46 / 50; secure: 70 / 74).
     pub const fn overhead(self) -> usize {
         ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + self.header_len()
     }
 
+    /// The most bytes added behind the inner frame: the ESP trailer and ICV of a secure
+    /// format (21), 0 otherwise.
+    pub const fn max_trailer_len(self) -> usize {
+        if self.is_secure() {
+            secure::MAX_TRAILER_LEN
+        } else {
+            0
+        }
+    }
+
     /// The usual UDP destination port: 4795 for vwire, 4789 (IANA) for VXLAN, 4796 for
-    /// forwarded frames (the migration channel).
+    /// forwarded frames (the migration channel), 4500 for the secure formats (the datagram
+    /// inside goes to the vwire or VXLAN port).
     pub const fn default_port(self) -> u16 {
         match self {
             Encap::Vwire => vwire::DEFAULT_PORT,
             Encap::Vxlan => vxlan::PORT,
             Encap::Forward => migration::DEFAULT_PORT,
+            Encap::Secure | Encap::SecureVxlan => secure::PORT,
         }
     }
 }
@@ -72,7 +151,7 @@ impl fmt::Display for Encap {
 
 /// Error returned when parsing an [`Encap`] from text fails.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("unknown encapsulation {0:?}; valid encapsulations are: vwire, vxlan")]
+#[error("unknown encapsulation {0:?}; valid encapsulations are: vwire, vxlan, secure, secure-vxlan")]
 pub struct ParseEncapError(pub String);
 
 impl FromStr for Encap {
@@ -86,9 +165,10 @@ impl FromStr for Encap {
 const _: () = assert!(Encap::Vwire.overhead() == 46);
 const _: () = assert!(Encap::Vxlan.overhead() == 50);
 const _: () = assert!(Encap::Forward.overhead() == 50);
+const _: () = assert!(Encap::Secure.overhead() == 70 && Encap::SecureVxlan.overhead() == 74);
 
 /// Largest outer header of any encapsulation.
-pub const MAX_OVERHEAD: usize = Encap::Vxlan.overhead();
+pub const MAX_OVERHEAD: usize = Encap::SecureVxlan.overhead();
 
 // Offsets of the per-packet fields inside the outer header.
 const IP: usize = ethernet::HEADER_LEN;
@@ -98,8 +178,13 @@ const IP_TOTAL_LEN: usize = IP + ipv4::field::LENGTH.start;
 const IP_CHECKSUM: usize = IP + ipv4::field::CHECKSUM.start;
 const UDP_SRC_PORT: usize = UDP + udp::field::SRC_PORT.start;
 const UDP_LENGTH: usize = UDP + udp::field::LENGTH.start;
+// A secure format's protected datagram: its UDP header after the ESP header.
+const INNER_UDP: usize = TUNNEL + secure::HEADER_LEN;
+const INNER_TUNNEL: usize = INNER_UDP + udp::HEADER_LEN;
+const INNER_UDP_SRC_PORT: usize = INNER_UDP + udp::field::SRC_PORT.start;
+const INNER_UDP_LENGTH: usize = INNER_UDP + udp::field::LENGTH.start;
 
-const _: () = assert!(TUNNEL == 42 && UDP_LENGTH + 2 <= TUNNEL);
+const _: () = assert!(TUNNEL == 42 && UDP_LENGTH + 2 <= TUNNEL && INNER_TUNNEL == 66);
 
 /// The prebuilt outer Ethernet + IPv4 + UDP + tunnel header of one encap wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +205,10 @@ impl EncapTemplate {
     /// 6864 §4.1), TTL 64, protocol UDP. UDP (RFC 768): destination `dst_port`, checksum 0
     /// (RFC 7348 §5: SHOULD be zero over IPv4). VXLAN: flags 0x08, VNI = low 24 bits of
     /// `connector`. vwire: `connector` big-endian.
+    ///
+    /// A secure format: the outer UDP header goes from and to port 4500 (RFC 3948); the ESP
+    /// header's 16 bytes are left for the SA to write; the protected datagram's UDP header
+    /// goes to `dst_port` (the vwire or VXLAN port), checksum 0, then the tunnel header.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         encap: Encap,
@@ -152,15 +241,25 @@ impl EncapTemplate {
         ip.set_dst_addr(dst_ip);
 
         let mut udp = udp::Datagram::new_unchecked(&mut bytes[UDP..TUNNEL]);
-        udp.set_src_port(0);
-        udp.set_dst_port(dst_port);
+        udp.set_src_port(if encap.is_secure() { secure::PORT } else { 0 });
+        udp.set_dst_port(if encap.is_secure() { secure::PORT } else { dst_port });
         udp.set_len(0);
         udp.set_checksum(0);
 
+        let tunnel = if encap.is_secure() {
+            let mut inner = udp::Datagram::new_unchecked(&mut bytes[INNER_UDP..INNER_TUNNEL]);
+            inner.set_src_port(0);
+            inner.set_dst_port(dst_port);
+            inner.set_len(0);
+            inner.set_checksum(0);
+            INNER_TUNNEL
+        } else {
+            TUNNEL
+        };
         match encap {
-            Encap::Vwire => vwire::Header::new_unchecked(&mut bytes[TUNNEL..]).set_connector(connector),
-            Encap::Vxlan => {
-                let mut h = vxlan::Header::new_unchecked(&mut bytes[TUNNEL..]);
+            Encap::Vwire | Encap::Secure => vwire::Header::new_unchecked(&mut bytes[tunnel..]).set_connector(connector),
+            Encap::Vxlan | Encap::SecureVxlan => {
+                let mut h = vxlan::Header::new_unchecked(&mut bytes[tunnel..]);
                 h.set_flags(vxlan::FLAG_I);
                 h.clear_reserved();
                 h.set_vni(connector.0);
@@ -177,7 +276,7 @@ impl EncapTemplate {
         EncapTemplate { bytes, encap, connector, ip_partial, underlay_mtu }
     }
 
-    /// Length of the outer header: 46 (vwire) or 50 (VXLAN).
+    /// Length of the outer header: 46 (vwire), 50 (VXLAN), 70 (secure), 74 (secure VXLAN).
     #[inline]
     pub const fn len(&self) -> usize {
         self.encap.overhead()
@@ -218,9 +317,10 @@ impl EncapTemplate {
         ipv4::Packet::new_unchecked(&self.bytes[IP..UDP]).dst_addr()
     }
 
-    /// UDP destination port.
+    /// UDP destination port (of the protected datagram, for a secure format).
     pub fn dst_port(&self) -> u16 {
-        udp::Datagram::new_unchecked(&self.bytes[UDP..TUNNEL]).dst_port()
+        let at = if self.encap.is_secure() { INNER_UDP } else { UDP };
+        udp::Datagram::new_unchecked(&self.bytes[at..at + udp::HEADER_LEN]).dst_port()
     }
 
     /// MTU of the underlay: the largest outer IPv4 packet.
@@ -229,10 +329,22 @@ impl EncapTemplate {
     }
 
     /// Longest inner Ethernet frame whose outer IPv4 packet fits the underlay MTU:
-    /// `underlay_mtu - (20 + 8 + tunnel header)`, 0 if the MTU is smaller than that.
+    /// `underlay_mtu - (20 + 8 + tunnel header)`, 0 if the MTU is smaller than that (see
+    /// [`max_inner_len_for`]).
     #[inline]
     pub const fn max_inner_len(&self) -> usize {
-        (self.underlay_mtu as usize).saturating_sub(ipv4::HEADER_LEN + udp::HEADER_LEN + self.encap.header_len())
+        max_inner_len_for(self.encap, self.underlay_mtu)
+    }
+
+    /// Bytes this template's format puts behind an inner frame of `inner_len` bytes: for a
+    /// secure format the ESP padding, pad length, next header and ICV; 0 otherwise.
+    #[inline(always)]
+    pub const fn trailer_len(&self, inner_len: usize) -> usize {
+        if self.encap.is_secure() {
+            secure::trailer_len(inner_len + self.encap.header_len() - secure::HEADER_LEN)
+        } else {
+            0
+        }
     }
 
     /// The same template with another outer destination MAC (after the next hop's ARP changed).
@@ -255,6 +367,10 @@ impl EncapTemplate {
     /// UDP length (8 + tunnel + inner) and UDP source port. Correct for every `inner_len` up to
     /// [`max_inner_len`](Self::max_inner_len); larger values wrap at 16 bits. Never panics in
     /// release builds.
+    ///
+    /// A secure format's lengths count the ESP trailer ([`trailer_len`](Self::trailer_len))
+    /// too, and `src_port` goes to the protected datagram (the outer one stays 4500); the ESP
+    /// header's bytes are the SA's to write when it seals.
     #[inline]
     pub fn write(&self, hdr: &mut [u8], inner_len: usize, src_port: u16) {
         debug_assert_eq!(hdr.len(), self.len(), "EncapTemplate::write: header slice of the wrong length");
@@ -262,7 +378,27 @@ impl EncapTemplate {
             Encap::Vwire => self.write_fixed::<{ Encap::Vwire.overhead() }>(hdr, inner_len, src_port),
             Encap::Vxlan => self.write_fixed::<{ Encap::Vxlan.overhead() }>(hdr, inner_len, src_port),
             Encap::Forward => self.write_fixed::<{ Encap::Forward.overhead() }>(hdr, inner_len, src_port),
+            Encap::Secure => self.write_secure::<{ Encap::Secure.overhead() }>(hdr, inner_len, src_port),
+            Encap::SecureVxlan => self.write_secure::<{ Encap::SecureVxlan.overhead() }>(hdr, inner_len, src_port),
         }
+    }
+
+    #[inline(always)]
+    fn write_secure<const N: usize>(&self, hdr: &mut [u8], inner_len: usize, src_port: u16) {
+        let (Ok(hdr), Some(tpl)) = (<&mut [u8; N]>::try_from(hdr), self.bytes.first_chunk::<N>()) else {
+            return;
+        };
+        *hdr = *tpl;
+        let inner_udp_len = (inner_len as u16).wrapping_add((N - INNER_UDP) as u16);
+        let trailer = secure::trailer_len(usize::from(inner_udp_len)) as u16;
+        let udp_len = inner_udp_len.wrapping_add((udp::HEADER_LEN + secure::HEADER_LEN) as u16).wrapping_add(trailer);
+        let total_len = udp_len.wrapping_add(ipv4::HEADER_LEN as u16);
+        let ip_csum = !checksum::fold(self.ip_partial + u32::from(total_len));
+        hdr[IP_TOTAL_LEN..IP_TOTAL_LEN + 2].copy_from_slice(&total_len.to_be_bytes());
+        hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());
+        hdr[UDP_LENGTH..UDP_LENGTH + 2].copy_from_slice(&udp_len.to_be_bytes());
+        hdr[INNER_UDP_SRC_PORT..INNER_UDP_SRC_PORT + 2].copy_from_slice(&src_port.to_be_bytes());
+        hdr[INNER_UDP_LENGTH..INNER_UDP_LENGTH + 2].copy_from_slice(&inner_udp_len.to_be_bytes());
     }
 
     #[inline(always)]
@@ -286,6 +422,20 @@ impl EncapTemplate {
     pub const fn source_port(flow_hash: u32) -> u16 {
         source_port(flow_hash)
     }
+}
+
+/// Longest inner Ethernet frame an `encap` wire carries on an underlay of MTU `underlay_mtu`:
+/// `underlay_mtu - (20 + 8 + tunnel header)`; for a secure format also less the ESP
+/// header, the protected datagram's UDP header and the ESP trailer at its longest for that
+/// length (padding to 4 bytes, 2, ICV 16). 0 if the MTU is smaller than the overhead.
+pub const fn max_inner_len_for(encap: Encap, underlay_mtu: u16) -> usize {
+    let room = (underlay_mtu as usize).saturating_sub(ipv4::HEADER_LEN + udp::HEADER_LEN);
+    if !encap.is_secure() {
+        return room.saturating_sub(encap.header_len());
+    }
+    // The encrypted part (datagram, padding, 2) is a multiple of 4 bytes.
+    let body = room.saturating_sub(secure::HEADER_LEN + secure::ICV_LEN) & !3;
+    body.saturating_sub(2 + encap.header_len() - secure::HEADER_LEN)
 }
 
 /// Maps a flow hash to a UDP source port in the dynamic range 49152..=65535
@@ -386,12 +536,41 @@ mod tests {
                 t.write(&mut hdr, inner, 65535);
                 let ip = ipv4::Packet::new_unchecked(&hdr[14..34]);
                 assert!(ip.verify_checksum(), "{encap} inner {inner}");
-                assert_eq!(usize::from(ip.total_len()), 28 + encap.header_len() + inner);
+                let trailer = t.trailer_len(inner);
+                assert_eq!(usize::from(ip.total_len()), 28 + encap.header_len() + inner + trailer);
                 let udp = udp::Datagram::new_unchecked(&hdr[34..42]);
-                assert_eq!(usize::from(udp.len()), 8 + encap.header_len() + inner);
-                assert_eq!(udp.src_port(), 65535);
+                assert_eq!(usize::from(udp.len()), 8 + encap.header_len() + inner + trailer);
+                if encap.is_secure() {
+                    // Outer 4500 -> 4500; the protected datagram has the flow's port.
+                    assert_eq!((udp.src_port(), udp.dst_port()), (secure::PORT, secure::PORT));
+                    let dgram = udp::Datagram::new_unchecked(&hdr[58..66]);
+                    assert_eq!((dgram.src_port(), dgram.dst_port()), (65535, 4789));
+                    assert_eq!(usize::from(dgram.len()), 8 + encap.tunnel().header_len() + inner);
+                    // The encrypted part ends on a 4-byte boundary.
+                    assert_eq!((usize::from(dgram.len()) + trailer - secure::ICV_LEN) % 4, 0);
+                    assert!((18..=secure::MAX_TRAILER_LEN).contains(&trailer));
+                } else {
+                    assert_eq!((udp.src_port(), trailer), (65535, 0));
+                }
             }
         }
+    }
+
+    #[test]
+    fn secure_frames_fit_the_underlay() {
+        for encap in [Encap::Secure, Encap::SecureVxlan] {
+            for mtu in [576u16, 1280, 1500, 1501, 1502, 1503, 9000] {
+                let t = EncapTemplate::new(encap, ConnectorId(3), SRC_MAC, DST_MAC, SRC_IP, DST_IP, 4795, mtu);
+                let max = t.max_inner_len();
+                let total = |inner: usize| 28 + encap.header_len() + inner + t.trailer_len(inner);
+                assert!(total(max) <= usize::from(mtu), "{encap} {mtu}");
+                // Not one byte more fits (padding may make it four).
+                assert!((1..=4).any(|more| total(max + more) > usize::from(mtu)), "{encap} {mtu}");
+            }
+            assert_eq!(max_inner_len_for(encap, 60), 0);
+        }
+        assert_eq!(max_inner_len_for(Encap::Secure, 1500), 1426);
+        assert_eq!(max_inner_len_for(Encap::SecureVxlan, 1500), 1422);
     }
 
     #[test]
@@ -399,7 +578,13 @@ mod tests {
         assert_eq!("vwire".parse::<Encap>(), Ok(Encap::Vwire));
         assert_eq!("vxlan".parse::<Encap>(), Ok(Encap::Vxlan));
         let err = "gre".parse::<Encap>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown encapsulation \"gre\"; valid encapsulations are: vwire, vxlan");
+        assert_eq!(
+            err.to_string(),
+            "unknown encapsulation \"gre\"; valid encapsulations are: vwire, vxlan, secure, secure-vxlan"
+        );
+        assert_eq!("secure-vxlan".parse::<Encap>(), Ok(Encap::SecureVxlan));
+        assert_eq!((Encap::Secure.tunnel(), Encap::SecureVxlan.tunnel()), (Encap::Vwire, Encap::Vxlan));
+        assert_eq!((Encap::Vwire.secured(), Encap::Forward.secured()), (Some(Encap::Secure), None));
         for e in Encap::ALL {
             assert_eq!(e.to_string().parse::<Encap>(), Ok(e));
         }

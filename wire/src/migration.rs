@@ -171,6 +171,8 @@ fn encap_code(e: Encap) -> u8 {
         Encap::Vwire => 0,
         Encap::Vxlan => 1,
         Encap::Forward => 2,
+        Encap::Secure => 3,
+        Encap::SecureVxlan => 4,
     }
 }
 
@@ -226,6 +228,8 @@ impl Message {
         let encap = match b[ENCAP] {
             0 => Encap::Vwire,
             1 => Encap::Vxlan,
+            3 => Encap::Secure,
+            4 => Encap::SecureVxlan,
             _ => return Err(MessageError::Field),
         };
         let n = usize::from(b[END_LEN]);

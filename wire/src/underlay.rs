@@ -10,7 +10,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::encap::{Encap, EncapTemplate};
+use crate::encap::{secure, Encap, EncapTemplate};
 use crate::ethernet::{self, ethertype, MacAddr};
 use crate::table::ConnectorId;
 use crate::{arp, icmpv4, ipv4, migration, udp, vwire, vxlan};
@@ -42,7 +42,31 @@ pub enum Underlay {
     /// A control message of the migration channel (LOCATE, ACK, MOVED) for the control
     /// plane, which authenticates it; the UDP payload starts at byte 42.
     Migration,
+    /// ESP in UDP (RFC 3948) for a secure wire: open it with the SA of its SPI, then read
+    /// the datagram inside with [`classify_secure`].
+    Esp(EspPacket),
+    /// A NAT keepalive (RFC 3948 §2.3: one 0xFF byte to port 4500): nothing to deliver.
+    NatKeepalive,
 }
+
+/// Where a received ESP packet is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EspPacket {
+    /// Its SPI.
+    pub spi: u32,
+    /// Outer IPv4 source.
+    pub src_ip: Ipv4Addr,
+    /// Outer UDP source port (4500, or a NAT's mapping of it).
+    pub src_port: u16,
+    /// Length of the ESP packet, from the SPI to the end of the ICV; it starts at byte
+    /// [`ESP_OFFSET`].
+    pub len: usize,
+    /// Bytes after the IPv4 packet (Ethernet padding).
+    pub trailer_len: usize,
+}
+
+/// Where an ESP packet starts in an uplink frame: after Ethernet, IPv4 and UDP.
+pub const ESP_OFFSET: usize = TUNNEL;
 
 /// How to decapsulate a tunnel packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,11 +134,20 @@ pub enum UnderlayError {
     /// A non-zero UDP checksum that does not verify (RFC 768; RFC 7348 §5
     /// lets a VXLAN receiver verify it, as Linux does).
     UdpChecksum = 21,
+    /// On port 4500: too short for an ESP header, a trailer and an ICV, and not a NAT
+    /// keepalive.
+    EspTruncated = 22,
+    /// On port 4500: an IKE message (the non-ESP marker); keys come from key files or the
+    /// directory, no IKE daemon runs here.
+    EspIke = 23,
+    /// An authenticated ESP packet whose datagram is not a vwire or VXLAN datagram to our
+    /// ports (its UDP length, port or tunnel header).
+    SecureInner = 24,
 }
 
 impl UnderlayError {
     /// Number of variants.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 25;
 
     /// Every variant, in discriminant order (`ALL[e as usize] == e`).
     pub const ALL: [UnderlayError; UnderlayError::COUNT] = [
@@ -140,6 +173,9 @@ impl UnderlayError {
         UnderlayError::InnerRunt,
         UnderlayError::MigrationHeader,
         UnderlayError::UdpChecksum,
+        UnderlayError::EspTruncated,
+        UnderlayError::EspIke,
+        UnderlayError::SecureInner,
     ];
 
     /// Index for counter arrays: the discriminant, `0..COUNT`.
@@ -173,6 +209,9 @@ impl UnderlayError {
             UnderlayError::InnerRunt => "inner_runt",
             UnderlayError::MigrationHeader => "migration_header",
             UnderlayError::UdpChecksum => "udp_checksum",
+            UnderlayError::EspTruncated => "esp_truncated",
+            UnderlayError::EspIke => "esp_ike",
+            UnderlayError::SecureInner => "secure_inner",
         }
     }
 
@@ -195,12 +234,15 @@ impl UnderlayError {
             UnderlayError::IpProtocol => "IP protocol is neither UDP nor ICMP",
             UnderlayError::UdpTruncated => "packet too short for a UDP header",
             UnderlayError::UdpLength => "UDP length disagrees with the IPv4 total length",
-            UnderlayError::UdpPort => "UDP destination port is not the vwire, VXLAN or migration port",
+            UnderlayError::UdpPort => "UDP destination port is not the vwire, VXLAN, ESP (4500) or migration port",
             UnderlayError::TunnelTruncated => "UDP payload shorter than the tunnel header",
             UnderlayError::VxlanFlags => "VXLAN header without the I (valid VNI) flag",
             UnderlayError::InnerRunt => "inner frame shorter than an Ethernet header",
             UnderlayError::MigrationHeader => "migration channel datagram of unknown version or type",
             UnderlayError::UdpChecksum => "non-zero UDP checksum that does not verify",
+            UnderlayError::EspTruncated => "datagram to port 4500 too short for ESP and not a NAT keepalive",
+            UnderlayError::EspIke => "IKE message to port 4500 (keys come from key files; no IKE here)",
+            UnderlayError::SecureInner => "authenticated ESP packet whose datagram is not vwire or VXLAN to our ports",
         }
     }
 }
@@ -386,6 +428,22 @@ pub fn classify_verified(
     // 9-10. Tunnel header.
     let dst_port = be16(h[UDP + 2], h[UDP + 3]);
     let udp_payload = udp_len - udp::HEADER_LEN;
+    if dst_port == secure::PORT {
+        // RFC 3948 §2.2: a keepalive, IKE (four zero bytes), or ESP.
+        let payload = data.get(TUNNEL..TUNNEL + udp_payload);
+        return match payload {
+            Some([0xff]) => Ok(Underlay::NatKeepalive),
+            Some([0, 0, 0, 0, ..]) => Err(E::EspIke),
+            Some(p) if udp_payload >= secure::HEADER_LEN + 2 + secure::ICV_LEN => Ok(Underlay::Esp(EspPacket {
+                spi: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                src_ip,
+                src_port: be16(h[UDP], h[UDP + 1]),
+                len: udp_payload,
+                trailer_len: pkt_len - IP - total_len,
+            })),
+            _ => Err(E::EspTruncated),
+        };
+    }
     let (encap, connector) = if dst_port == cfg.vwire_port {
         match data.first_chunk::<VWIRE_END>() {
             Some(h) if udp_payload >= vwire::HEADER_LEN => {
@@ -444,6 +502,34 @@ pub fn classify_verified(
         inner_len,
         trailer_len: pkt_len - IP - total_len,
     }))
+}
+
+/// Reads the datagram an authenticated ESP packet carried (`payload`: its UDP header, the
+/// tunnel header and the frame): returns the secure format, the connector ID and where the
+/// inner frame starts in `payload`. The datagram's UDP checksum is not checked: the ICV
+/// covered it (RFC 3948 §3.1.2 lets a transport-mode receiver ignore it). Never panics.
+pub fn classify_secure(payload: &[u8], cfg: &UnderlayConfig) -> Result<(Encap, ConnectorId, usize), UnderlayError> {
+    use UnderlayError as E;
+    let Some(h) = payload.first_chunk::<{ udp::HEADER_LEN }>() else {
+        return Err(E::SecureInner);
+    };
+    if usize::from(be16(h[4], h[5])) != payload.len() {
+        return Err(E::SecureInner);
+    }
+    let dst_port = be16(h[2], h[3]);
+    let t = udp::HEADER_LEN;
+    let (encap, connector) = match payload.get(t..t + vxlan::HEADER_LEN.max(vwire::HEADER_LEN)) {
+        Some(v) if dst_port == cfg.vwire_port => (Encap::Secure, u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+        Some(v) if dst_port == cfg.vxlan_port && v[0] & vxlan::FLAG_I != 0 => {
+            (Encap::SecureVxlan, u32::from_be_bytes([0, v[4], v[5], v[6]]))
+        }
+        _ => return Err(E::SecureInner),
+    };
+    let at = t + encap.tunnel().header_len();
+    if payload.len() < at + ethernet::HEADER_LEN {
+        return Err(E::InnerRunt);
+    }
+    Ok((encap, ConnectorId(connector), at))
 }
 
 /// Builds a whole tunnel frame: `template`'s outer headers written for `inner`, then `inner`.
@@ -554,7 +640,7 @@ mod tests {
 
     #[test]
     fn happy_paths_both_formats() {
-        for encap in Encap::ALL {
+        for encap in [Encap::Vwire, Encap::Vxlan] {
             let frame = build_tunnel_frame(&template(encap, 0x00ab_cdef), &inner(100), 51000);
             let expected = Decap {
                 encap,
@@ -584,7 +670,7 @@ mod tests {
         frame.resize(60, 0);
         assert_eq!(run(&frame), Err(UnderlayError::InnerRunt));
         // Padding (or a trailer the NIC left) after valid packets of both formats.
-        for encap in Encap::ALL {
+        for encap in [Encap::Vwire, Encap::Vxlan] {
             for (inner_len, padded_to) in [(14, 60), (14, 64), (20, 128), (100, 200)] {
                 let mut frame = build_tunnel_frame(&template(encap, 9), &inner(inner_len), 50001);
                 let ip_end = frame.len();
@@ -768,6 +854,83 @@ mod tests {
                 }),
                 edited(vw, |f| f[UDP + 6..UDP + 8].copy_from_slice(&[0xff, 0xff])),
             ],
+            E::EspTruncated => [0usize, 2, 16 + 2 + 16 - 1]
+                .into_iter()
+                .map(|n| {
+                    edited(vw, |f| {
+                        f[UDP + 2..UDP + 4].copy_from_slice(&secure::PORT.to_be_bytes());
+                        f[TUNNEL..TUNNEL + 4].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+                        fix_lengths(f, TUNNEL + n);
+                    })
+                })
+                .collect(),
+            E::EspIke => vec![edited(vw, |f| {
+                f[UDP + 2..UDP + 4].copy_from_slice(&secure::PORT.to_be_bytes());
+                f[TUNNEL..TUNNEL + 4].fill(0);
+            })],
+            // Not classify's: see secure_payloads.
+            E::SecureInner => Vec::new(),
+        }
+    }
+
+    /// An authenticated datagram as a peer seals it: UDP to `port`, the
+    /// tunnel header of `encap`'s tunnel format for connector 7, a frame.
+    fn secure_payload(encap: Encap, port: u16) -> Vec<u8> {
+        let frame = build_tunnel_frame(&template(encap, 7), &inner(64), 50000);
+        // What follows the ESP header the SA would write (no trailer here).
+        let mut p = frame[TUNNEL + secure::HEADER_LEN..].to_vec();
+        p[2..4].copy_from_slice(&port.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn secure_payloads() {
+        use UnderlayError as E;
+        for encap in [Encap::Secure, Encap::SecureVxlan] {
+            let port = if encap == Encap::Secure { CFG.vwire_port } else { CFG.vxlan_port };
+            let p = secure_payload(encap, port);
+            let at = udp::HEADER_LEN + encap.tunnel().header_len();
+            assert_eq!(classify_secure(&p, &CFG), Ok((encap, ConnectorId(7), at)), "{encap:?}");
+            assert_eq!(&p[at..], &inner(64)[..]);
+            // Another port, a length that disagrees, a runt, no room for a header.
+            assert_eq!(classify_secure(&secure_payload(encap, 53), &CFG), Err(E::SecureInner));
+            assert_eq!(classify_secure(&p[..p.len() - 1], &CFG), Err(E::SecureInner));
+            assert_eq!(classify_secure(&p[..7], &CFG), Err(E::SecureInner));
+            let mut runt = p[..at + 13].to_vec();
+            runt[4..6].copy_from_slice(&((at + 13) as u16).to_be_bytes());
+            assert_eq!(classify_secure(&runt, &CFG), Err(E::InnerRunt));
+        }
+        let mut no_i = secure_payload(Encap::SecureVxlan, CFG.vxlan_port);
+        no_i[udp::HEADER_LEN] = 0;
+        assert_eq!(classify_secure(&no_i, &CFG), Err(E::SecureInner));
+    }
+
+    #[test]
+    fn port_4500() {
+        let mut f = tunnel(Encap::Vwire);
+        f[UDP + 2..UDP + 4].copy_from_slice(&secure::PORT.to_be_bytes());
+        f[UDP..UDP + 2].copy_from_slice(&40000u16.to_be_bytes());
+        f[TUNNEL..TUNNEL + 4].copy_from_slice(&0x0000_1001u32.to_be_bytes());
+        let len = f.len();
+        let want = EspPacket { spi: 0x1001, src_ip: PEER_IP, src_port: 40000, len: len - TUNNEL, trailer_len: 0 };
+        assert_eq!(run(&f), Ok(Underlay::Esp(want)));
+        let mut keepalive = f.clone();
+        fix_lengths(&mut keepalive, TUNNEL + 1);
+        keepalive[TUNNEL] = 0xff;
+        assert_eq!(run(&keepalive), Ok(Underlay::NatKeepalive));
+        // A secure template's frame goes to 4500 with the sizes its SA needs.
+        for encap in [Encap::Secure, Encap::SecureVxlan] {
+            let t = template(encap, 7);
+            let frame = build_tunnel_frame(&t, &inner(100), 50000);
+            let trailer = t.trailer_len(100);
+            let mut sealed = frame.clone();
+            sealed.resize(frame.len() + trailer, 0);
+            sealed[TUNNEL..TUNNEL + 4].copy_from_slice(&0x2002u32.to_be_bytes());
+            match run(&sealed) {
+                Ok(Underlay::Esp(e)) => assert_eq!((e.spi, e.len), (0x2002, sealed.len() - TUNNEL), "{encap:?}"),
+                other => panic!("{encap:?}: {other:?}"),
+            }
+            assert_eq!((sealed.len() - TUNNEL - secure::HEADER_LEN - secure::ICV_LEN) % 4, 0);
         }
     }
 
@@ -826,6 +989,9 @@ mod tests {
     }
 
     fn check_variant(err: UnderlayError) {
+        if err == UnderlayError::SecureInner {
+            return secure_payloads();
+        }
         let cases = cases(err);
         assert!(!cases.is_empty());
         for (i, (frame, data_len, pkt_len)) in cases.iter().enumerate() {
@@ -877,6 +1043,9 @@ mod tests {
         error_inner_runt => InnerRunt,
         error_migration_header => MigrationHeader,
         error_udp_checksum => UdpChecksum,
+        error_esp_truncated => EspTruncated,
+        error_esp_ike => EspIke,
+        error_secure_inner => SecureInner,
     }
 
     #[test]
@@ -950,6 +1119,9 @@ mod tests {
                 "inner_runt",
                 "migration_header",
                 "udp_checksum",
+                "esp_truncated",
+                "esp_ike",
+                "secure_inner",
             ]
         );
         for (i, e) in UnderlayError::ALL.iter().enumerate() {

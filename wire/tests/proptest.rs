@@ -237,6 +237,7 @@ proptest! {
                 prop_assert_eq!(d.outer_len + d.inner_len + d.trailer_len, frame.len());
             }
             Ok(Underlay::Migration) => prop_assert!(false, "no generated frame is a migration message"),
+            Ok(Underlay::Esp(_) | Underlay::NatKeepalive) => prop_assert!(false, "no generated frame goes to port 4500"),
             Err(e) => prop_assert!(false, "valid frame refused: {}", e.name()),
         }
     }
@@ -259,13 +260,17 @@ proptest! {
         let connector = match encap {
             Encap::Vwire => id,
             Encap::Vxlan => id & vxlan::MAX_VNI,
-            Encap::Forward => id,
+            Encap::Forward | Encap::Secure | Encap::SecureVxlan => id,
         };
         let src_ip = Ipv4Addr::from(src_ip);
         let dst_mac = MacAddr::new(0x02, 0, 0, 0, 0, dst_mac_low);
         let cfg = UnderlayConfig { vtep_ip: OUR_IP, mac: dst_mac, vwire_port, vxlan_port: vxlan::PORT, migration_port: MIGRATION };
         prop_assume!(vwire_port != vxlan::PORT && vwire_port != MIGRATION);
-        let port = match encap { Encap::Vwire => vwire_port, Encap::Vxlan => vxlan::PORT, Encap::Forward => MIGRATION };
+        let port = match encap {
+            Encap::Vwire | Encap::Secure => vwire_port,
+            Encap::Vxlan | Encap::SecureVxlan => vxlan::PORT,
+            Encap::Forward => MIGRATION,
+        };
         let t = EncapTemplate::new(encap, ConnectorId(connector), PEER_MAC, dst_mac, src_ip, OUR_IP, port, 1500);
         prop_assert!(inner.len() <= t.max_inner_len());
 

@@ -211,6 +211,19 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
         let err = ctl.refused(&["connect", "6", "vm1", peer], "invalid_argument");
         assert!(err.contains(why), "{peer}: {err}");
     }
+    // A secure wire's keys are root's to give: a member's own key file is
+    // refused, and nothing is connected.
+    let mine = env.dir.join("member.keys");
+    let (here, _) = vw_ctl::keyfile::generate(128).unwrap();
+    vw_ctl::keyfile::write_new(&mine, &vw_ctl::keyfile::format(&here, 128)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(member.uid), Some(member.gid)).unwrap();
+    let key_arg = mine.to_str().unwrap();
+    let err = ctl.refused(
+        &["connect", "6", "vm1", "10.77.0.2", "--encap", "secure", "--key-file", key_arg],
+        "permission_denied",
+    );
+    assert!(err.contains("only root may give a secure wire's keys"), "{err}");
+    assert!(f.wire(6).is_null(), "nothing connected");
     assert_eq!(ctl.run(&["endpoint", "del", "vm2"]).0, 0);
     assert!(!vhost_dir.join("vm2.sock").exists(), "endpoint del removes the socket it created");
 

@@ -36,7 +36,17 @@ fn add(c: &mut Client, name: &str, path: &Path) {
 }
 
 fn connect(c: &mut Client, wire: u32, a: &str, b: &str) {
-    ok(c, Request::Connect { wire: Some(wire), endpoint: a.into(), peer: b.into(), encap: None, incoming: false });
+    ok(
+        c,
+        Request::Connect {
+            wire: Some(wire),
+            endpoint: a.into(),
+            peer: b.into(),
+            encap: None,
+            incoming: false,
+            keys: None,
+        },
+    );
 }
 
 /// Frames wire `id` carried forward, as the fabric counts them.

@@ -43,6 +43,8 @@ const EXAMPLES: &str = "Examples:
   vwctl endpoint add vm3 --vhost-user            # its socket: vm3.sock in the fabric's --vhost-dir
   vwctl connect 7 vm1 vm2                        # loopback wire 7 between vm1 and vm2
   vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
+  vwctl keygen w9.keys w9-peer.keys              # keys for a secure wire (copy w9-peer.keys to the peer)
+  vwctl connect 9 vm1 10.0.0.2 --encap secure --key-file w9.keys   # (root) secure wire 9, ESP/AES-GCM
   vwctl connect 9 vm1 vm5                        # with --directory: vm5 may live on any host
   vwctl connect vm3 vm4                          # with --directory: a free wire id is allocated
   vwctl wire list
@@ -72,15 +74,39 @@ enum Command {
         /// VTEP IPv4 address or (with --directory) any endpoint's name.
         #[arg(num_args = 2..=3, required = true, value_names = ["WIRE", "ENDPOINT", "PEER"])]
         args: Vec<String>,
-        /// Tunnel format of an encap wire.
+        /// Tunnel format of an encap wire. `secure` and `secure-vxlan` carry
+        /// the vwire or VXLAN datagram in ESP in UDP (port 4500, AES-GCM,
+        /// RFC 4303/3948/4106) and need --key-file.
         #[arg(long, value_enum)]
         encap: Option<EncapArg>,
+        /// (root) A secure wire's keys: a file `vwctl keygen` wrote (mode
+        /// 0600; see docs/security.md). vwctl reads it and sends the keys
+        /// to the fabric; they are never shown or logged. A key is used
+        /// for one connect only: the fabric refuses one it used before.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<std::path::PathBuf>,
         /// Connect when ENDPOINT's VM starts on this host (its vhost-user
         /// device comes up), not now: prepare the destination of a live
         /// migration with this, and the wire follows the VM at switch-over
         /// with no further command. `wire list` shows it as waiting.
         #[arg(long)]
         incoming: bool,
+    },
+    /// Write the keys of a secure wire: FILE for this end, PEER_FILE for
+    /// the far end (copy it there over a channel you trust), mode 0600.
+    ///
+    /// Each file holds two SAs, `out` (sent with) and `in` (received with),
+    /// swapped in the other file; keys come from the system's random
+    /// generator. Use a pair for one connect: a new connect needs new keys
+    /// (AES-GCM must never repeat a nonce under one key).
+    Keygen {
+        /// This end's key file (must not exist).
+        file: std::path::PathBuf,
+        /// The far end's key file (must not exist).
+        peer_file: std::path::PathBuf,
+        /// AES key length.
+        #[arg(long, default_value_t = 128, value_parser = parse_bits)]
+        bits: usize,
     },
     /// Disconnect wire WIRE (traffic on it stops; the endpoints stay).
     Disconnect {
@@ -156,6 +182,10 @@ enum EncapArg {
     Vwire,
     /// RFC 7348 VXLAN (UDP 4789, VNI = wire id).
     Vxlan,
+    /// vwire in ESP in UDP 4500 with AES-GCM (needs --key-file).
+    Secure,
+    /// VXLAN in ESP in UDP 4500 with AES-GCM, as Linux xfrm + VXLAN (needs --key-file).
+    SecureVxlan,
 }
 
 fn main() -> ExitCode {
@@ -172,7 +202,18 @@ fn main() -> ExitCode {
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
-        Command::Connect { args, encap, incoming } => {
+        Command::Keygen { file, peer_file, bits } => return keygen(file, peer_file, *bits),
+        Command::Connect { args, encap, incoming, key_file } => {
+            let keys = match key_file {
+                Some(f) => match vw_ctl::keyfile::read(f) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        eprintln!("vwctl: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
             let (wire, endpoint, peer) = match args.as_slice() {
                 [w, e, p] => match w.parse::<u32>() {
                     Ok(w) => (Some(w), e.clone(), p.clone()),
@@ -192,7 +233,10 @@ fn main() -> ExitCode {
                 encap: encap.map(|e| match e {
                     EncapArg::Vwire => EncapName::Vwire,
                     EncapArg::Vxlan => EncapName::Vxlan,
+                    EncapArg::Secure => EncapName::Secure,
+                    EncapArg::SecureVxlan => EncapName::SecureVxlan,
                 }),
+                keys,
             }
         }
         Command::Disconnect { wire } => Request::Disconnect { wire: *wire },
@@ -255,6 +299,7 @@ fn main() -> ExitCode {
             out!("wire {wire} disconnected");
             Ok(())
         }
+        Command::Keygen { .. } => Ok(()),
     };
     if let Err(e) = printed {
         eprintln!("vwctl: {}", ClientError::Protocol(e.to_string()));
@@ -424,6 +469,43 @@ fn ends(w: &WireInfo) -> String {
         Some(to) => format!("{}@{to} <-> {far}", w.endpoint),
         None => format!("{}@here <-> {far}", w.endpoint),
     }
+}
+
+fn parse_bits(s: &str) -> Result<usize, String> {
+    match s {
+        "128" => Ok(128),
+        "256" => Ok(256),
+        _ => Err("AES-GCM keys are 128 or 256 bits".into()),
+    }
+}
+
+/// `vwctl keygen`: two mirrored key files, written before anything is said.
+fn keygen(file: &std::path::Path, peer_file: &std::path::Path, bits: usize) -> ExitCode {
+    use vw_ctl::keyfile;
+    let (here, there) = match keyfile::generate(bits) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("vwctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = keyfile::write_new(file, &keyfile::format(&here, bits)) {
+        eprintln!("vwctl: {e}");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = keyfile::write_new(peer_file, &keyfile::format(&there, bits)) {
+        let _ = std::fs::remove_file(file);
+        eprintln!("vwctl: {e}");
+        return ExitCode::from(1);
+    }
+    out!(
+        "wrote {} (out SPI {:#010x}, in SPI {:#010x}) and {} for the far end, AES-{bits}-GCM",
+        file.display(),
+        here.out_spi,
+        here.in_spi,
+        peer_file.display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn print_wires(v: &[WireInfo]) {

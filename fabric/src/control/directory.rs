@@ -194,7 +194,7 @@ impl Control {
         }
         let role = Role::of(job.caller.uid, self.own_uid);
         match &job.request {
-            Request::Connect { wire, endpoint, peer, encap, incoming: false }
+            Request::Connect { wire, endpoint, peer, encap, incoming: false, keys: None }
                 if peer.parse::<std::net::Ipv4Addr>().is_err() =>
             {
                 let (wire, a, b, encap) = (*wire, endpoint.clone(), peer.clone(), *encap);

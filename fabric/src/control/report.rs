@@ -140,9 +140,10 @@ impl Control {
             state: self.with_holds(id, state),
             forward: proto::FlowCounters { frames: totals.frames[0], bytes: totals.bytes[0] },
             reverse: proto::FlowCounters { frames: totals.frames[1], bytes: totals.bytes[1] },
-            dropped: totals.dropped,
+            dropped: totals.dropped + self.secure.by_wire(id.0).map_or(0, |sa| sa.drops().iter().sum()),
             migration: self.mig.as_ref().map(|_| self.wire_migration(id, totals.forwarded, None)),
             ends: self.directory_ends(id.0),
+            secure: self.secure_info(id),
         }
     }
 
@@ -197,6 +198,7 @@ impl Control {
             migration: Some(self.wire_migration(id, totals.forwarded, Some(d))),
             carries_mtu: None,
             mtu_warning: None,
+            secure: None,
             ends: Vec::new(),
         }
     }

@@ -877,6 +877,7 @@ impl Ctl {
             peer: b.into(),
             encap: None,
             incoming: false,
+            keys: None,
         })
     }
 }

@@ -1,0 +1,292 @@
+//! End-to-end tests of secure wires: ESP in UDP with AES-GCM between two
+//! real fabrics (net_tap uplinks on one underlay bridge, namespaces as VMs).
+//! Run as root: `cargo test --release -p vw-e2e --test secure -- --test-threads=1`.
+//! See docs/security.md.
+
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use vw_e2e::*;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Two fabrics with state files, a VM behind each (192.168.7.1 and .2),
+/// secure wire 7 between them with a fresh pair of key files.
+struct Secure {
+    h1: Fabric,
+    h2: Fabric,
+    vm1: Vm,
+    vm2: Vm,
+    ul: Underlay,
+    opts1: FabricOpts,
+    keys: (PathBuf, PathBuf),
+}
+
+/// `vwctl keygen` into `a` and `b`.
+fn keygen(env: &Env, a: &PathBuf, b: &PathBuf) {
+    let out = run(&[env.bin.join("vwctl").to_str().unwrap(), "keygen", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    for f in [a, b] {
+        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600, "{} is 0600", f.display());
+    }
+}
+
+fn secure_hosts(env: &Env, encap: &str) -> Secure {
+    let mut ul = Underlay::new(env);
+    let t = &env.tag;
+    let (up1, up2, e1, e2) = (format!("vw{t}u1"), format!("vw{t}u2"), format!("vw{t}e1"), format!("vw{t}e2"));
+    let opts = |up: &str, vtep: &str, mac: &str, state: &str| FabricOpts {
+        uplink: Some((up.to_owned(), vtep.to_owned())),
+        uplink_mac: Some(mac.to_owned()),
+        extra: vec!["--state".into(), env.dir.join(state).display().to_string()],
+        ..Default::default()
+    };
+    let opts1 = opts(&up1, "10.0.0.1/24", "02:00:5e:10:00:01", "h1.state");
+    let mut h1 = Fabric::start(env, "h1", opts1.clone());
+    let mut h2 = Fabric::start(env, "h2", opts(&up2, "10.0.0.2/24", "02:00:5e:10:00:02", "h2.state"));
+    ul.plug(&up1);
+    ul.plug(&up2);
+    h1.add_tap_mac("vm1", &e1, "02:00:5e:20:00:01");
+    h2.add_tap("vm2", &e2);
+    let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.7.1/24", 1400);
+    let vm2 = Vm::new(&format!("vw{t}vm2"), &e2, "192.168.7.2/24", 1400);
+    let keys = (env.dir.join("w7.keys"), env.dir.join("w7-peer.keys"));
+    keygen(env, &keys.0, &keys.1);
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.2", "--encap", encap, "--key-file", keys.0.to_str().unwrap()]);
+    h2.ctl_ok(&["connect", "7", "vm2", "10.0.0.1", "--encap", encap, "--key-file", keys.1.to_str().unwrap()]);
+    let s = Secure { h1, h2, vm1, vm2, ul, opts1, keys };
+    assert!(s.vm1.wait_reachable("192.168.7.2"), "no ping over the {encap} wire\n{}", s.logs());
+    s
+}
+
+impl Secure {
+    fn logs(&self) -> String {
+        format!("--- h1 ---\n{}\n--- h2 ---\n{}", self.h1.log_text(), self.h2.log_text())
+    }
+}
+
+/// The key material in a key file (what must never be shown).
+fn key_material(path: &PathBuf) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_secure_wire_carries_ping_and_tcp_and_nothing_in_clear() {
+    let Some(env) = setup("secure", &["tshark"]) else { return };
+    let s = secure_hosts(&env, "secure");
+    let up1 = format!("vw{}u1", env.tag);
+    let cap = Capture::start(&s.ul.ns, &up1, env.dir.join("secure.pcap"), "udp");
+    assert_eq!(s.vm1.ping("192.168.7.2", 20, 1000), Ping { sent: 20, received: 20 }, "{}", s.logs());
+    let (sent, got) = tcp_transfer(&env, &s.vm1.ns, &s.vm2.ns, "192.168.7.2", 4 << 20);
+    assert!(sent.starts_with("4194304 "), "sender: {sent}");
+    assert_eq!(sent, got, "the receiver's byte count and SHA-256 differ from the sender's");
+    let file = cap.stop();
+
+    // On the underlay: ESP in UDP 4500 -> 4500 only, with the key files'
+    // SPIs, and not one byte of the VMs' addresses in any frame.
+    let w1 = s.h1.wire(7);
+    let (out_spi, in_spi) = (u(&w1["secure"]["out_spi"]), u(&w1["secure"]["in_spi"]));
+    let rows = tshark_fields(&file, &[], &["udp.srcport", "udp.dstport", "esp.spi", "ip.src"]);
+    assert!(rows.len() > 1000, "{} frames captured", rows.len());
+    for r in &rows {
+        assert_eq!((r[0].as_str(), r[1].as_str()), ("4500", "4500"), "{r:?}");
+        let spi = u64::from_str_radix(r[2].trim_start_matches("0x"), 16).unwrap();
+        let want = if r[3] == "10.0.0.1" { out_spi } else { in_spi };
+        assert_eq!(spi, want, "{r:?}");
+    }
+    let frames = read_pcap(&file);
+    for vm in [[192u8, 168, 7, 1], [192, 168, 7, 2]] {
+        assert!(!frames.iter().any(|f| f.windows(4).any(|w| w == vm)), "a VM address in clear on the underlay");
+    }
+
+    // Counters and what `wire list` shows: no key anywhere.
+    for (h, peer) in [(&s.h1, "10.0.0.2"), (&s.h2, "10.0.0.1")] {
+        let w = h.wire(7);
+        assert_eq!(
+            (w["kind"].as_str(), w["encap"].as_str(), w["peer"].as_str()),
+            (Some("encap"), Some("secure"), Some(peer))
+        );
+        assert_eq!(u(&w["carries_mtu"]), 1412, "{w}");
+        let sec = &w["secure"];
+        // Each way at least the pings; TCP's ACKs vary with coalescing.
+        assert!(u(&sec["sent_seq"]) > 20 && u(&sec["received_seq"]) > 20, "{w}");
+        assert_eq!(u(&sec["key_bits"]), 128);
+        assert_eq!(u(&sec["auth_failed"]) + u(&sec["replayed"]) + u(&sec["wrong_peer"]), 0, "{w}");
+        assert!(h.ctl_ok(&["wire", "list"]).contains("encap (secure)"));
+    }
+    assert_eq!(u(&s.h2.wire(7)["secure"]["out_spi"]), in_spi, "the far end sends with our inbound SA");
+    assert!(u(&s.h2.wire(7)["secure"]["received_seq"]) > (4 << 20) / 1400, "the 4 MiB went to h2 sealed");
+    for k in key_material(&s.keys.0) {
+        let k = k.trim_start_matches("0x").to_owned();
+        for (what, text) in [
+            ("h1 log", s.h1.log_text()),
+            ("h2 log", s.h2.log_text()),
+            ("wire list", s.h1.ctl_ok(&["--json", "wire", "list"])),
+            ("status", s.h1.ctl_ok(&["--json", "status"])),
+            ("stats", s.h1.ctl_ok(&["--json", "stats"])),
+        ] {
+            assert!(!text.contains(&k[..16]), "key material in the {what}");
+        }
+    }
+    for f in ["h1.state", "h1.state.journal"] {
+        let p = env.dir.join(f);
+        if p.exists() {
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o077, 0, "{f} is the owner's only");
+        }
+    }
+    // The same with VXLAN inside, as a Linux host's xfrm and VXLAN device
+    // send it: new keys (a key serves one connect).
+    let (k3, k4) = (env.dir.join("w7b.keys"), env.dir.join("w7b-peer.keys"));
+    keygen(&env, &k3, &k4);
+    for (h, vm, peer, k) in [(&s.h1, "vm1", "10.0.0.2", &k3), (&s.h2, "vm2", "10.0.0.1", &k4)] {
+        h.ctl_ok(&["disconnect", "7"]);
+        h.ctl_ok(&["connect", "7", vm, peer, "--encap", "secure-vxlan", "--key-file", k.to_str().unwrap()]);
+    }
+    assert!(s.vm1.wait_reachable("192.168.7.2"), "{}", s.logs());
+    assert_eq!(s.vm1.ping("192.168.7.2", 10, 1350), Ping { sent: 10, received: 10 }, "{}", s.logs());
+    assert_eq!(u(&s.h1.wire(7)["carries_mtu"]), 1408);
+    drop(s);
+}
+
+/// A captured frame of wire 7 from h2 to h1, sent again as it was, with one
+/// bit flipped, from another address, with another SPI or sealed with
+/// another key: none reaches the VM, each is counted by reason, and the
+/// wire goes on.
+#[test]
+fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
+    let Some(env) = setup("secure_tamper", &["tshark", "python3"]) else { return };
+    let s = secure_hosts(&env, "secure");
+    let up1 = format!("vw{}u1", env.tag);
+    let cap = Capture::start(&s.ul.ns, &up1, env.dir.join("from-h2.pcap"), "udp port 4500 and src host 10.0.0.2");
+    assert_eq!(s.vm2.ping("192.168.7.1", 5, 200).received, 5);
+    let frames = read_pcap(&cap.stop());
+    let good = frames.iter().find(|f| f.len() > 200).expect("a captured frame").clone();
+
+    let fix_ip = |f: &mut Vec<u8>| {
+        f[24..26].fill(0);
+        let mut sum = 0u32;
+        for i in (14..34).step_by(2) {
+            sum += u32::from(u16::from_be_bytes([f[i], f[i + 1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    };
+    // The replay check comes first (RFC 4303 §3.4.3): a copy with the
+    // number the wire already took is `replayed` whatever else changed.
+    // With a number the wire has not seen yet, any change fails the ICV
+    // (the number is in the AAD), and the window must not move for it.
+    let fresh = |f: &mut Vec<u8>| {
+        let seq = u32::from_be_bytes([f[46], f[47], f[48], f[49]]).wrapping_add(1_000_000);
+        f[46..50].copy_from_slice(&seq.to_be_bytes());
+    };
+    let flipped = |at: usize| {
+        let mut f = good.clone();
+        fresh(&mut f);
+        if at != 0 {
+            f[at] ^= 0x10;
+        }
+        f
+    };
+    let mut spoofed = good.clone();
+    spoofed[26..30].copy_from_slice(&Ipv4Addr::new(10, 0, 0, 9).octets());
+    fix_ip(&mut spoofed);
+    // Sealed with a key that is not the wire's, under the wire's SPI.
+    let mut forged = good.clone();
+    fresh(&mut forged);
+    let spi = u32::from_be_bytes([good[42], good[43], good[44], good[45]]);
+    let esp_len = good.len() - 42;
+    let payload = esp_len - 16 - 16 - 2 - usize::from(good[good.len() - 18]);
+    forged.truncate(42 + 16 + payload);
+    forged.resize(42 + esp_len, 0);
+    let seq = u32::from_be_bytes([forged[46], forged[47], forged[48], forged[49]]);
+    let mut other = vw_esp::Outbound::new(spi, &vw_esp::Keymat::generate(128).unwrap());
+    other.seal(&mut forged[42..], payload, 17).unwrap();
+    forged[46..50].copy_from_slice(&seq.to_be_bytes());
+    let mut unknown = good.clone();
+    unknown[42..46].copy_from_slice(&0x0bad_0badu32.to_be_bytes());
+    let last = good.len() - 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("replayed", good.clone()),
+        ("replayed", {
+            let mut f = good.clone();
+            f[42 + 40] ^= 0x10;
+            f
+        }),
+        ("auth_failed", flipped(0)),       // only the sequence number
+        ("auth_failed", flipped(42 + 8)),  // the IV
+        ("auth_failed", flipped(42 + 40)), // the encrypted datagram
+        ("auth_failed", flipped(last)),    // the ICV
+        ("auth_failed", forged),
+        ("unknown_spi", unknown),
+        ("secure_wrong_peer", spoofed),
+    ];
+    let before = s.h1.all_drops();
+    let delivered = s.h1.port("vm1")["tx_packets"].as_u64().unwrap();
+    let frames: Vec<Vec<u8>> = cases.iter().flat_map(|(_, f)| std::iter::repeat_n(f.clone(), 2)).collect();
+    s.ul.ns.send_raw("br0", &frames);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = s.h1.all_drops();
+    let mut expected: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (reason, _) in &cases {
+        *expected.entry(reason).or_default() += 2;
+    }
+    for (reason, n) in &expected {
+        let delta = u(&after[*reason]) - u(&before[*reason]);
+        assert_eq!(delta, *n, "{reason}: expected +{n}, got +{delta}\nbefore {before}\nafter {after}");
+    }
+    assert_eq!(s.h1.port("vm1")["tx_packets"].as_u64().unwrap(), delivered, "nothing reached the VM");
+    let sec = s.h1.wire(7)["secure"].clone();
+    assert_eq!((u(&sec["replayed"]), u(&sec["auth_failed"]), u(&sec["wrong_peer"])), (4, 10, 2), "{sec}");
+    // The window did not move for any of them: the wire goes on.
+    assert_eq!(s.vm2.ping("192.168.7.1", 5, 200), Ping { sent: 5, received: 5 }, "{}", s.logs());
+    drop(s);
+}
+
+/// A fabric killed with SIGKILL brings its secure wire back from its state
+/// file and sends above every sequence number it may have used (the far
+/// end's window takes it); a key is never used for a second connect.
+#[test]
+fn a_secure_wire_survives_a_restart_and_keys_serve_one_connect() {
+    let Some(env) = setup("secure_restart", &[]) else { return };
+    let mut s = secure_hosts(&env, "secure");
+    assert_eq!(s.vm1.ping("192.168.7.2", 5, 100).received, 5);
+    let limit = u(&s.h1.wire(7)["secure"]["seq_limit"]);
+    s.h1.kill9();
+    let h1 = Fabric::start(&env, "h1", s.opts1.clone());
+    s.h1 = h1;
+    s.ul.plug(&format!("vw{}u1", env.tag));
+    s.vm1.reattach("192.168.7.1/24", 1400);
+    assert!(s.vm1.wait_reachable("192.168.7.2"), "after the restart\n{}", s.logs());
+    assert_eq!(s.vm1.ping("192.168.7.2", 10, 100), Ping { sent: 10, received: 10 }, "{}", s.logs());
+    let sec = s.h1.wire(7)["secure"].clone();
+    assert!(u(&sec["sent_seq"]) > limit, "sends above the limit it had before the crash: {sec}, limit {limit}");
+    assert_eq!(u(&s.h2.wire(7)["secure"]["replayed"]), 0, "the far end took every packet");
+
+    // The same keys again, after a disconnect: refused.
+    s.h1.ctl_ok(&["disconnect", "7"]);
+    let out =
+        s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure", "--key-file", s.keys.0.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("was used before"), "{err}");
+    // What else a secure connect needs.
+    let out = s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs its keys"));
+    let out = s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--key-file", s.keys.0.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("applies to --encap secure"));
+    std::fs::set_permissions(&s.keys.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out =
+        s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure", "--key-file", s.keys.0.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    assert!(s.h1.wire(7).is_null(), "nothing was connected");
+    drop(s);
+}

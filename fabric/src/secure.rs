@@ -1,0 +1,200 @@
+//! Secure wires' SAs as the workers use them (see docs/security.md).
+//!
+//! Each secure wire has an outbound and an inbound SA ([`SecureSa`]). The
+//! workers reach them through the snapshot's [`SecureTable`], by wire (to
+//! seal) and by inbound SPI (to open); the table is immutable and shared by
+//! snapshots, and replaced, by the control plane, only when a secure wire
+//! comes or goes.
+//!
+//! * Sealing: a worker reserves the sequence numbers of a whole burst with
+//!   one atomic add, then seals each frame in place with ring's AES-GCM.
+//! * Opening: the SA's packets all come from one address and port, so one
+//!   receive queue and one worker at a time; its replay window is written
+//!   with plain atomic loads and stores (`vw_esp::SharedWindow`).
+//! * No sequence number repeats under a key, across restarts too: the
+//!   outbound SA may not pass a limit the control plane raises only after
+//!   it saved a higher floor in the state file (every [`SEQ_CHUNK`]
+//!   packets), and a restart sends from that floor. A key is used for one
+//!   connect only: the state file keeps the fingerprint of every outbound
+//!   key used here and a connect with one of them is refused.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use vw_ctl::proto::SecureKeys;
+use vw_esp::{Keymat, OpenKey, SharedOutbound, SharedWindow};
+
+/// Sequence numbers between two saves of a secure wire's floors.
+pub const SEQ_CHUNK: u64 = 1 << 22;
+
+/// When the outbound SA has used this much of its allowance, the control
+/// plane saves a new floor and raises the limit.
+pub const SEQ_RAISE_AT: u64 = SEQ_CHUNK / 2;
+
+/// One secure wire's SAs.
+pub struct SecureSa {
+    /// The wire.
+    pub wire: u32,
+    /// The far end's VTEP: the only outer source whose packets are opened.
+    pub peer: Ipv4Addr,
+    /// Sends.
+    pub out: SharedOutbound,
+    /// Receives.
+    pub inb: OpenKey,
+    /// The inbound replay window.
+    pub window: SharedWindow,
+    /// AES key length of the outbound SA.
+    pub bits: u32,
+    /// This wire's inbound packets dropped, by [`InboundDrop`]: counted
+    /// with an atomic add, on the drop path only (an attacker may send
+    /// them to any worker).
+    pub drops: [AtomicU64; 3],
+}
+
+/// Why one of a secure wire's inbound packets was dropped.
+#[derive(Debug, Clone, Copy)]
+pub enum InboundDrop {
+    /// Its ICV did not verify.
+    AuthFailed = 0,
+    /// Received before, or below the window.
+    Replayed = 1,
+    /// From an address that is not the peer's.
+    WrongPeer = 2,
+}
+
+impl SecureSa {
+    /// Counts a dropped inbound packet of this wire.
+    #[cold]
+    pub fn count(&self, why: InboundDrop) {
+        self.drops[why as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The inbound drops, by [`InboundDrop`].
+    pub fn drops(&self) -> [u64; 3] {
+        self.drops.each_ref().map(|d| d.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for SecureSa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureSa")
+            .field("wire", &self.wire)
+            .field("out", &self.out)
+            .field("in", &self.inb)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+impl SecureSa {
+    /// The SAs of `keys` for wire `wire` to `peer`, the outbound sending
+    /// from `out_floor + 1` and the inbound taking only numbers above
+    /// `in_floor` (both 0 for a new wire). Keys must have been checked.
+    pub fn new(
+        wire: u32,
+        peer: Ipv4Addr,
+        keys: &SecureKeys,
+        out_floor: u64,
+        in_floor: u64,
+    ) -> Result<SecureSa, String> {
+        let out_key = Keymat::from_hex(&keys.out_key).map_err(|e| format!("the out key: {e}"))?;
+        let in_key = Keymat::from_hex(&keys.in_key).map_err(|e| format!("the in key: {e}"))?;
+        let first = out_floor + 1;
+        Ok(SecureSa {
+            wire,
+            peer,
+            out: SharedOutbound::new(keys.out_spi, &out_key, first, first + SEQ_CHUNK - 1),
+            inb: OpenKey::new(keys.in_spi, &in_key),
+            window: SharedWindow::starting_at(in_floor),
+            bits: out_key.bits() as u32,
+            drops: Default::default(),
+        })
+    }
+}
+
+/// The name of an outbound key kept in the state file (never the key).
+pub fn fingerprint(keys: &SecureKeys) -> Result<String, String> {
+    Keymat::from_hex(&keys.out_key).map(|k| k.fingerprint()).map_err(|e| format!("the out key: {e}"))
+}
+
+/// The SAs of every secure wire, by wire and by inbound SPI.
+#[derive(Debug, Default, Clone)]
+pub struct SecureTable {
+    by_wire: hashbrown::HashMap<u32, Arc<SecureSa>>,
+    by_spi: hashbrown::HashMap<u32, Arc<SecureSa>>,
+}
+
+impl SecureTable {
+    /// This table with `sa` added (replacing its wire's).
+    pub fn with(&self, sa: Arc<SecureSa>) -> SecureTable {
+        let mut t = self.without(sa.wire);
+        t.by_spi.insert(sa.inb.spi(), sa.clone());
+        t.by_wire.insert(sa.wire, sa);
+        t
+    }
+
+    /// This table without wire `wire`'s SAs.
+    pub fn without(&self, wire: u32) -> SecureTable {
+        let mut t = self.clone();
+        if let Some(sa) = t.by_wire.remove(&wire) {
+            t.by_spi.remove(&sa.inb.spi());
+        }
+        t
+    }
+
+    /// Wire `wire`'s SAs.
+    #[inline(always)]
+    pub fn by_wire(&self, wire: u32) -> Option<&Arc<SecureSa>> {
+        self.by_wire.get(&wire)
+    }
+
+    /// The SAs whose inbound SPI is `spi`.
+    #[inline(always)]
+    pub fn by_spi(&self, spi: u32) -> Option<&Arc<SecureSa>> {
+        self.by_spi.get(&spi)
+    }
+
+    /// Every secure wire's SAs.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<SecureSa>> {
+        self.by_wire.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(out_spi: u32, in_spi: u32) -> SecureKeys {
+        SecureKeys {
+            out_spi,
+            out_key: "0x0123456789abcdef0123456789abcdef01020304".into(),
+            in_spi,
+            in_key: "0x1123456789abcdef0123456789abcdef01020304".into(),
+        }
+    }
+
+    #[test]
+    fn the_table_finds_sas_by_wire_and_spi_and_forgets_replaced_ones() {
+        let peer = Ipv4Addr::new(10, 0, 0, 2);
+        let a = Arc::new(SecureSa::new(7, peer, &keys(0x1001, 0x2002), 0, 0).unwrap());
+        let t = SecureTable::default().with(a);
+        assert_eq!(t.by_wire(7).map(|s| s.out.key().spi()), Some(0x1001));
+        assert_eq!(t.by_spi(0x2002).map(|s| s.wire), Some(7));
+        let b = Arc::new(SecureSa::new(7, peer, &keys(0x1003, 0x2004), 0, 0).unwrap());
+        let u = t.with(b);
+        assert!(u.by_spi(0x2002).is_none(), "the old inbound SPI is gone");
+        assert_eq!(u.by_spi(0x2004).map(|s| s.wire), Some(7));
+        assert!(u.without(7).by_wire(7).is_none() && u.without(7).by_spi(0x2004).is_none());
+        assert_eq!(t.by_spi(0x2002).map(|s| s.wire), Some(7), "the old table is unchanged");
+    }
+
+    #[test]
+    fn a_restored_sa_sends_above_its_floor_and_takes_only_newer_packets() {
+        let sa = SecureSa::new(7, Ipv4Addr::new(10, 0, 0, 2), &keys(0x1001, 0x2002), 5000, 9000).unwrap();
+        assert_eq!(sa.out.reserve(1), (5001, 1));
+        assert_eq!(sa.out.limit(), 5000 + SEQ_CHUNK);
+        assert!(sa.window.check(9000).is_err() && sa.window.check(8000).is_err());
+        assert!(sa.window.check(9001).is_ok());
+        assert!(!format!("{sa:?}").contains("0123456789"), "no key in Debug");
+    }
+}
