@@ -51,7 +51,7 @@ pub fn parse(text: &str) -> Result<SecureKeys, String> {
         let slot = match *dir {
             "out" => &mut out,
             "in" => &mut inb,
-            d => return Err(format!("line {n}: {d:?} is neither `out` nor `in`")),
+            _ => return Err(format!("line {n}: the first field must be `out` or `in`")),
         };
         if slot.is_some() {
             return Err(format!("line {n}: a second `{dir}` line"));
@@ -60,7 +60,7 @@ pub fn parse(text: &str) -> Result<SecureKeys, String> {
     }
     match (out, inb) {
         (Some((out_spi, out_key)), Some((in_spi, in_key))) => {
-            if out_key.trim_start_matches("0x") == in_key.trim_start_matches("0x") {
+            if Keymat::from_hex(&out_key).ok() == Keymat::from_hex(&in_key).ok() {
                 return Err("the `out` and `in` SAs have the same key: each direction needs its own".into());
             }
             Ok(SecureKeys { out_spi, out_key, in_spi, in_key })
@@ -157,7 +157,8 @@ mod tests {
             (format!("out 0x1001 {k}\nout 0x1002 {k2}\nin 5000 {k}"), "line 2: a second `out` line"),
             (format!("out 255 {k}\nin 5000 {k2}"), "line 1: the SPI must be"),
             (format!("out 0x1001 {k}\nin 5000 {k}"), "the same key"),
-            (format!("both 0x1001 {k}\n"), "line 1: \"both\""),
+            (format!("out 0x1001 {k}\nin 5000 {}", k.to_uppercase().replace("0X", "")), "the same key"),
+            (format!("both 0x1001 {k}\n"), "line 1: the first field must be"),
             ("out 0x1001 0x0123\n".to_string(), "line 1: AES-GCM key material"),
             ("out 0x1001\n".to_string(), "expected `out|in SPI KEY`"),
         ] {

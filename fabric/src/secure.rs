@@ -35,7 +35,9 @@ pub const SEQ_RAISE_AT: u64 = SEQ_CHUNK / 2;
 pub struct SecureSa {
     /// The wire.
     pub wire: u32,
-    /// The far end's VTEP: the only outer source whose packets are opened.
+    /// The far end's VTEP: the only outer source whose packets are opened,
+    /// from UDP port 4500 only (so that all of them come through one
+    /// receive queue: see `vw_esp::SharedWindow`).
     pub peer: Ipv4Addr,
     /// Sends.
     pub out: SharedOutbound,
@@ -99,6 +101,9 @@ impl SecureSa {
     ) -> Result<SecureSa, String> {
         let out_key = Keymat::from_hex(&keys.out_key).map_err(|e| format!("the out key: {e}"))?;
         let in_key = Keymat::from_hex(&keys.in_key).map_err(|e| format!("the in key: {e}"))?;
+        if out_floor > MAX_FLOOR || in_floor > MAX_FLOOR {
+            return Err("its sequence numbers are used up: connect it anew with new keys".into());
+        }
         let first = out_floor + 1;
         Ok(SecureSa {
             wire,
@@ -112,10 +117,21 @@ impl SecureSa {
     }
 }
 
-/// The name of an outbound key kept in the state file (never the key).
-pub fn fingerprint(keys: &SecureKeys) -> Result<String, String> {
-    Keymat::from_hex(&keys.out_key).map(|k| k.fingerprint()).map_err(|e| format!("the out key: {e}"))
+/// The names of a wire's two keys kept in the state file (never the keys):
+/// (out, in). Refused if both directions have the same key (a nonce would
+/// repeat: each direction's sequence numbers start at 1).
+pub fn fingerprints(keys: &SecureKeys) -> Result<(String, String), String> {
+    let out = Keymat::from_hex(&keys.out_key).map_err(|e| format!("the out key: {e}"))?;
+    let inb = Keymat::from_hex(&keys.in_key).map_err(|e| format!("the in key: {e}"))?;
+    if out == inb {
+        return Err("out and in keys are the same: each direction needs its own".into());
+    }
+    Ok((out.fingerprint(), inb.fingerprint()))
 }
+
+/// The highest floor a restored SA may start from: room for a few chunks
+/// before the 64-bit sequence numbers run out.
+pub const MAX_FLOOR: u64 = u64::MAX - 4 * SEQ_CHUNK;
 
 /// The SAs of every secure wire, by wire and by inbound SPI.
 #[derive(Debug, Default, Clone)]

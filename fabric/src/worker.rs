@@ -70,7 +70,9 @@ fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -
 #[inline(always)]
 fn open_esp(snap: &Snapshot, up: &UplinkPlan, m: &mut Mbuf, e: EspPacket) -> Result<Decap, usize> {
     let Some(sa) = snap.secure.by_spi(e.spi) else { return Err(FabricDrop::UnknownSpi.index()) };
-    if e.src_ip != sa.peer {
+    // From the peer's address and port 4500 only: one 5-tuple, so one
+    // receive queue and one worker at a time for the SA's window.
+    if e.src_ip != sa.peer || e.src_port != secure::PORT {
         sa.count(InboundDrop::WrongPeer);
         return Err(FabricDrop::SecureWrongPeer.index());
     }

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
 use vw_esp::{
-    classify, Datagram, Inbound, Keymat, OpenError, Outbound, Refusal, ReplayWindow, HEADER_LEN, ICV_LEN,
+    classify, Datagram, Inbound, Keymat, OpenError, Outbound, Refusal, ReplayWindow, SharedWindow, HEADER_LEN, ICV_LEN,
     MAX_TRAILER_LEN, WINDOW,
 };
 
@@ -98,6 +98,8 @@ fn round_trip(rest: &[u8]) {
 
 fn window(steps: &[u8]) {
     let mut w = ReplayWindow::new();
+    // The workers' form decides the same, step by step.
+    let shared = SharedWindow::new();
     let (mut taken, mut top) = (BTreeSet::new(), 0u64);
     for s in steps.chunks_exact(5) {
         let low = u32::from_be_bytes([s[1], s[2], s[3], s[4]]);
@@ -118,12 +120,14 @@ fn window(steps: &[u8]) {
             w => w,
         };
         assert_eq!(w.check(seq), want, "seq {seq} top {top}");
+        assert_eq!((shared.infer(low), shared.check(seq)), (seq, want), "shared: seq {seq} top {top}");
         if want.is_ok() && s[0] & 1 == 0 {
             w.accept(seq);
+            shared.accept(seq);
             taken.insert(seq);
             top = top.max(seq);
             taken.retain(|t| top - t < WINDOW);
         }
-        assert_eq!(w.top(), top);
+        assert_eq!((w.top(), shared.top()), (top, top));
     }
 }

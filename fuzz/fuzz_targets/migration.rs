@@ -115,6 +115,8 @@ fn expected(b: &[u8]) -> Result<Message, MessageError> {
     let encap = match b[22] {
         0 => Encap::Vwire,
         1 => Encap::Vxlan,
+        3 => Encap::Secure,
+        4 => Encap::SecureVxlan,
         _ => return Err(MessageError::Field),
     };
     let n = usize::from(b[23]);
@@ -173,7 +175,8 @@ fn message(f: &[u8]) {
         from: Ipv4Addr::from(be32(&raw, 5)),
         location: Ipv4Addr::from(be32(&raw, 9)),
         location_mac: MacAddr::from_bytes(&raw[13..19]),
-        encap: [Encap::Vwire, Encap::Vxlan, Encap::Forward][usize::from(raw[19] % 3)],
+        encap: [Encap::Vwire, Encap::Vxlan, Encap::Forward, Encap::Secure, Encap::SecureVxlan]
+            [usize::from(raw[19] % 5)],
         end: String::from_utf8_lossy(name_bytes).into_owned(),
         seq: be64(&raw, 20),
         sent_ns: be64(&raw, 28),

@@ -26,8 +26,9 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
+use vw_wire::encap::secure;
 use vw_wire::ethernet::{self, ethertype};
-use vw_wire::underlay::build_tunnel_frame;
+use vw_wire::underlay::{build_tunnel_frame, EspPacket, ESP_OFFSET};
 use vw_wire::{
     arp, checksum, classify, icmpv4, ipv4, migration, udp, vwire, vxlan, ConnectorId, Decap, Encap, EncapTemplate,
     MacAddr, Underlay, UnderlayConfig, UnderlayError,
@@ -200,12 +201,8 @@ fn reference(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underl
     // offload nobody completed) counts as not computed; a datagram beyond
     // the first segment with any other checksum cannot be verified, so it
     // is refused.
-    let partial = checksum::fold(checksum::pseudo_header_v4(
-        ip.src_addr(),
-        ip.dst_addr(),
-        ipv4::protocol::UDP,
-        dgram.len(),
-    ));
+    let partial =
+        checksum::fold(checksum::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), ipv4::protocol::UDP, dgram.len()));
     if dgram.checksum() != 0 && dgram.checksum() != partial {
         match l3.get(ipv4::HEADER_LEN..ipv4::HEADER_LEN + usize::from(dgram.len())) {
             Some(whole) if udp::Datagram::new_unchecked(whole).verify_checksum(ip.src_addr(), ip.dst_addr()) => {}
@@ -215,6 +212,22 @@ fn reference(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underl
     let port = dgram.dst_port();
     let udp_payload = usize::from(dgram.len()) - udp::HEADER_LEN;
     let tunnel = &l3[ipv4::HEADER_LEN + udp::HEADER_LEN..];
+
+    // ESP in UDP (RFC 3948): a keepalive, IKE, or ESP, whole in the first segment.
+    if port == secure::PORT {
+        return match tunnel.get(..udp_payload) {
+            Some([0xff]) => Ok(Underlay::NatKeepalive),
+            Some([0, 0, 0, 0, ..]) => Err(E::EspIke),
+            Some(p) if udp_payload >= secure::HEADER_LEN + 2 + secure::ICV_LEN => Ok(Underlay::Esp(EspPacket {
+                spi: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                src_ip: ip.src_addr(),
+                src_port: dgram.src_port(),
+                len: udp_payload,
+                trailer_len: pkt_len - ethernet::HEADER_LEN - total,
+            })),
+            _ => Err(E::EspTruncated),
+        };
+    }
 
     let (encap, connector) = if port == cfg.vwire_port {
         match vwire::Header::new_checked(tunnel) {
@@ -241,9 +254,10 @@ fn reference(data: &[u8], pkt_len: usize, cfg: &UnderlayConfig) -> Result<Underl
                     migration::kind::FORWARD => {
                         (Encap::Forward, ConnectorId(u32::from_be_bytes([h[4], h[5], h[6], h[7]])))
                     }
-                    migration::kind::LOCATE | migration::kind::ACK | migration::kind::MOVED | migration::kind::FLUSHED => {
-                        return Ok(Underlay::Migration)
-                    }
+                    migration::kind::LOCATE
+                    | migration::kind::ACK
+                    | migration::kind::MOVED
+                    | migration::kind::FLUSHED => return Ok(Underlay::Migration),
                     _ => return Err(E::MigrationHeader),
                 }
             }
@@ -297,6 +311,21 @@ fn check_accepted(frame: &[u8], first_segment: usize, cfg: &UnderlayConfig, verd
             let key = migration::Key::new(&[0x42; 32]).expect("key");
             let _ = migration::Message::decode(dgram.payload(), &key);
         }
+        Underlay::Esp(e) => {
+            let ip = ip_view();
+            assert_eq!(ip.src_addr(), e.src_ip);
+            let dgram = udp::Datagram::new_checked(ip.payload()).expect("ESP datagram is whole");
+            assert_eq!((dgram.dst_port(), dgram.src_port()), (secure::PORT, e.src_port));
+            assert_eq!(dgram.payload().len(), e.len);
+            assert!(first_segment >= ESP_OFFSET + e.len, "the ESP packet is in the first segment");
+            assert_eq!(ESP_OFFSET + e.len + e.trailer_len, frame.len());
+            assert_eq!(&dgram.payload()[..4], &e.spi.to_be_bytes());
+        }
+        Underlay::NatKeepalive => {
+            let ip = ip_view();
+            let dgram = udp::Datagram::new_checked(ip.payload()).expect("keepalive is whole");
+            assert_eq!((dgram.dst_port(), dgram.payload()), (secure::PORT, &[0xff][..]));
+        }
         Underlay::Tunnel(d) => {
             assert_eq!(d.outer_len, d.encap.overhead());
             assert!(d.outer_len + ethernet::HEADER_LEN <= first_segment);
@@ -310,6 +339,7 @@ fn check_accepted(frame: &[u8], first_segment: usize, cfg: &UnderlayConfig, verd
                 Encap::Vwire => cfg.vwire_port,
                 Encap::Vxlan => cfg.vxlan_port,
                 Encap::Forward => cfg.migration_port,
+                Encap::Secure | Encap::SecureVxlan => unreachable!("classify never returns a secure format"),
             };
             assert_eq!(dgram.dst_port(), port);
             assert_eq!(dgram.payload().len(), d.encap.header_len() + d.inner_len);

@@ -212,6 +212,8 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
     let mut other = vw_esp::Outbound::new(spi, &vw_esp::Keymat::generate(128).unwrap());
     other.seal(&mut forged[42..], payload, 17).unwrap();
     forged[46..50].copy_from_slice(&seq.to_be_bytes());
+    let mut other_port = good.clone();
+    other_port[34..36].copy_from_slice(&40000u16.to_be_bytes());
     let mut unknown = good.clone();
     unknown[42..46].copy_from_slice(&0x0bad_0badu32.to_be_bytes());
     let last = good.len() - 1;
@@ -229,6 +231,7 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
         ("auth_failed", forged),
         ("unknown_spi", unknown),
         ("secure_wrong_peer", spoofed),
+        ("secure_wrong_peer", other_port), // another source port: another receive queue
     ];
     let before = s.h1.all_drops();
     let delivered = s.h1.port("vm1")["tx_packets"].as_u64().unwrap();
@@ -246,7 +249,7 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
     }
     assert_eq!(s.h1.port("vm1")["tx_packets"].as_u64().unwrap(), delivered, "nothing reached the VM");
     let sec = s.h1.wire(7)["secure"].clone();
-    assert_eq!((u(&sec["replayed"]), u(&sec["auth_failed"]), u(&sec["wrong_peer"])), (4, 10, 2), "{sec}");
+    assert_eq!((u(&sec["replayed"]), u(&sec["auth_failed"]), u(&sec["wrong_peer"])), (4, 10, 4), "{sec}");
     // The window did not move for any of them: the wire goes on.
     assert_eq!(s.vm2.ping("192.168.7.1", 5, 200), Ping { sent: 5, received: 5 }, "{}", s.logs());
     drop(s);
@@ -278,6 +281,11 @@ fn a_secure_wire_survives_a_restart_and_keys_serve_one_connect() {
         s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure", "--key-file", s.keys.0.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("was used before"), "{err}");
+    // Nor swapped: the far end's file sends with what this end received with.
+    let out =
+        s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure", "--key-file", s.keys.1.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("out key") && err.contains("was used before"), "{err}");
     // What else a secure connect needs.
     let out = s.h1.ctl(&["connect", "7", "vm1", "10.0.0.2", "--encap", "secure"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs its keys"));

@@ -5,7 +5,7 @@
 
 use super::{Control, Refusal};
 use crate::persist::{Change, SavedSecure};
-use crate::secure::{fingerprint, SecureSa, SEQ_CHUNK, SEQ_RAISE_AT};
+use crate::secure::{fingerprints, SecureSa, MAX_FLOOR, SEQ_CHUNK, SEQ_RAISE_AT};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use vw_core::policy::Role;
@@ -60,19 +60,25 @@ impl Control {
         encap: EncapName,
         keys: &SecureKeys,
     ) -> Result<proto::WireInfo, Refusal> {
-        let vtep: Ipv4Addr = peer
-            .parse()
-            .map_err(|_| invalid(format!("a secure wire goes to a remote VTEP's IPv4 address; {peer} is not one")))?;
+        let vtep: Ipv4Addr = peer.parse().map_err(|_| {
+            invalid(format!(
+                "a secure wire goes to a remote VTEP's IPv4 address; {peer} is not one (secure wires are not \
+                 connected by endpoint name through the directory yet)"
+            ))
+        })?;
         if self.state.table().wire(id).is_some() {
             return Err(Refusal::new(ErrorCode::WireExists, format!("wire {id} exists")));
         }
-        let fp = fingerprint(keys).map_err(|e| invalid(format!("the key file's {e}")))?;
-        if self.store.as_ref().is_some_and(|s| s.key_used(&fp)) {
-            return Err(invalid(format!(
-                "the out key of SPI {:#010x} was used before by a secure wire here; AES-GCM must never repeat a \
-                 nonce under one key, so a key serves one connect: write new keys with `vwctl keygen`",
-                keys.out_spi
-            )));
+        let (fp_out, fp_in) = fingerprints(keys).map_err(|e| invalid(format!("the key file's {e}")))?;
+        // A key that sealed or opened here before may have sealed sequence
+        // numbers 1.. already (here, or at the far end): never again.
+        for (fp, dir, spi) in [(&fp_out, "out", keys.out_spi), (&fp_in, "in", keys.in_spi)] {
+            if self.store.as_ref().is_some_and(|s| s.key_used(fp)) {
+                return Err(invalid(format!(
+                    "the {dir} key of SPI {spi:#010x} was used before by a secure wire here; AES-GCM must never \
+                     repeat a nonce under one key, so a key serves one connect: write new keys with `vwctl keygen`"
+                )));
+            }
         }
         if let Some(other) = self.secure.by_spi(keys.in_spi) {
             return Err(invalid(format!(
@@ -84,7 +90,8 @@ impl Control {
         // The limit the SA starts with is its floor: saved before any use.
         let saved = SavedSecure { keys: keys.clone(), out_floor: sa.out.limit(), in_floor: 0 };
         if let Some(store) = &mut self.store {
-            store.record_all(&[Change::KeyUsed { fingerprint: fp }]).map_err(|e| {
+            let used = [Change::KeyUsed { fingerprint: fp_out }, Change::KeyUsed { fingerprint: fp_in }];
+            store.record_all(&used).map_err(|e| {
                 Refusal::new(ErrorCode::Unavailable, format!("cannot save to the state file: {e}; not connected"))
             })?;
         }
@@ -136,8 +143,8 @@ impl Control {
         for sa in self.secure.iter() {
             let id = ConnectorId(sa.wire);
             let Some(saved) = self.secure_saved.get(&id) else { continue };
-            let out_due = sa.out.sent() + SEQ_RAISE_AT >= sa.out.limit();
-            let in_due = sa.window.top() >= saved.in_floor + SEQ_CHUNK;
+            let out_due = sa.out.sent() + SEQ_RAISE_AT >= sa.out.limit() && sa.out.limit() <= MAX_FLOOR;
+            let in_due = sa.window.top() >= saved.in_floor.saturating_add(SEQ_CHUNK);
             if out_due || in_due {
                 let next = SavedSecure {
                     out_floor: if out_due { sa.out.limit() + SEQ_CHUNK } else { saved.out_floor },
