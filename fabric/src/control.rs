@@ -547,6 +547,8 @@ impl Control {
     /// Releases every port (endpoints, then the uplink) and frees queued
     /// frames. Call after the workers have stopped, before EAL cleanup.
     pub fn release_ports(&mut self) {
+        // The workers have stopped: secure wires' exact sequence numbers.
+        self.secure_stopped();
         // A clean stop leaves the state file whole, its journal empty.
         if let Some(store) = &mut self.store {
             if let Err(e) = store.compact() {

@@ -260,7 +260,7 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
 /// end's window takes it); a key is never used for a second connect.
 #[test]
 fn a_secure_wire_survives_a_restart_and_keys_serve_one_connect() {
-    let Some(env) = setup("secure_restart", &[]) else { return };
+    let Some(env) = setup("secure_restart", &["tshark", "python3"]) else { return };
     let mut s = secure_hosts(&env, "secure");
     assert_eq!(s.vm1.ping("192.168.7.2", 5, 100).received, 5);
     let limit = u(&s.h1.wire(7)["secure"]["seq_limit"]);
@@ -274,6 +274,27 @@ fn a_secure_wire_survives_a_restart_and_keys_serve_one_connect() {
     let sec = s.h1.wire(7)["secure"].clone();
     assert!(u(&sec["sent_seq"]) > limit, "sends above the limit it had before the crash: {sec}, limit {limit}");
     assert_eq!(u(&s.h2.wire(7)["secure"]["replayed"]), 0, "the far end took every packet");
+
+    // A clean stop saves the exact numbers: after it, a frame h1 took
+    // before is refused, and h1 sends on from where it was.
+    let up1 = format!("vw{}u1", env.tag);
+    let cap = Capture::start(&s.ul.ns, &up1, env.dir.join("before-stop.pcap"), "udp port 4500 and src host 10.0.0.2");
+    assert_eq!(s.vm2.ping("192.168.7.1", 3, 200).received, 3);
+    let old = read_pcap(&cap.stop());
+    assert!(!old.is_empty());
+    let sent = u(&s.h1.wire(7)["secure"]["sent_seq"]);
+    assert!(s.h1.stop().success(), "{}", s.logs());
+    s.h1 = Fabric::start(&env, "h1", s.opts1.clone());
+    s.ul.plug(&up1);
+    s.vm1.reattach("192.168.7.1/24", 1400);
+    assert!(s.vm1.wait_reachable("192.168.7.2"), "after a clean restart\n{}", s.logs());
+    let after = u(&s.h1.wire(7)["secure"]["sent_seq"]);
+    assert!(after > sent && after < sent + 1000, "sends on from {sent}: {after}");
+    let (replayed, delivered) = (s.h1.drops("replayed"), u(&s.h1.port("vm1")["tx_packets"]));
+    s.ul.ns.send_raw("br0", &old);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(s.h1.drops("replayed") - replayed, old.len() as u64, "frames from before the stop are replays");
+    assert_eq!(u(&s.h1.port("vm1")["tx_packets"]), delivered, "none reached the VM");
 
     // The same keys again, after a disconnect: refused.
     s.h1.ctl_ok(&["disconnect", "7"]);

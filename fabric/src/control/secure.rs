@@ -167,6 +167,23 @@ impl Control {
         }
     }
 
+    /// At a clean stop, once the workers have stopped: each secure wire's
+    /// floors become exactly the last number sent and the highest received,
+    /// so a restart takes no packet it took before and skips no number.
+    pub(super) fn secure_stopped(&mut self) {
+        let floors: Vec<(ConnectorId, u64, u64)> =
+            self.secure.iter().map(|sa| (ConnectorId(sa.wire), sa.out.sent(), sa.window.top())).collect();
+        for (id, out_floor, in_floor) in floors {
+            let Some(saved) = self.secure_saved.get_mut(&id) else { continue };
+            saved.out_floor = out_floor;
+            saved.in_floor = saved.in_floor.max(in_floor);
+            let st = self.state.clone();
+            if let Err(r) = self.record(&st, &[super::Touched::Wire(id)]) {
+                crate::log(&format!("wire {id}: {}", r.message));
+            }
+        }
+    }
+
     /// What `wire list` shows of wire `id`'s SAs.
     pub(super) fn secure_info(&self, id: ConnectorId) -> Option<proto::SecureInfo> {
         let sa = self.secure.by_wire(id.0)?;
