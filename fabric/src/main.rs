@@ -429,6 +429,12 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     if args.vwire_port == args.vxlan_port {
         return Err(StartError::Config("--vwire-port and --vxlan-port must differ".into()));
     }
+    if [args.vwire_port, args.vxlan_port].contains(&vw_wire::encap::secure::PORT) {
+        return Err(StartError::Config(format!(
+            "UDP port {} carries ESP in UDP (secure wires, RFC 3948); --vwire-port and --vxlan-port must be other ports",
+            vw_wire::encap::secure::PORT
+        )));
+    }
     if args.max_wires == 0 {
         return Err(StartError::Config("--max-wires must be at least 1".into()));
     }
@@ -517,9 +523,9 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
     };
     if let Some(m) = &settings.migration {
         let ports = [args.vwire_port, args.vxlan_port];
-        if m.port == 0 || ports.contains(&m.port) {
+        if m.port == 0 || ports.contains(&m.port) || m.port == vw_wire::encap::secure::PORT {
             return Err(StartError::Config(format!(
-                "--migration-port {} must be non-zero and differ from the vwire and vxlan ports",
+                "--migration-port {} must be non-zero and differ from the vwire and vxlan ports and from 4500 (ESP in UDP)",
                 m.port
             )));
         }

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
+use vw_wire::encap::secure;
 use vw_wire::ethernet::{self, ethertype};
 use vw_wire::underlay::build_tunnel_frame;
 use vw_wire::{
@@ -265,7 +266,7 @@ proptest! {
         let src_ip = Ipv4Addr::from(src_ip);
         let dst_mac = MacAddr::new(0x02, 0, 0, 0, 0, dst_mac_low);
         let cfg = UnderlayConfig { vtep_ip: OUR_IP, mac: dst_mac, vwire_port, vxlan_port: vxlan::PORT, migration_port: MIGRATION };
-        prop_assume!(vwire_port != vxlan::PORT && vwire_port != MIGRATION);
+        prop_assume!(vwire_port != vxlan::PORT && vwire_port != MIGRATION && vwire_port != secure::PORT);
         let port = match encap {
             Encap::Vwire | Encap::Secure => vwire_port,
             Encap::Vxlan | Encap::SecureVxlan => vxlan::PORT,

@@ -155,6 +155,9 @@ fn socket_permissions_group_and_second_fabrics() {
         err.contains("an underlay MTU of 9000 needs mbufs of at least 9142 bytes") && err.contains("--mbuf-size"),
         "{err}"
     );
+    // Port 4500 belongs to ESP in UDP.
+    let err = run_refused(cmd(&other_socket, &format!("{prefix}-p"), &["--vwire-port", "4500"]));
+    assert!(err.contains("UDP port 4500 carries ESP in UDP"), "{err}");
 
     // The first fabric did not notice.
     assert_eq!(f.json(&["status"])["pid"], pid);
