@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs and sets up what VirtualWire needs on a Debian 12 machine, and
 # only what is missing: DPDK 22.11 (runtime, headers, PMDs), clang for
-# bindgen, protoc for the etcd client, tshark/python3/iproute2 and etcd for
-# the end-to-end tests, hugepages and /dev/net/tun, QEMU and the test guest
+# bindgen, protoc for the etcd client, tshark/python3/iproute2/socat and etcd
+# for the end-to-end tests, hugepages and /dev/net/tun, QEMU and the test guest
 # (ci/guest/build.sh). Needs root.
 # Safe to run again.
 set -euo pipefail
@@ -30,6 +30,9 @@ command -v c++ >/dev/null || need+=(g++)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+# The Linux far end of the secure-wire test holds a UDP_ENCAP_ESPINUDP
+# socket open with socat, in the guest.
+command -v socat >/dev/null || need+=(socat)
 # The endpoint directory's tests run a real etcd; its client crate builds
 # etcd's protobuf definitions with protoc.
 command -v etcd >/dev/null || need+=(etcd-server)

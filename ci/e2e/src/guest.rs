@@ -73,17 +73,29 @@ impl GuestImage {
     /// archive appended to the initramfs, which the kernel unpacks over the
     /// first. Built in the test's directory from the binary under test.
     pub fn with_probe(&self, env: &Env) -> GuestImage {
-        let root = env.dir.join("probe-root");
+        self.with_binaries(env, "probe", &[(env.bin.join("vw-probe"), "bin/vw-probe")])
+    }
+
+    /// The same image with host binaries added (each `(path on the host,
+    /// path in the guest)`), with the shared libraries `ldd` says they need,
+    /// as a second cpio archive appended to the initramfs. `name` names the
+    /// files made in the test's directory.
+    pub fn with_binaries(&self, env: &Env, name: &str, bins: &[(PathBuf, &str)]) -> GuestImage {
+        let root = env.dir.join(format!("{name}-root"));
         let _ = std::fs::remove_dir_all(&root);
-        let probe = env.bin.join("vw-probe");
-        let mut files = vec![(probe.clone(), PathBuf::from("bin/vw-probe"))];
-        // `ldd` names each library the binary needs and where it is.
-        let ldd = Command::new("ldd").arg(&probe).output().expect("ldd");
-        for l in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let path = l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
-            if let Some(p) = path {
-                let inside = p.strip_prefix("/").unwrap().to_path_buf();
-                files.push((p, inside));
+        let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for (bin, inside) in bins {
+            files.push((bin.clone(), PathBuf::from(inside)));
+            // `ldd` names each library the binary needs and where it is.
+            let ldd = Command::new("ldd").arg(bin).output().expect("ldd");
+            for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+                if let Some(p) = path {
+                    let inside = p.strip_prefix("/").unwrap().to_path_buf();
+                    if !files.iter().any(|(_, i)| *i == inside) {
+                        files.push((p, inside));
+                    }
+                }
             }
         }
         for (from, inside) in &files {
@@ -91,9 +103,11 @@ impl GuestImage {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {} into the guest image: {e}", from.display()));
         }
-        // Debug information is most of the binary; the guest needs none.
-        let _ = Command::new("strip").arg(root.join("bin/vw-probe")).status();
-        let extra = env.dir.join("probe.cpio");
+        // Debug information is most of a binary; the guest needs none.
+        for (_, inside) in bins {
+            let _ = Command::new("strip").arg(root.join(inside)).status();
+        }
+        let extra = env.dir.join(format!("{name}.cpio"));
         let list: String = files.iter().map(|(_, i)| format!("{}\n", i.display())).collect();
         let mut cpio = Command::new("cpio")
             .args(["-o", "-H", "newc", "--quiet", "-O", extra.to_str().unwrap()])
@@ -113,7 +127,7 @@ impl GuestImage {
         let input: String = dirs.iter().map(|d| format!("{d}\n")).collect::<String>() + &list;
         cpio.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         assert!(cpio.wait().unwrap().success(), "cpio failed");
-        let initrd = env.dir.join("initrd-probe.img");
+        let initrd = env.dir.join(format!("initrd-{name}.img"));
         let mut img = std::fs::read(&self.initrd).unwrap();
         // Each archive in an initramfs starts on a 4-byte boundary.
         img.resize(img.len().div_ceil(4) * 4, 0);

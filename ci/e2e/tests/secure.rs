@@ -319,3 +319,193 @@ fn a_secure_wire_survives_a_restart_and_keys_serve_one_connect() {
     assert!(s.h1.wire(7).is_null(), "nothing was connected");
     drop(s);
 }
+
+/// `out SPI KEY` and `in SPI KEY` of a key file.
+fn key_file_sas(path: &PathBuf) -> ((String, String), (String, String)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let sa = |dir: &str| {
+        let l = text.lines().find(|l| l.split_whitespace().next() == Some(dir)).expect("an SA line");
+        let w: Vec<&str> = l.split_whitespace().collect();
+        (w[1].to_owned(), w[2].to_owned())
+    };
+    (sa("out"), sa("in"))
+}
+
+/// The packets and bytes `ip -s xfrm state` counted for the SA with `spi`
+/// (its `lifetime current:` line: `N(bytes), M(packets)`).
+fn xfrm_packets(states: &str, spi: &str) -> u64 {
+    let at = states.find(&format!("spi {spi}")).unwrap_or_else(|| panic!("no SA {spi} in\n{states}"));
+    let rest = &states[at..];
+    let cur = rest.find("lifetime current:").unwrap_or_else(|| panic!("no counters in\n{rest}"));
+    let line = rest[cur..].lines().nth(1).unwrap_or_default();
+    line.split(", ").nth(1).and_then(|p| p.trim().strip_suffix("(packets)")).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The far end is a Linux host: a QEMU guest (Debian's kernel) on the
+/// underlay with `ip xfrm` transport-mode SAs (ESP in UDP 4500 -> 4500,
+/// `rfc4106(gcm(aes))`, extended sequence numbers), a UDP_ENCAP_ESPINUDP
+/// socket held open on 4500 (socat), and a kernel VXLAN device with VNI 7.
+/// h1 connects wire 7 to it with `--encap secure-vxlan` and the other half
+/// of the key files: ping and TCP (SHA-256 checked) both ways, only ESP in
+/// UDP on the underlay, and both sides count every packet as authenticated.
+#[test]
+fn a_linux_host_with_xfrm_and_a_vxlan_device_is_the_far_end_of_a_secure_wire() {
+    let Some(env) = setup("secure_linux", &["tshark", "socat"]) else { return };
+    let Some(image) = vw_e2e::guest::guest_image("secure_linux") else { return };
+    let host_bin = |c: &str| PathBuf::from(sh(&["sh", "-c", &format!("command -v {c}")]).trim());
+    let image = image.with_binaries(
+        &env,
+        "xfrm",
+        &[
+            (env.bin.join("vw-probe"), "bin/vw-probe"),
+            // iproute2's `ip` (busybox's has no xfrm) beside busybox's.
+            (host_bin("ip"), "usr/local/bin/ip"),
+            (host_bin("socat"), "usr/local/bin/socat"),
+        ],
+    );
+    let mut ul = Underlay::new(&env);
+    let t = &env.tag;
+    let (up1, e1, lxup) = (format!("vw{t}u1"), format!("vw{t}e1"), format!("vw{t}x1"));
+    let mut h1 = Fabric::start(
+        &env,
+        "h1",
+        FabricOpts {
+            uplink: Some((up1.clone(), "10.0.0.1/24".into())),
+            uplink_mac: Some("02:00:5e:10:00:01".into()),
+            extra: vec!["--state".into(), env.dir.join("h1.state").display().to_string()],
+            ..Default::default()
+        },
+    );
+    ul.plug(&up1);
+    h1.add_tap_mac("vm1", &e1, "02:00:5e:20:00:01");
+    let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.7.1/24", 1408);
+    // The Linux host: a guest whose vhost-user NIC is wired (loopback, on a
+    // second fabric) to a tap plugged into the underlay bridge.
+    let mut h2 = Fabric::start(&env, "h2", FabricOpts::default());
+    let lx_sock = env.dir.join("lx.vhost");
+    h2.ctl_ok(&["endpoint", "add", "lx", "--vhost-user", lx_sock.to_str().unwrap()]);
+    h2.add_tap("lxup", &lxup);
+    ul.plug(&lxup);
+    h2.ctl_ok(&["connect", "1", "lx", "lxup"]);
+    let mut lx = vw_e2e::guest::Guest::start(
+        &env,
+        &image,
+        "lx",
+        &vw_e2e::guest::GuestOpts::new("10.0.0.3/24", "52:54:00:0a:00:03", &lx_sock),
+    );
+    let logs = |h1: &Fabric, h2: &Fabric| format!("--- h1 ---\n{}\n--- h2 ---\n{}", h1.log_text(), h2.log_text());
+
+    let keys = (env.dir.join("w7.keys"), env.dir.join("w7-linux.keys"));
+    keygen(&env, &keys.0, &keys.1);
+    // The Linux end's file: `out` is what it sends with (h1's `in`).
+    let ((lx_out_spi, lx_out_key), (lx_in_spi, lx_in_key)) = key_file_sas(&keys.1);
+    let ip = "/usr/local/bin/ip";
+    let sa = |src: &str, dst: &str, spi: &str, key: &str| {
+        format!(
+            "{ip} xfrm state add src {src} dst {dst} proto esp spi {spi} reqid 7 mode transport flag esn \
+             replay-window 1024 aead 'rfc4106(gcm(aes))' {key} 128 encap espinudp 4500 4500 0.0.0.0"
+        )
+    };
+    lx.ok(&sa("10.0.0.3", "10.0.0.1", &lx_out_spi, &lx_out_key));
+    lx.ok(&sa("10.0.0.1", "10.0.0.3", &lx_in_spi, &lx_in_key));
+    // VXLAN to and from h1 must go through the SAs (a clear one is refused).
+    for (src, dst, dir) in [("10.0.0.3", "10.0.0.1", "out"), ("10.0.0.1", "10.0.0.3", "in")] {
+        lx.ok(&format!(
+            "{ip} xfrm policy add src {src} dst {dst} proto 17 dport 4789 dir {dir} \
+             tmpl src {src} dst {dst} proto esp reqid 7 mode transport"
+        ));
+    }
+    // ESP in UDP arrives through a UDP socket with UDP_ENCAP (SOL_UDP 17,
+    // option 100) set to UDP_ENCAP_ESPINUDP (2).
+    lx.ok("/usr/local/bin/socat -u UDP4-DATAGRAM:127.0.0.1:9,bind=:4500,setsockopt-int=17:100:2 OPEN:/dev/null </dev/null >/tmp/socat 2>&1 &");
+    // Listening, with the option set: port 4500 (0x1194) in /proc/net/udp
+    // and no error from socat (it only logs an option it could not set).
+    let (rc, out) = lx.run(
+        "i=0; while ! grep -q ':1194 ' /proc/net/udp && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+         if grep -q ':1194 ' /proc/net/udp && ! grep -q ' E ' /tmp/socat; then echo held; \
+         else cat /tmp/socat; exit 1; fi",
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(rc, 0, "socat does not hold UDP port 4500:\n{out}");
+    lx.ok(&format!("{ip} link add vx0 type vxlan id 7 local 10.0.0.3 remote 10.0.0.1 dstport 4789 dev eth0"));
+    lx.ok(&format!("{ip} link set vx0 address 52:54:00:07:00:02 mtu 1408 up"));
+    lx.ok(&format!("{ip} addr add 192.168.7.2/24 dev vx0"));
+
+    let cap = Capture::start(&ul.ns, &up1, env.dir.join("linux.pcap"), "udp or esp");
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.3", "--encap", "secure-vxlan", "--key-file", keys.0.to_str().unwrap()]);
+    if !vm1.wait_reachable("192.168.7.2") {
+        let (_, linux) = lx.run(
+            &format!("{ip} -s xfrm state; {ip} xfrm policy; grep -v ' 0$' /proc/net/xfrm_stat; grep Udp: /proc/net/snmp; cat /proc/net/udp; cat /tmp/socat; ps; dmesg | tail -5"),
+            std::time::Duration::from_secs(20),
+        );
+        panic!(
+            "no ping to the Linux far end\n--- Linux ---\n{linux}\n--- h1 drops ---\n{}\n{}\n{}",
+            h1.all_drops(),
+            lx.logs(),
+            logs(&h1, &h2)
+        );
+    }
+    assert_eq!(vm1.ping("192.168.7.2", 20, 1000), Ping { sent: 20, received: 20 }, "{}", logs(&h1, &h2));
+    // The largest frame the wire carries (MTU 1408), in both directions.
+    assert_eq!(vm1.ping("192.168.7.2", 5, 1380), Ping { sent: 5, received: 5 }, "{}", logs(&h1, &h2));
+    assert_eq!(lx.ping("192.168.7.1", 5, 1380), 5, "{}", logs(&h1, &h2));
+
+    // TCP both ways, 4 MiB, SHA-256 checked.
+    let probe = env.bin.join("vw-probe");
+    lx.ok("vw-probe tcp-recv 5001 >/tmp/rx 2>&1 &");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let tx = vm1.ns.run(&[probe.to_str().unwrap(), "tcp-send", "192.168.7.2:5001", "4194304"]);
+    assert!(tx.status.success(), "to Linux: {}\n{}", String::from_utf8_lossy(&tx.stderr), logs(&h1, &h2));
+    let sent = String::from_utf8_lossy(&tx.stdout).trim().to_owned();
+    let got =
+        lx.ok("i=0; while ! grep -q ' ' /tmp/rx && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; tail -1 /tmp/rx");
+    assert!(sent.starts_with("4194304 "), "sender: {sent}");
+    assert_eq!(got.trim(), sent, "what Linux received differs from what vm1 sent");
+    let mut rx = vm1.ns.spawn(&[probe.to_str().unwrap(), "tcp-recv", "5002"]);
+    let mut line = String::new();
+    let mut rd = std::io::BufReader::new(rx.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut rd, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let sent = lx.ok("vw-probe tcp-send 192.168.7.1:5002 4194304");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut rd, &mut got).unwrap();
+    assert!(rx.wait().unwrap().success());
+    assert!(sent.trim().starts_with("4194304 "), "Linux sender: {sent}");
+    assert_eq!(got.trim(), sent.trim(), "what vm1 received differs from what Linux sent");
+    let file = cap.stop();
+
+    // On the underlay between h1 and Linux: ESP in UDP 4500 -> 4500 only,
+    // each way with the SPI the key files give it.
+    let w = h1.wire(7);
+    let (out_spi, in_spi) = (u(&w["secure"]["out_spi"]), u(&w["secure"]["in_spi"]));
+    assert_eq!(in_spi, u64::from_str_radix(lx_out_spi.trim_start_matches("0x"), 16).unwrap());
+    let rows = tshark_fields(&file, &[], &["ip.src", "ip.dst", "udp.srcport", "udp.dstport", "esp.spi"]);
+    let between: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] != r[1] && r[0].starts_with("10.0.0.")).collect();
+    assert!(between.len() > 2000, "{} frames between h1 and Linux", between.len());
+    for r in &between {
+        assert_eq!((r[2].as_str(), r[3].as_str()), ("4500", "4500"), "not ESP in UDP: {r:?}");
+        let spi = u64::from_str_radix(r[4].trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(spi, if r[0] == "10.0.0.1" { out_spi } else { in_spi }, "{r:?}");
+    }
+    let frames = read_pcap(&file);
+    for vm in [[192u8, 168, 7, 1], [192, 168, 7, 2]] {
+        assert!(!frames.iter().any(|f| f.windows(4).any(|w| w == vm)), "a VM address in clear on the underlay");
+    }
+
+    // Both ends counted the other's packets as authenticated, and no error.
+    let sec = &w["secure"];
+    assert!(u(&sec["received_seq"]) > (4 << 20) / 1408, "h1 took Linux's 4 MiB: {w}");
+    assert_eq!(u(&sec["auth_failed"]) + u(&sec["replayed"]) + u(&sec["wrong_peer"]), 0, "{w}");
+    assert_eq!(h1.drops("secure_inner"), 0, "{}", h1.all_drops());
+    let states = lx.ok(&format!("{ip} -s xfrm state"));
+    assert!(xfrm_packets(&states, &lx_in_spi) > (4 << 20) / 1408, "Linux opened h1's packets:\n{states}");
+    assert!(xfrm_packets(&states, &lx_out_spi) > (4 << 20) / 1408, "Linux sealed its packets:\n{states}");
+    let xstat = lx.ok("cat /proc/net/xfrm_stat");
+    for l in xstat.lines() {
+        let mut it = l.split_whitespace();
+        let (name, n) = (it.next().unwrap_or_default(), it.next().unwrap_or("0"));
+        assert_eq!(n, "0", "Linux counted {name}:\n{xstat}");
+    }
+    drop(lx);
+    drop((h1, h2, vm1, ul));
+}
