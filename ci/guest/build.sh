@@ -50,30 +50,39 @@ root="$work/root"
 mkdir -p "$root/bin" "$root/lib/modules" "$root/proc" "$root/sys" "$root/dev" "$root/tmp" "$root/srv"
 cp /bin/busybox "$root/bin/busybox"
 install -m 0755 "$here/init" "$root/init"
-# In load order (each after what its `depends=` names); the init loads them
-# as listed in /lib/modules/load-order. After virtio: what a Linux far end
-# of a secure wire needs (ip xfrm with ESP in UDP and AES-GCM, a VXLAN
-# device). The guest has no modprobe, so the crypto templates the kernel
-# asks for by name (rfc4106, gcm, ghash, ctr, seqiv and the default RNG
-# seqiv takes its salt from: drbg, jitterentropy, sha3, sha512) are loaded up front.
-for m in drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko \
-    drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko net/core/failover.ko \
-    drivers/net/net_failover.ko drivers/net/virtio_net.ko \
-    net/xfrm/xfrm_algo.ko net/xfrm/xfrm_user.ko net/ipv4/esp4.ko crypto/gf128mul.ko \
-    crypto/ghash-generic.ko crypto/ctr.ko crypto/gcm.ko crypto/sha3_generic.ko crypto/jitterentropy_rng.ko crypto/sha512_generic.ko \
-    crypto/drbg.ko crypto/seqiv.ko crypto/echainiv.ko \
-    net/ipv4/udp_tunnel.ko net/ipv6/ip6_udp_tunnel.ko drivers/net/vxlan/vxlan.ko; do
-    f="$mods/$m"
-    [ -e "$f" ] || f=$(ls "$f".* 2>/dev/null | head -1)
-    if [ -e "$f" ]; then
-        case "$f" in
-            *.xz) xz -dc "$f" > "$root/lib/modules/$(basename "$m")" ;;
-            *.zst) zstd -qdc "$f" > "$root/lib/modules/$(basename "$m")" ;;
-            *) cp "$f" "$root/lib/modules/" ;;
-        esac
-        basename "$m" .ko >> "$root/lib/modules/load-order"
-    fi
-done
+# Copies modules into the image's /lib/modules and appends their names to
+# the list $1 there, in load order (each after what its `depends=` names).
+add_modules() {
+    local list=$1 m f
+    shift
+    for m in "$@"; do
+        f="$mods/$m"
+        [ -e "$f" ] || f=$(ls "$f".* 2>/dev/null | head -1)
+        if [ -e "$f" ]; then
+            case "$f" in
+                *.xz) xz -dc "$f" > "$root/lib/modules/$(basename "$m")" ;;
+                *.zst) zstd -qdc "$f" > "$root/lib/modules/$(basename "$m")" ;;
+                *) cp "$f" "$root/lib/modules/" ;;
+            esac
+            basename "$m" .ko >> "$root/lib/modules/$list"
+        fi
+    done
+}
+# The init loads these at boot, as listed in /lib/modules/load-order.
+add_modules load-order drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko \
+    drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko \
+    net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko
+# What a Linux far end of a secure wire needs (ip xfrm with ESP in UDP and
+# AES-GCM, a VXLAN device), loaded by the test that makes one
+# (`for m in $(cat /lib/modules/secure-order); do insmod /lib/modules/$m.ko; done`),
+# so that every other guest runs as before. The guest has no modprobe, so
+# the crypto templates the kernel asks for by name (rfc4106, gcm, ghash,
+# ctr, seqiv, and the default RNG seqiv takes its salt from: drbg with
+# jitterentropy, sha3 and sha512) are in the list.
+add_modules secure-order net/xfrm/xfrm_algo.ko net/xfrm/xfrm_user.ko net/ipv4/esp4.ko crypto/gf128mul.ko \
+    crypto/ghash-generic.ko crypto/ctr.ko crypto/gcm.ko crypto/sha3_generic.ko crypto/jitterentropy_rng.ko \
+    crypto/sha512_generic.ko crypto/drbg.ko crypto/seqiv.ko crypto/echainiv.ko \
+    net/ipv4/udp_tunnel.ko net/ipv6/ip6_udp_tunnel.ko drivers/net/vxlan/vxlan.ko
 [ -e "$root/lib/modules/virtio_net.ko" ] || grep -q '^CONFIG_VIRTIO_NET=y' "$work/k/boot/config-$release" ||
     { echo "guest: $kpkg has no virtio_net module" >&2; exit 1; }
 

@@ -347,7 +347,8 @@ fn xfrm_packets(states: &str, spi: &str) -> u64 {
 /// socket held open on 4500 (socat), and a kernel VXLAN device with VNI 7.
 /// h1 connects wire 7 to it with `--encap secure-vxlan` and the other half
 /// of the key files: ping and TCP (SHA-256 checked) both ways, only ESP in
-/// UDP on the underlay, and both sides count every packet as authenticated.
+/// UDP on the underlay, and both sides count every packet as authenticated;
+/// then the same SAs with AES-256 keys.
 #[test]
 fn a_linux_host_with_xfrm_and_a_vxlan_device_is_the_far_end_of_a_secure_wire() {
     let Some(env) = setup("secure_linux", &["tshark", "socat"]) else { return };
@@ -400,6 +401,8 @@ fn a_linux_host_with_xfrm_and_a_vxlan_device_is_the_far_end_of_a_secure_wire() {
     // The Linux end's file: `out` is what it sends with (h1's `in`).
     let ((lx_out_spi, lx_out_key), (lx_in_spi, lx_in_key)) = key_file_sas(&keys.1);
     let ip = "/usr/local/bin/ip";
+    // The image has the modules (ci/guest/build.sh); other guests do not load them.
+    lx.ok("for m in $(cat /lib/modules/secure-order); do insmod /lib/modules/$m.ko || exit 1; done");
     let sa = |src: &str, dst: &str, spi: &str, key: &str| {
         format!(
             "{ip} xfrm state add src {src} dst {dst} proto esp spi {spi} reqid 7 mode transport flag esn \
@@ -506,6 +509,33 @@ fn a_linux_host_with_xfrm_and_a_vxlan_device_is_the_far_end_of_a_secure_wire() {
         let (name, n) = (it.next().unwrap_or_default(), it.next().unwrap_or("0"));
         assert_eq!(n, "0", "Linux counted {name}:\n{xstat}");
     }
+
+    // AES-256: new keys on both ends (a key serves one connect), the
+    // policies stay.
+    let k256 = (env.dir.join("w7-256.keys"), env.dir.join("w7-256-linux.keys"));
+    let out = run(&[
+        env.bin.join("vwctl").to_str().unwrap(),
+        "keygen",
+        "--bits",
+        "256",
+        k256.0.to_str().unwrap(),
+        k256.1.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "keygen --bits 256: {}", String::from_utf8_lossy(&out.stderr));
+    let ((o_spi, o_key), (i_spi, i_key)) = key_file_sas(&k256.1);
+    assert_eq!(o_key.len(), 2 + 2 * 36, "32-byte key and 4-byte salt");
+    lx.ok(&format!("{ip} xfrm state flush"));
+    lx.ok(&sa("10.0.0.3", "10.0.0.1", &o_spi, &o_key));
+    lx.ok(&sa("10.0.0.1", "10.0.0.3", &i_spi, &i_key));
+    h1.ctl_ok(&["disconnect", "7"]);
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.3", "--encap", "secure-vxlan", "--key-file", k256.0.to_str().unwrap()]);
+    assert!(vm1.wait_reachable("192.168.7.2"), "AES-256\n{}", logs(&h1, &h2));
+    assert_eq!(vm1.ping("192.168.7.2", 10, 1380), Ping { sent: 10, received: 10 }, "{}", logs(&h1, &h2));
+    let w = h1.wire(7);
+    assert_eq!(u(&w["secure"]["key_bits"]), 256, "{w}");
+    assert_eq!(u(&w["secure"]["auth_failed"]), 0, "{w}");
+    let states = lx.ok(&format!("{ip} -s xfrm state"));
+    assert!(xfrm_packets(&states, &i_spi) >= 10, "Linux opened h1's AES-256 packets:\n{states}");
     drop(lx);
     drop((h1, h2, vm1, ul));
 }
