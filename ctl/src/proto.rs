@@ -89,6 +89,28 @@ pub struct SecureInfo {
     pub replayed: u64,
     /// Inbound packets with this wire's SPI from an address that is not its peer's.
     pub wrong_peer: u64,
+    /// A rekey under way: the new keys' SPIs, until the outbound SA switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey: Option<RekeyInfo>,
+    /// The previous inbound SA, kept after a rekey until the far end sends
+    /// with the new keys (its SPI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_in_spi: Option<u32>,
+}
+
+/// How long a rekey waits at most for the far end's new keys before the
+/// outbound SA switches by itself.
+pub const REKEY_SWITCH_DEFAULT_MS: u64 = 60_000;
+
+/// A secure wire's rekey that has not switched its outbound SA yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RekeyInfo {
+    /// The SPI the outbound SA will send with.
+    pub out_spi: u32,
+    /// The new inbound SA's SPI (already receiving).
+    pub in_spi: u32,
+    /// The outbound SA switches in this long at the latest, ms.
+    pub switch_in_ms: u64,
 }
 
 /// How an endpoint's device is created.
@@ -173,6 +195,21 @@ pub enum Request {
     Disconnect {
         /// Wire id.
         wire: u32,
+    },
+    /// Give a secure wire new keys under traffic (root only): the new
+    /// inbound SA is installed now, beside the old one; the outbound SA
+    /// switches to the new keys once a packet sealed with the far end's
+    /// new keys arrives, or after `switch_in_ms`; the old inbound SA is
+    /// kept until the far end has switched too. See docs/security.md.
+    Rekey {
+        /// Wire id.
+        wire: u32,
+        /// The new keys (a new `vwctl keygen` pair, this end's file).
+        keys: SecureKeys,
+        /// Switch the outbound SA after this long at the latest (default
+        /// [`REKEY_SWITCH_DEFAULT_MS`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        switch_in_ms: Option<u64>,
     },
     /// List wires with their counters.
     WireList,
@@ -717,6 +754,12 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"cmd":"connect","wire":7,"endpoint":"vm1","peer":"10.0.0.2","encap":"vxlan"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let rekey: Request = serde_json::from_str(
+            r#"{"cmd":"rekey","wire":9,"keys":{"out_spi":1,"out_key":"0x00","in_spi":2,"in_key":"0x01"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(rekey, Request::Rekey { wire: 9, switch_in_ms: None, .. }));
+        assert!(!format!("{rekey:?}").contains("0x01"), "Debug hides the keys");
         let auto: Request = serde_json::from_str(r#"{"cmd":"connect","endpoint":"vm1","peer":"vm2"}"#).unwrap();
         assert!(matches!(auto, Request::Connect { wire: None, .. }));
         let add: Request = serde_json::from_str(

@@ -384,6 +384,11 @@ pub struct Control {
     secure: Arc<crate::secure::SecureTable>,
     /// Secure wires' keys and the sequence floors saved for them.
     secure_saved: BTreeMap<ConnectorId, SavedSecure>,
+    /// Rekeys under way: when each switches its outbound SA at the latest.
+    rekey_due: BTreeMap<ConnectorId, Instant>,
+    /// Rekeyed wires keeping their old inbound SA: since when the far end
+    /// is known to send with the new keys (None: not yet).
+    rekey_linger: BTreeMap<ConnectorId, Option<Instant>>,
 }
 
 impl Control {
@@ -453,6 +458,8 @@ impl Control {
             mtu_logged: HashMap::new(),
             secure: Arc::default(),
             secure_saved: BTreeMap::new(),
+            rekey_due: BTreeMap::new(),
+            rekey_linger: BTreeMap::new(),
             incoming: BTreeMap::new(),
             hold_expired: 0,
             rates: vec![hold::WireRate::default(); settings_max_wires],
@@ -639,6 +646,9 @@ impl Control {
                     Reply::ok(&serde_json::json!({}))
                 })
             }
+            Request::Rekey { wire, keys, switch_in_ms } => self
+                .rekey(role, ConnectorId(*wire), keys, switch_in_ms.unwrap_or(proto::REKEY_SWITCH_DEFAULT_MS))
+                .map(|w| Reply::ok(&w)),
             Request::WireList => Ok(Reply::ok(&self.wire_list())),
             Request::Stats => Ok(Reply::ok(&self.stats())),
             Request::RxqRebalance => self.rebalance().map(|m| Reply::ok(&m)),
@@ -1588,6 +1598,7 @@ impl Control {
         self.balance();
         self.measure_rates();
         self.secure_tick();
+        self.rekey_tick();
         Ok(())
     }
 

@@ -143,6 +143,19 @@ pub struct SavedSecure {
     pub out_floor: u64,
     /// The inbound SA accepts only numbers above this after a restart.
     pub in_floor: u64,
+    /// A rekey that had not switched the outbound SA yet: a restart
+    /// installs its inbound SA again and waits for the switch anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<SavedRekey>,
+}
+
+/// A rekey under way (`vwctl rekey`), as the state file keeps it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRekey {
+    /// The new keys.
+    pub keys: vw_ctl::proto::SecureKeys,
+    /// The longest the outbound SA waits for the far end's new keys, ms.
+    pub switch_in_ms: u64,
 }
 
 impl std::fmt::Debug for SavedSecure {
@@ -151,6 +164,7 @@ impl std::fmt::Debug for SavedSecure {
             .field("keys", &self.keys)
             .field("out_floor", &self.out_floor)
             .field("in_floor", &self.in_floor)
+            .field("next", &self.next.as_ref().map(|n| &n.keys))
             .finish()
     }
 }
@@ -880,7 +894,7 @@ mod tests {
             in_spi: 0x2002,
             in_key: "0x1123456789abcdef0123456789abcdef01020304".into(),
         };
-        let secure = SavedSecure { keys, out_floor: 1 << 22, in_floor: 77 };
+        let secure = SavedSecure { keys, out_floor: 1 << 22, in_floor: 77, next: None };
         let w = SavedWire { secure: Some(secure.clone()), ..wire(7, "vm1", "10.0.0.2", 0) };
         store.record_all(&[Change::KeyUsed { fingerprint: "ab".repeat(16) }, Change::WireSaved(w.clone())]).unwrap();
         assert!(!format!("{w:?}").contains("0123456789"), "Debug hides the keys");

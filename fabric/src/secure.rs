@@ -134,14 +134,23 @@ pub fn fingerprints(keys: &SecureKeys) -> Result<(String, String), String> {
 pub const MAX_FLOOR: u64 = u64::MAX - 4 * SEQ_CHUNK;
 
 /// The SAs of every secure wire, by wire and by inbound SPI.
+///
+/// A wire being rekeyed has up to three SA pairs at once, each in
+/// `by_spi` under its inbound SPI: the current one (`by_wire`, which the
+/// workers seal with), the new one waiting to take over (`pending`: it
+/// already opens what the far end seals with the new keys), and, after
+/// the switch, the old one (`old`: it still opens what the far end sealed
+/// with the old keys until it switched too).
 #[derive(Debug, Default, Clone)]
 pub struct SecureTable {
     by_wire: hashbrown::HashMap<u32, Arc<SecureSa>>,
     by_spi: hashbrown::HashMap<u32, Arc<SecureSa>>,
+    pending: hashbrown::HashMap<u32, Arc<SecureSa>>,
+    old: hashbrown::HashMap<u32, Arc<SecureSa>>,
 }
 
 impl SecureTable {
-    /// This table with `sa` added (replacing its wire's).
+    /// This table with `sa` added (replacing all of its wire's).
     pub fn with(&self, sa: Arc<SecureSa>) -> SecureTable {
         let mut t = self.without(sa.wire);
         t.by_spi.insert(sa.inb.spi(), sa.clone());
@@ -149,11 +158,47 @@ impl SecureTable {
         t
     }
 
-    /// This table without wire `wire`'s SAs.
+    /// This table without wire `wire`'s SAs (current, pending and old).
     pub fn without(&self, wire: u32) -> SecureTable {
         let mut t = self.clone();
-        if let Some(sa) = t.by_wire.remove(&wire) {
-            t.by_spi.remove(&sa.inb.spi());
+        for map in [&mut t.by_wire, &mut t.pending, &mut t.old] {
+            if let Some(sa) = map.remove(&wire) {
+                t.by_spi.remove(&sa.inb.spi());
+            }
+        }
+        t
+    }
+
+    /// This table with `sa` waiting to replace its wire's current SAs: its
+    /// inbound SA opens packets already; the workers still seal with the
+    /// current ones. A previous rekey's old SAs go.
+    pub fn with_pending(&self, sa: Arc<SecureSa>) -> SecureTable {
+        let mut t = self.without_old(sa.wire);
+        if let Some(p) = t.pending.remove(&sa.wire) {
+            t.by_spi.remove(&p.inb.spi());
+        }
+        t.by_spi.insert(sa.inb.spi(), sa.clone());
+        t.pending.insert(sa.wire, sa);
+        t
+    }
+
+    /// This table with wire `wire`'s pending SAs current (the workers seal
+    /// with them) and its current ones old (their inbound SA still opens).
+    pub fn switched(&self, wire: u32) -> SecureTable {
+        let mut t = self.without_old(wire);
+        if let Some(p) = t.pending.remove(&wire) {
+            if let Some(cur) = t.by_wire.insert(wire, p) {
+                t.old.insert(wire, cur);
+            }
+        }
+        t
+    }
+
+    /// This table without wire `wire`'s old SAs.
+    pub fn without_old(&self, wire: u32) -> SecureTable {
+        let mut t = self.clone();
+        if let Some(o) = t.old.remove(&wire) {
+            t.by_spi.remove(&o.inb.spi());
         }
         t
     }
@@ -170,7 +215,17 @@ impl SecureTable {
         self.by_spi.get(&spi)
     }
 
-    /// Every secure wire's SAs.
+    /// Wire `wire`'s SAs waiting to become current (a rekey).
+    pub fn pending(&self, wire: u32) -> Option<&Arc<SecureSa>> {
+        self.pending.get(&wire)
+    }
+
+    /// Wire `wire`'s previous SAs, kept after a rekey for their inbound SA.
+    pub fn old(&self, wire: u32) -> Option<&Arc<SecureSa>> {
+        self.old.get(&wire)
+    }
+
+    /// Every secure wire's current SAs.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<SecureSa>> {
         self.by_wire.values()
     }
@@ -202,6 +257,33 @@ mod tests {
         assert_eq!(u.by_spi(0x2004).map(|s| s.wire), Some(7));
         assert!(u.without(7).by_wire(7).is_none() && u.without(7).by_spi(0x2004).is_none());
         assert_eq!(t.by_spi(0x2002).map(|s| s.wire), Some(7), "the old table is unchanged");
+    }
+
+    #[test]
+    fn a_rekey_opens_with_old_and_new_inbound_sas_and_seals_with_the_current_one() {
+        let peer = Ipv4Addr::new(10, 0, 0, 2);
+        let a = Arc::new(SecureSa::new(7, peer, &keys(0x1001, 0x2002), 0, 0).unwrap());
+        let t = SecureTable::default().with(a);
+        // Waiting: both inbound SPIs open, the old outbound SA seals.
+        let p = t.with_pending(Arc::new(SecureSa::new(7, peer, &keys(0x1003, 0x2004), 0, 0).unwrap()));
+        assert_eq!(p.by_wire(7).map(|s| s.out.key().spi()), Some(0x1001));
+        assert_eq!((p.by_spi(0x2002).is_some(), p.by_spi(0x2004).is_some()), (true, true));
+        assert_eq!(p.pending(7).map(|s| s.inb.spi()), Some(0x2004));
+        // Switched: the new outbound SA seals, the old inbound one still opens.
+        let s = p.switched(7);
+        assert_eq!(s.by_wire(7).map(|s| s.out.key().spi()), Some(0x1003));
+        assert!(s.pending(7).is_none());
+        assert_eq!(s.old(7).map(|s| s.inb.spi()), Some(0x2002));
+        assert_eq!((s.by_spi(0x2002).is_some(), s.by_spi(0x2004).is_some()), (true, true));
+        // The old one retired; a disconnect takes every SA of the wire.
+        let r = s.without_old(7);
+        assert!(r.by_spi(0x2002).is_none() && r.by_spi(0x2004).is_some() && r.old(7).is_none());
+        let gone = p.without(7);
+        assert!(gone.by_spi(0x2002).is_none() && gone.by_spi(0x2004).is_none() && gone.pending(7).is_none());
+        // A second rekey drops the first one's old SAs.
+        let again = s.with_pending(Arc::new(SecureSa::new(7, peer, &keys(0x1005, 0x2006), 0, 0).unwrap()));
+        assert!(again.by_spi(0x2002).is_none() && again.old(7).is_none());
+        assert_eq!(again.by_wire(7).map(|s| s.out.key().spi()), Some(0x1003));
     }
 
     #[test]

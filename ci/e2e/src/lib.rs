@@ -46,6 +46,7 @@ pub fn sh(cmd: &[&str]) -> String {
 
 pub mod etcd;
 pub mod guest;
+pub mod stream;
 
 fn have(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false)

@@ -224,6 +224,8 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
     );
     assert!(err.contains("only root may give a secure wire's keys"), "{err}");
     assert!(f.wire(6).is_null(), "nothing connected");
+    let err = ctl.refused(&["rekey", "6", "--key-file", key_arg], "permission_denied");
+    assert!(err.contains("only root may give a secure wire's keys (rekey)"), "{err}");
     assert_eq!(ctl.run(&["endpoint", "del", "vm2"]).0, 0);
     assert!(!vhost_dir.join("vm2.sock").exists(), "endpoint del removes the socket it created");
 

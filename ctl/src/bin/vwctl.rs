@@ -45,6 +45,7 @@ const EXAMPLES: &str = "Examples:
   vwctl connect 8 vm1 10.0.0.2 --encap vxlan     # encap wire 8 to the fabric at 10.0.0.2
   vwctl keygen w9.keys w9-peer.keys              # keys for a secure wire (copy w9-peer.keys to the peer)
   vwctl connect 9 vm1 10.0.0.2 --encap secure --key-file w9.keys   # (root) secure wire 9, ESP/AES-GCM
+  vwctl rekey 9 --key-file w9-new.keys           # (root) new keys under traffic (run on both ends)
   vwctl connect 9 vm1 vm5                        # with --directory: vm5 may live on any host
   vwctl connect vm3 vm4                          # with --directory: a free wire id is allocated
   vwctl wire list
@@ -107,6 +108,27 @@ enum Command {
         /// AES key length.
         #[arg(long, default_value_t = 128, value_parser = parse_bits)]
         bits: usize,
+    },
+    /// (root) Give secure wire WIRE new keys, under traffic, losing no frame.
+    ///
+    /// Write a new pair with `vwctl keygen`, copy the peer's file to the
+    /// far end, and run `rekey` there too, within --switch-in of this one.
+    /// Each fabric installs its new inbound SA at once, beside the old one,
+    /// and keeps sending with the old keys until a packet sealed with the
+    /// far end's new keys arrives (so the far end has them), or until
+    /// --switch-in has passed; the old inbound SA is kept until the far end
+    /// sends with the new keys. `wire list` shows the rekey until it
+    /// switched. A key is used once: a rekey needs a new pair.
+    Rekey {
+        /// Wire id.
+        wire: u32,
+        /// This end's new key file (`vwctl keygen` wrote it).
+        #[arg(long, value_name = "FILE")]
+        key_file: std::path::PathBuf,
+        /// Send with the new keys after this many seconds at the latest,
+        /// even if nothing came from the far end's new keys yet.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        switch_in: u64,
     },
     /// Disconnect wire WIRE (traffic on it stops; the endpoints stay).
     Disconnect {
@@ -240,6 +262,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Disconnect { wire } => Request::Disconnect { wire: *wire },
+        Command::Rekey { wire, key_file, switch_in } => match vw_ctl::keyfile::read(key_file) {
+            Ok(keys) => Request::Rekey { wire: *wire, keys, switch_in_ms: Some(switch_in * 1000) },
+            Err(e) => {
+                eprintln!("vwctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Wire(WireCmd::List) => Request::WireList,
         Command::Stats => Request::Stats,
         Command::RxqRebalance => Request::RxqRebalance,
@@ -278,7 +307,7 @@ fn main() -> ExitCode {
         Command::Endpoint(EndpointCmd::List) => {
             serde_json::from_value(result).map(|v: Vec<EndpointInfo>| print_endpoints(&v))
         }
-        Command::Connect { .. } => {
+        Command::Connect { .. } | Command::Rekey { .. } => {
             serde_json::from_value(result).map(|w: WireInfo| print_wires(std::slice::from_ref(&w)))
         }
         Command::Wire(WireCmd::List) => serde_json::from_value(result).map(|v: Vec<WireInfo>| print_wires(&v)),

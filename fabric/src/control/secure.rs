@@ -4,10 +4,11 @@
 //! `crate::secure` and docs/security.md).
 
 use super::{Control, Refusal};
-use crate::persist::{Change, SavedSecure};
+use crate::persist::{Change, SavedRekey, SavedSecure};
 use crate::secure::{fingerprints, SecureSa, MAX_FLOOR, SEQ_CHUNK, SEQ_RAISE_AT};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use vw_core::policy::Role;
 use vw_ctl::proto::{self, EncapName, ErrorCode, SecureKeys};
 use vw_wire::ConnectorId;
@@ -15,6 +16,14 @@ use vw_wire::ConnectorId;
 fn invalid(m: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::InvalidArgument, m)
 }
+
+/// How long a rekeyed wire's old inbound SA stays once the far end sends
+/// with the new keys: for packets it sealed with the old ones just before,
+/// still on their way or in a queue.
+const REKEY_LINGER: Duration = Duration::from_secs(2);
+
+/// The range `rekey --switch-in` may take, ms.
+const REKEY_SWITCH_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
 impl Control {
     /// Refuses a connect whose keys and format do not go together, or
@@ -69,17 +78,7 @@ impl Control {
         if self.state.table().wire(id).is_some() {
             return Err(Refusal::new(ErrorCode::WireExists, format!("wire {id} exists")));
         }
-        let (fp_out, fp_in) = fingerprints(keys).map_err(|e| invalid(format!("the key file's {e}")))?;
-        // A key that sealed or opened here before may have sealed sequence
-        // numbers 1.. already (here, or at the far end): never again.
-        for (fp, dir, spi) in [(&fp_out, "out", keys.out_spi), (&fp_in, "in", keys.in_spi)] {
-            if self.store.as_ref().is_some_and(|s| s.key_used(fp)) {
-                return Err(invalid(format!(
-                    "the {dir} key of SPI {spi:#010x} was used before by a secure wire here; AES-GCM must never \
-                     repeat a nonce under one key, so a key serves one connect: write new keys with `vwctl keygen`"
-                )));
-            }
-        }
+        let (fp_out, fp_in) = self.unused_keys(keys)?;
         if let Some(other) = self.secure.by_spi(keys.in_spi) {
             return Err(invalid(format!(
                 "inbound SPI {:#010x} is wire {}'s already; each secure wire here needs its own",
@@ -88,7 +87,7 @@ impl Control {
         }
         let sa = SecureSa::new(id.0, vtep, keys, 0, 0).map_err(|e| invalid(format!("the key file's {e}")))?;
         // The limit the SA starts with is its floor: saved before any use.
-        let saved = SavedSecure { keys: keys.clone(), out_floor: sa.out.limit(), in_floor: 0 };
+        let saved = SavedSecure { keys: keys.clone(), out_floor: sa.out.limit(), in_floor: 0, next: None };
         if let Some(store) = &mut self.store {
             let used = [Change::KeyUsed { fingerprint: fp_out }, Change::KeyUsed { fingerprint: fp_in }];
             store.record_all(&used).map_err(|e| {
@@ -105,10 +104,194 @@ impl Control {
         r
     }
 
+    /// The names of `keys`' two keys, if neither was used here before: a
+    /// key that sealed or opened here may have sealed sequence numbers 1..
+    /// already (here, or at the far end), so never again.
+    fn unused_keys(&self, keys: &SecureKeys) -> Result<(String, String), Refusal> {
+        let (fp_out, fp_in) = fingerprints(keys).map_err(|e| invalid(format!("the key file's {e}")))?;
+        for (fp, dir, spi) in [(&fp_out, "out", keys.out_spi), (&fp_in, "in", keys.in_spi)] {
+            if self.store.as_ref().is_some_and(|s| s.key_used(fp)) {
+                return Err(invalid(format!(
+                    "the {dir} key of SPI {spi:#010x} was used before by a secure wire here; AES-GCM must never \
+                     repeat a nonce under one key, so a key serves one connect or rekey: write new keys with \
+                     `vwctl keygen`"
+                )));
+            }
+        }
+        Ok((fp_out, fp_in))
+    }
+
+    /// `vwctl rekey`: secure wire `id` gets `keys`. The new inbound SA is
+    /// installed now, beside the current one; the outbound SA switches in
+    /// [`Control::rekey_tick`] once the new inbound SA verified a packet
+    /// (the far end has the new keys) or after `switch_in_ms`. The keys'
+    /// use and the rekey are saved first: nothing changes if refused.
+    pub(super) fn rekey(
+        &mut self,
+        role: Role,
+        id: ConnectorId,
+        keys: &SecureKeys,
+        switch_in_ms: u64,
+    ) -> Result<proto::WireInfo, Refusal> {
+        if role != Role::Operator {
+            return Err(Refusal::new(ErrorCode::PermissionDenied, "only root may give a secure wire's keys (rekey)"));
+        }
+        let Some(saved) = self.secure_saved.get(&id).cloned() else {
+            return Err(match self.state.table().wire(id) {
+                Some(_) => invalid(format!(
+                    "wire {id} is not a secure wire: rekey applies to wires connected with --encap secure or \
+                     secure-vxlan"
+                )),
+                None => Refusal::new(ErrorCode::NoSuchWire, format!("wire {id} does not exist")),
+            });
+        };
+        let Some(cur) = self.secure.by_wire(id.0).cloned() else {
+            return Err(Refusal::new(ErrorCode::NoSuchWire, format!("wire {id} has no SAs here")));
+        };
+        if let Some(due) = self.rekey_due.get(&id) {
+            return Err(invalid(format!(
+                "wire {id} is being rekeyed already: it sends with the new keys within {} s; rekey it again \
+                 after that",
+                due.saturating_duration_since(Instant::now()).as_secs() + 1
+            )));
+        }
+        if !REKEY_SWITCH_MS.contains(&switch_in_ms) {
+            return Err(invalid("--switch-in is 1 to 86400 seconds"));
+        }
+        let (fp_out, fp_in) = self.unused_keys(keys)?;
+        if let Some(other) = self.secure.by_spi(keys.in_spi) {
+            return Err(invalid(format!(
+                "inbound SPI {:#010x} is wire {}'s already; a rekey needs new SPIs (write a new pair with `vwctl \
+                 keygen`)",
+                keys.in_spi, other.wire
+            )));
+        }
+        if keys.out_spi == cur.out.key().spi() {
+            return Err(invalid(format!(
+                "outbound SPI {:#010x} is the one wire {id} sends with now; the far end must hold the old and the \
+                 new inbound SA at once, so a rekey needs new SPIs (write a new pair with `vwctl keygen`)",
+                keys.out_spi
+            )));
+        }
+        let sa = SecureSa::new(id.0, cur.peer, keys, 0, 0).map_err(|e| invalid(format!("the key file's {e}")))?;
+        if let Some(store) = &mut self.store {
+            let used = [Change::KeyUsed { fingerprint: fp_out }, Change::KeyUsed { fingerprint: fp_in }];
+            store.record_all(&used).map_err(|e| {
+                Refusal::new(ErrorCode::Unavailable, format!("cannot save to the state file: {e}; not rekeyed"))
+            })?;
+        }
+        let next = SavedSecure { next: Some(SavedRekey { keys: keys.clone(), switch_in_ms }), ..saved.clone() };
+        self.secure_saved.insert(id, next);
+        let st = self.state.clone();
+        if let Err(r) = self.record(&st, &[super::Touched::Wire(id)]) {
+            self.secure_saved.insert(id, saved);
+            return Err(r);
+        }
+        self.rekey_install(id, sa, switch_in_ms)?;
+        crate::log(&format!(
+            "wire {id}: rekey: inbound SPI {:#010x} installed; sending with SPI {:#010x} once the far end's new keys \
+             arrive, within {} s",
+            keys.in_spi,
+            keys.out_spi,
+            switch_in_ms / 1000
+        ));
+        Ok(self.wire_info(id))
+    }
+
+    /// Installs a rekey's SAs beside wire `id`'s current ones and publishes
+    /// them (while restoring, `restore` publishes).
+    fn rekey_install(&mut self, id: ConnectorId, sa: SecureSa, switch_in_ms: u64) -> Result<(), Refusal> {
+        self.secure = Arc::new(self.secure.with_pending(Arc::new(sa)));
+        self.rekey_linger.remove(&id);
+        self.rekey_due.insert(id, Instant::now() + Duration::from_millis(switch_in_ms));
+        let st = self.state.clone();
+        self.apply(st)
+    }
+
+    /// Every tick: a rekey whose new inbound SA verified a packet, or whose
+    /// time is up, switches the outbound SA (the new keys saved first);
+    /// an old inbound SA goes [`REKEY_LINGER`] after the far end was seen
+    /// sending with the new keys.
+    pub(super) fn rekey_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(ConnectorId, bool)> = self
+            .rekey_due
+            .iter()
+            .filter_map(|(id, at)| {
+                let heard = self.secure.pending(id.0).is_none_or(|p| p.window.top() > 0);
+                (heard || now >= *at).then_some((*id, heard))
+            })
+            .collect();
+        for (id, heard) in due {
+            self.rekey_switch(id, heard);
+        }
+        let mut retire = Vec::new();
+        for (id, since) in self.rekey_linger.iter_mut() {
+            match (*since, self.secure.by_wire(id.0)) {
+                (_, None) => retire.push(*id),
+                (Some(t), _) if now >= t + REKEY_LINGER => retire.push(*id),
+                (None, Some(cur)) if cur.window.top() > 0 => *since = Some(now),
+                _ => {}
+            }
+        }
+        for id in retire {
+            self.rekey_linger.remove(&id);
+            let Some(old) = self.secure.old(id.0).map(|o| o.inb.spi()) else { continue };
+            self.secure = Arc::new(self.secure.without_old(id.0));
+            let st = self.state.clone();
+            if self.apply(st).is_ok() {
+                crate::log(&format!("wire {id}: rekey done: the old inbound SPI {old:#010x} is removed"));
+            }
+        }
+    }
+
+    /// Wire `id`'s outbound SA switches to the rekey's keys, once they are
+    /// saved as the wire's keys (a failure to save is tried again next tick).
+    fn rekey_switch(&mut self, id: ConnectorId, heard: bool) {
+        let (Some(saved), Some(pending)) = (self.secure_saved.get(&id).cloned(), self.secure.pending(id.0).cloned())
+        else {
+            self.rekey_due.remove(&id);
+            return;
+        };
+        let Some(next) = saved.next.clone() else {
+            self.rekey_due.remove(&id);
+            return;
+        };
+        // Its limit is its floor, as at connect: saved before any use.
+        let switched =
+            SavedSecure { keys: next.keys, out_floor: pending.out.limit(), in_floor: pending.window.top(), next: None };
+        self.secure_saved.insert(id, switched);
+        let st = self.state.clone();
+        if let Err(r) = self.record(&st, &[super::Touched::Wire(id)]) {
+            self.secure_saved.insert(id, saved);
+            crate::log(&format!("wire {id}: rekey: {}; it goes on sending with the old keys", r.message));
+            return;
+        }
+        let old_in = self.secure.by_wire(id.0).map(|c| c.inb.spi()).unwrap_or_default();
+        self.secure = Arc::new(self.secure.switched(id.0));
+        self.rekey_due.remove(&id);
+        self.rekey_linger.insert(id, heard.then(Instant::now));
+        let st = self.state.clone();
+        if self.apply(st).is_ok() {
+            let why = if heard {
+                "the far end's new keys arrived".to_owned()
+            } else {
+                format!("nothing came with the far end's new keys within {} s", next.switch_in_ms / 1000)
+            };
+            crate::log(&format!(
+                "wire {id}: rekeyed: sending with SPI {:#010x} ({why}); the old inbound SPI {old_in:#010x} stays \
+                 until the far end sends with the new keys",
+                pending.out.key().spi()
+            ));
+        }
+    }
+
     /// Drops wire `id`'s SAs (it is being disconnected); returns them, to
     /// put back with [`Control::secure_put_back`] if the disconnect fails.
     pub(super) fn secure_forget(&mut self, id: ConnectorId) -> Option<(Arc<SecureSa>, SavedSecure)> {
         let saved = self.secure_saved.remove(&id)?;
+        self.rekey_due.remove(&id);
+        self.rekey_linger.remove(&id);
         let sa = self.secure.by_wire(id.0)?.clone();
         self.secure = Arc::new(self.secure.without(id.0));
         Some((sa, saved))
@@ -131,6 +314,12 @@ impl Control {
         let next = SavedSecure { out_floor: sa.out.limit(), ..saved.clone() };
         self.secure = Arc::new(self.secure.with(Arc::new(sa)));
         self.secure_saved.insert(id, next);
+        if let Some(r) = &saved.next {
+            // A rekey that had not switched: its inbound SA again, and the
+            // whole wait for the far end's new keys anew.
+            let sa = SecureSa::new(id.0, vtep, &r.keys, 0, 0).map_err(|e| format!("its rekey's {e}"))?;
+            self.rekey_install(id, sa, r.switch_in_ms).map_err(|r| r.message)?;
+        }
         Ok(())
     }
 
@@ -150,6 +339,7 @@ impl Control {
                     out_floor: if out_due { sa.out.limit() + SEQ_CHUNK } else { saved.out_floor },
                     in_floor: if in_due { sa.window.top() } else { saved.in_floor },
                     keys: saved.keys.clone(),
+                    next: saved.next.clone(),
                 };
                 changed.push((id, next, out_due, sa.clone()));
             }
@@ -187,6 +377,21 @@ impl Control {
     /// What `wire list` shows of wire `id`'s SAs.
     pub(super) fn secure_info(&self, id: ConnectorId) -> Option<proto::SecureInfo> {
         let sa = self.secure.by_wire(id.0)?;
+        let (pending, old) = (self.secure.pending(id.0), self.secure.old(id.0));
+        let drops = [Some(sa), pending, old].into_iter().flatten().fold([0u64; 3], |mut d, s| {
+            for (t, n) in d.iter_mut().zip(s.drops()) {
+                *t += n;
+            }
+            d
+        });
+        let rekey = pending.map(|p| proto::RekeyInfo {
+            out_spi: p.out.key().spi(),
+            in_spi: p.inb.spi(),
+            switch_in_ms: self
+                .rekey_due
+                .get(&id)
+                .map_or(0, |t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+        });
         Some(proto::SecureInfo {
             out_spi: sa.out.key().spi(),
             in_spi: sa.inb.spi(),
@@ -194,9 +399,11 @@ impl Control {
             sent_seq: sa.out.sent(),
             received_seq: sa.window.top(),
             seq_limit: sa.out.limit(),
-            auth_failed: sa.drops()[0],
-            replayed: sa.drops()[1],
-            wrong_peer: sa.drops()[2],
+            auth_failed: drops[0],
+            replayed: drops[1],
+            wrong_peer: drops[2],
+            rekey,
+            old_in_spi: old.map(|o| o.inb.spi()),
         })
     }
 }
