@@ -33,6 +33,10 @@ command -v cpio >/dev/null || need+=(cpio)
 # The Linux far end of the secure-wire test holds a UDP_ENCAP_ESPINUDP
 # socket open with socat, in the guest.
 command -v socat >/dev/null || need+=(socat)
+# The secure wire through NAT puts a Linux NAT (nftables masquerade) on the
+# underlay and makes it forget its mappings with conntrack.
+command -v nft >/dev/null || need+=(nftables)
+command -v conntrack >/dev/null || need+=(conntrack)
 # The endpoint directory's tests run a real etcd; its client crate builds
 # etcd's protobuf definitions with protoc.
 command -v etcd >/dev/null || need+=(etcd-server)

@@ -89,6 +89,13 @@ pub struct SecureInfo {
     pub replayed: u64,
     /// Inbound packets with this wire's SPI from an address that is not its peer's.
     pub wrong_peer: u64,
+    /// The UDP port the far end sends from and is sent to: 4500, or what
+    /// a NAT in front of it maps 4500 to (learned from verified packets).
+    #[serde(default = "esp_in_udp_port")]
+    pub peer_port: u16,
+    /// How many times that port changed (the far end's NAT mapped it anew).
+    #[serde(default)]
+    pub nat_rebinds: u64,
     /// A rekey under way: the new keys' SPIs, until the outbound SA switched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekey: Option<RekeyInfo>,
@@ -96,6 +103,10 @@ pub struct SecureInfo {
     /// with the new keys (its SPI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_in_spi: Option<u32>,
+}
+
+fn esp_in_udp_port() -> u16 {
+    4500
 }
 
 /// How long a rekey waits at most for the far end's new keys before the
@@ -396,6 +407,13 @@ pub struct UplinkStatus {
     pub vxlan_port: u16,
     /// Link up.
     pub link_up: bool,
+    /// The address other sites reach this host at, if it is not the VTEP
+    /// (`vwfabric --public-address`, behind a 1:1 NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
+    /// Seconds between NAT keepalives to an idle secure wire's far end (0: none).
+    #[serde(default)]
+    pub nat_keepalive_s: u64,
 }
 
 /// An underlay neighbour the fabric resolves.
@@ -730,6 +748,10 @@ pub struct Stats {
     /// Frames the control plane sent on the uplink (ARP requests, the
     /// gratuitous ARP at start); not received frames.
     pub control_frames_sent: u64,
+    /// NAT keepalives sent to idle secure wires' far ends (counted in
+    /// `control_frames_sent` too).
+    #[serde(default)]
+    pub nat_keepalives_sent: u64,
     /// Mbuf pool usage.
     pub mempool: MempoolInfo,
     /// The migration channel (absent without `--migration-key-file`).

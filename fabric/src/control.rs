@@ -118,6 +118,10 @@ pub struct Settings {
     pub migration: Option<MigrationSettings>,
     /// The endpoint directory on etcd, with `--directory`.
     pub directory: Option<vw_directory::etcd::Config>,
+    /// The address other sites reach this host at, behind a 1:1 NAT.
+    pub public_address: Option<Ipv4Addr>,
+    /// How often an idle secure wire's far end gets a NAT keepalive.
+    pub nat_keepalive: Option<Duration>,
 }
 
 /// What is behind an endpoint.
@@ -389,6 +393,9 @@ pub struct Control {
     /// Rekeyed wires keeping their old inbound SA: since when the far end
     /// is known to send with the new keys (None: not yet).
     rekey_linger: BTreeMap<ConnectorId, Option<Instant>>,
+    /// NAT keepalives: when the next round is due, each secure wire's
+    /// packets sent at the last round, and how many keepalives went out.
+    keepalive: secure::Keepalive,
 }
 
 impl Control {
@@ -460,6 +467,7 @@ impl Control {
             secure_saved: BTreeMap::new(),
             rekey_due: BTreeMap::new(),
             rekey_linger: BTreeMap::new(),
+            keepalive: secure::Keepalive::default(),
             incoming: BTreeMap::new(),
             hold_expired: 0,
             rates: vec![hold::WireRate::default(); settings_max_wires],
@@ -1599,6 +1607,7 @@ impl Control {
         self.measure_rates();
         self.secure_tick();
         self.rekey_tick();
+        self.nat_keepalive_tick();
         Ok(())
     }
 

@@ -118,6 +118,17 @@ struct Args {
     /// Router for peer VTEPs outside the VTEP subnet.
     #[arg(long, value_name = "ADDR", requires = "uplink")]
     gateway: Option<Ipv4Addr>,
+    /// The address other sites reach this host at when it is behind a 1:1
+    /// NAT (a cloud VM's public address, not on its interface). Advertised
+    /// in the directory instead of the VTEP and shown by `vwctl status`;
+    /// far ends connect their wires to it.
+    #[arg(long, value_name = "ADDR", requires = "uplink")]
+    public_address: Option<Ipv4Addr>,
+    /// Seconds between NAT keepalives (RFC 3948 §2.3) to the far end of a
+    /// secure wire that sent nothing in that time, so that a NAT on the way
+    /// keeps its mapping while the wire is idle. 0: none.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    nat_keepalive: u64,
     /// Underlay MTU (default: the uplink's current MTU). Set on the uplink.
     /// A frame of this MTU must fit one mbuf: MTU + 14 + 128 of headroom
     /// at most --mbuf-size (2176 by default: MTU 2034 at most).
@@ -276,7 +287,7 @@ fn directory_config(args: &Args) -> Result<Option<vw_directory::etcd::Config>, S
         keys,
         host,
         record: vw_directory::HostRecord {
-            vtep: std::net::IpAddr::V4(vtep.addr),
+            vtep: std::net::IpAddr::V4(args.public_address.unwrap_or(vtep.addr)),
             formats,
             site: args.site.clone(),
             migration: args.migration_key_file.is_some(),
@@ -435,6 +446,17 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             vw_wire::encap::secure::PORT
         )));
     }
+    if args.nat_keepalive > 3600 {
+        return Err(StartError::Config("--nat-keepalive must be 0 (none) to 3600 seconds".into()));
+    }
+    if let (Some(p), Some(v)) = (args.public_address, args.vtep) {
+        if vw_wire::table::validate_vtep(p).is_err() || p == v.addr {
+            return Err(StartError::Config(format!(
+                "--public-address {p} must be a unicast address other than the VTEP {} (omit it without NAT)",
+                v.addr
+            )));
+        }
+    }
     if args.max_wires == 0 {
         return Err(StartError::Config("--max-wires must be at least 1".into()));
     }
@@ -520,6 +542,8 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             }),
         },
         directory: directory_config(&args)?,
+        public_address: args.public_address,
+        nat_keepalive: (args.nat_keepalive > 0).then(|| Duration::from_secs(args.nat_keepalive)),
     };
     if let Some(m) = &settings.migration {
         let ports = [args.vwire_port, args.vxlan_port];

@@ -35,10 +35,11 @@ pub const SEQ_RAISE_AT: u64 = SEQ_CHUNK / 2;
 pub struct SecureSa {
     /// The wire.
     pub wire: u32,
-    /// The far end's VTEP: the only outer source whose packets are opened,
-    /// from UDP port 4500 only (so that all of them come through one
-    /// receive queue: see `vw_esp::SharedWindow`).
+    /// The far end's VTEP (its public address if it is behind NAT): the
+    /// only outer source whose packets are opened.
     pub peer: Ipv4Addr,
+    /// The far end's UDP port, shared by the wire's SAs across a rekey.
+    pub port: Arc<PeerPort>,
     /// Sends.
     pub out: SharedOutbound,
     /// Receives.
@@ -51,6 +52,54 @@ pub struct SecureSa {
     /// with an atomic add, on the drop path only (an attacker may send
     /// them to any worker).
     pub drops: [AtomicU64; 3],
+}
+
+/// The UDP port a secure wire's far end sends from and is sent to: 4500,
+/// or the port a NAT in front of it maps 4500 to.
+///
+/// Its packets come from one address and port, so through one receive
+/// queue and one worker at a time (see `vw_esp::SharedWindow`). A packet
+/// from another port of the peer's address is opened too, and if it
+/// verifies and is the newest the SA has received, the NAT has a new
+/// mapping for the far end: the port follows it (a "rebind"). A captured
+/// packet sent again from another port is refused by the replay window
+/// first, and one that overtakes its original can only point the wire at
+/// another port of the same address.
+#[derive(Debug)]
+pub struct PeerPort {
+    port: std::sync::atomic::AtomicU16,
+    rebinds: AtomicU64,
+}
+
+impl PeerPort {
+    /// Port 4500, no rebind yet.
+    pub fn new() -> PeerPort {
+        PeerPort { port: std::sync::atomic::AtomicU16::new(vw_wire::encap::secure::PORT), rebinds: AtomicU64::new(0) }
+    }
+
+    /// The port to send to and expect packets from.
+    #[inline(always)]
+    pub fn get(&self) -> u16 {
+        self.port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A verified packet newer than any before came from `port`.
+    #[cold]
+    pub fn rebind(&self, port: u16) {
+        self.port.store(port, std::sync::atomic::Ordering::Relaxed);
+        self.rebinds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times the port changed.
+    pub fn rebinds(&self) -> u64 {
+        self.rebinds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Default for PeerPort {
+    fn default() -> PeerPort {
+        PeerPort::new()
+    }
 }
 
 /// Why one of a secure wire's inbound packets was dropped.
@@ -81,6 +130,7 @@ impl std::fmt::Debug for SecureSa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecureSa")
             .field("wire", &self.wire)
+            .field("port", &self.port.get())
             .field("out", &self.out)
             .field("in", &self.inb)
             .field("window", &self.window)
@@ -108,12 +158,21 @@ impl SecureSa {
         Ok(SecureSa {
             wire,
             peer,
+            port: Arc::new(PeerPort::new()),
             out: SharedOutbound::new(keys.out_spi, &out_key, first, first + SEQ_CHUNK - 1),
             inb: OpenKey::new(keys.in_spi, &in_key),
             window: SharedWindow::starting_at(in_floor),
             bits: out_key.bits() as u32,
             drops: Default::default(),
         })
+    }
+}
+
+impl SecureSa {
+    /// The same SAs, following the far end's port with `other` (the wire's
+    /// current SAs, for the SAs of its rekey).
+    pub fn sharing_port_of(self, other: &SecureSa) -> SecureSa {
+        SecureSa { port: other.port.clone(), ..self }
     }
 }
 
@@ -257,6 +316,18 @@ mod tests {
         assert_eq!(u.by_spi(0x2004).map(|s| s.wire), Some(7));
         assert!(u.without(7).by_wire(7).is_none() && u.without(7).by_spi(0x2004).is_none());
         assert_eq!(t.by_spi(0x2002).map(|s| s.wire), Some(7), "the old table is unchanged");
+    }
+
+    #[test]
+    fn a_rekeys_sas_follow_the_far_ends_nat_port_with_the_current_ones() {
+        let peer = Ipv4Addr::new(10, 0, 0, 254);
+        let a = SecureSa::new(7, peer, &keys(0x1001, 0x2002), 0, 0).unwrap();
+        assert_eq!((a.port.get(), a.port.rebinds()), (4500, 0), "4500 until a NAT maps it elsewhere");
+        let b = SecureSa::new(7, peer, &keys(0x1003, 0x2004), 0, 0).unwrap().sharing_port_of(&a);
+        let c = SecureSa::new(7, peer, &keys(0x1005, 0x2006), 0, 0).unwrap();
+        b.port.rebind(20001);
+        assert_eq!((a.port.get(), a.port.rebinds()), (20001, 1), "the rekey's SA learned it for the wire");
+        assert_eq!(c.port.get(), 4500, "another wire's port is its own");
     }
 
     #[test]

@@ -55,7 +55,10 @@ fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -
         return Err(FabricDrop::NoHeadroom);
     }
     match m.prepend(template.len()) {
-        Some(hdr) => template.write(hdr, len, source_port(hash)),
+        Some(hdr) => {
+            template.write(hdr, len, source_port(hash));
+            EncapTemplate::set_outer_dst_port(hdr, sa.port.get());
+        }
         None => return Err(FabricDrop::NoHeadroom),
     }
     let payload = template.len() - ESP_OFFSET - secure::HEADER_LEN + len;
@@ -70,12 +73,14 @@ fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -
 #[inline(always)]
 fn open_esp(snap: &Snapshot, up: &UplinkPlan, m: &mut Mbuf, e: EspPacket) -> Result<Decap, usize> {
     let Some(sa) = snap.secure.by_spi(e.spi) else { return Err(FabricDrop::UnknownSpi.index()) };
-    // From the peer's address and port 4500 only: one 5-tuple, so one
-    // receive queue and one worker at a time for the SA's window.
-    if e.src_ip != sa.peer || e.src_port != secure::PORT {
+    // From the peer's address only. From its port (one 5-tuple, so one
+    // receive queue and one worker at a time for the SA's window), or from
+    // another one its NAT maps it to now: see `PeerPort`.
+    if e.src_ip != sa.peer {
         sa.count(InboundDrop::WrongPeer);
         return Err(FabricDrop::SecureWrongPeer.index());
     }
+    let rebind_above = if e.src_port != sa.port.get() { Some(sa.window.top()) } else { None };
     let pkt_len = m.pkt_len() as usize;
     // The whole packet in the first segment: ESP opens a contiguous buffer.
     let Some(esp) = m.data_mut().get_mut(ESP_OFFSET..ESP_OFFSET + e.len) else {
@@ -94,6 +99,9 @@ fn open_esp(snap: &Snapshot, up: &UplinkPlan, m: &mut Mbuf, e: EspPacket) -> Res
         Err(vw_esp::OpenError::UnknownSpi) => return Err(FabricDrop::UnknownSpi.index()),
         Err(vw_esp::OpenError::Malformed) => return Err(underlay_index(UnderlayError::SecureInner)),
     };
+    if rebind_above.is_some_and(|top| o.seq > top) {
+        sa.port.rebind(e.src_port);
+    }
     if o.next_header != secure::NEXT_HEADER_UDP {
         return Err(underlay_index(UnderlayError::SecureInner));
     }

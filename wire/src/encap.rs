@@ -34,6 +34,10 @@ pub enum Encap {
 
 /// The secure wires' ESP-in-UDP layout (RFC 3948, RFC 4303, RFC 4106).
 pub mod secure {
+    use crate::ethernet::{self, ethertype, MacAddr};
+    use crate::{ipv4, udp};
+    use std::net::Ipv4Addr;
+
     /// UDP port of ESP in UDP (RFC 3948), both ends.
     pub const PORT: u16 = 4500;
     /// SPI (4) + low 32 bits of the sequence number (4) + IV (8).
@@ -57,6 +61,43 @@ pub mod secure {
     #[inline(always)]
     pub const fn trailer_len(len: usize) -> usize {
         pad(len) + 2 + ICV_LEN
+    }
+
+    /// Writes a NAT keepalive (RFC 3948 §2.3: a UDP datagram from port 4500 whose payload is
+    /// the single byte 0xFF) from `src_ip` to `dst_ip`:`dst_port`, zero-padded to the 60-byte
+    /// Ethernet minimum; returns 60. Its IPv4 checksum is filled, its UDP checksum is zero.
+    pub fn build_nat_keepalive(
+        buf: &mut [u8; ethernet::MIN_FRAME_LEN],
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+        src_ip: Ipv4Addr,
+        dst_ip: Ipv4Addr,
+        dst_port: u16,
+    ) -> usize {
+        const IP_END: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+        const PAYLOAD: usize = IP_END + udp::HEADER_LEN;
+        buf.fill(0);
+        let mut eth = ethernet::Frame::new_unchecked(&mut buf[..]);
+        eth.set_dst(dst_mac);
+        eth.set_src(src_mac);
+        eth.set_ethertype(ethertype::IPV4);
+        let mut ip = ipv4::Packet::new_unchecked(&mut buf[ethernet::HEADER_LEN..IP_END]);
+        ip.set_version(4);
+        ip.set_header_len(ipv4::HEADER_LEN as u8);
+        ip.set_total_len((ipv4::HEADER_LEN + udp::HEADER_LEN + 1) as u16);
+        ip.set_dont_frag(true);
+        ip.set_ttl(ipv4::DEFAULT_TTL);
+        ip.set_protocol(ipv4::protocol::UDP);
+        ip.set_src_addr(src_ip);
+        ip.set_dst_addr(dst_ip);
+        ip.fill_checksum();
+        let mut u = udp::Datagram::new_unchecked(&mut buf[IP_END..PAYLOAD]);
+        u.set_src_port(PORT);
+        u.set_dst_port(dst_port);
+        u.set_len((udp::HEADER_LEN + 1) as u16);
+        u.set_checksum(0);
+        buf[PAYLOAD] = 0xff;
+        ethernet::MIN_FRAME_LEN
     }
 }
 
@@ -177,6 +218,7 @@ const TUNNEL: usize = UDP + udp::HEADER_LEN;
 const IP_TOTAL_LEN: usize = IP + ipv4::field::LENGTH.start;
 const IP_CHECKSUM: usize = IP + ipv4::field::CHECKSUM.start;
 const UDP_SRC_PORT: usize = UDP + udp::field::SRC_PORT.start;
+const UDP_DST_PORT: usize = UDP + udp::field::DST_PORT.start;
 const UDP_LENGTH: usize = UDP + udp::field::LENGTH.start;
 // A secure format's protected datagram: its UDP header after the ESP header.
 const INNER_UDP: usize = TUNNEL + secure::HEADER_LEN;
@@ -415,6 +457,16 @@ impl EncapTemplate {
         hdr[IP_CHECKSUM..IP_CHECKSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());
         hdr[UDP_SRC_PORT..UDP_SRC_PORT + 2].copy_from_slice(&src_port.to_be_bytes());
         hdr[UDP_LENGTH..UDP_LENGTH + 2].copy_from_slice(&udp_len.to_be_bytes());
+    }
+
+    /// Sets the outer UDP destination port of a header written by [`write`](Self::write) for a
+    /// secure format: the far end's port as its NAT maps it (4500 without NAT). The UDP
+    /// checksum is zero and the IPv4 checksum does not cover it, so nothing else changes.
+    #[inline(always)]
+    pub fn set_outer_dst_port(hdr: &mut [u8], port: u16) {
+        if let Some(p) = hdr.get_mut(UDP_DST_PORT..UDP_DST_PORT + 2) {
+            p.copy_from_slice(&port.to_be_bytes());
+        }
     }
 
     /// Maps a flow hash to a UDP source port in 49152..=65535; same as [`source_port`].

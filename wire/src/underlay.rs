@@ -906,6 +906,25 @@ mod tests {
     }
 
     #[test]
+    fn a_built_nat_keepalive_is_one_and_a_secure_header_takes_the_nat_port() {
+        let mut buf = [0u8; ethernet::MIN_FRAME_LEN];
+        let n = secure::build_nat_keepalive(&mut buf, PEER_MAC, OUR_MAC, PEER_IP, OUR_IP, secure::PORT);
+        assert_eq!(n, 60, "padded to the Ethernet minimum");
+        assert_eq!(run(&buf), Ok(Underlay::NatKeepalive));
+        assert!(ipv4::Packet::new_unchecked(&buf[IP..UDP]).verify_checksum());
+        secure::build_nat_keepalive(&mut buf, PEER_MAC, OUR_MAC, PEER_IP, OUR_IP, 20001);
+        assert_eq!(&buf[UDP..UDP + 4], &[0x11, 0x94, 0x4e, 0x21], "4500 -> 20001");
+        assert_eq!(run(&buf), Err(UnderlayError::UdpPort), "not to a port of ours");
+        // The outer destination port of a sealed frame is the far end's NAT
+        // mapping; the IPv4 checksum stays valid.
+        let t = template(Encap::Secure, 7);
+        let mut frame = build_tunnel_frame(&t, &inner(100), 50000);
+        EncapTemplate::set_outer_dst_port(&mut frame[..t.len()], 20001);
+        assert_eq!(&frame[UDP..UDP + 4], &[0x11, 0x94, 0x4e, 0x21]);
+        assert!(ipv4::Packet::new_unchecked(&frame[IP..UDP]).verify_checksum());
+    }
+
+    #[test]
     fn port_4500() {
         let mut f = tunnel(Encap::Vwire);
         f[UDP + 2..UDP + 4].copy_from_slice(&secure::PORT.to_be_bytes());

@@ -232,7 +232,15 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
         ("auth_failed", forged),
         ("unknown_spi", unknown),
         ("secure_wrong_peer", spoofed),
-        ("secure_wrong_peer", other_port), // another source port: another receive queue
+        // From another port of the peer's address (as after a NAT's new
+        // mapping): opened, and refused as any copy is; with a fresh number
+        // it fails the ICV. The wire's port follows neither.
+        ("replayed", other_port.clone()),
+        ("auth_failed", {
+            let mut f = other_port;
+            fresh(&mut f);
+            f
+        }),
     ];
     let before = s.h1.all_drops();
     let delivered = s.h1.port("vm1")["tx_packets"].as_u64().unwrap();
@@ -250,7 +258,8 @@ fn tampered_replayed_and_spoofed_secure_frames_deliver_nothing() {
     }
     assert_eq!(s.h1.port("vm1")["tx_packets"].as_u64().unwrap(), delivered, "nothing reached the VM");
     let sec = s.h1.wire(7)["secure"].clone();
-    assert_eq!((u(&sec["replayed"]), u(&sec["auth_failed"]), u(&sec["wrong_peer"])), (4, 10, 4), "{sec}");
+    assert_eq!((u(&sec["replayed"]), u(&sec["auth_failed"]), u(&sec["wrong_peer"])), (6, 12, 2), "{sec}");
+    assert_eq!((u(&sec["peer_port"]), u(&sec["nat_rebinds"])), (4500, 0), "{sec}");
     // The window did not move for any of them: the wire goes on.
     assert_eq!(s.vm2.ping("192.168.7.1", 5, 200), Ping { sent: 5, received: 5 }, "{}", s.logs());
     drop(s);
@@ -645,4 +654,132 @@ fn a_rekey_under_a_continuous_stream_loses_nothing() {
     let out = s.h1.ctl(&["rekey", "8", "--key-file", m1.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("wire 8 does not exist"), "{out:?}");
     drop(s);
+}
+
+/// One fabric behind a Linux NAT: the underlay namespace routes between
+/// br0 (h1, 10.0.0.1; the NAT's outside address 10.0.0.254) and br1 (h2,
+/// 10.1.0.2, its gateway 10.1.0.254), masquerades what leaves br0 to UDP
+/// ports 20000-29999 and forwards nothing unsolicited inward; its UDP
+/// mappings expire after 4 s without a packet. h1 connects the wire to the
+/// NAT's address and learns h2's port from h2's verified packets; both
+/// send NAT keepalives every second while the wire is idle, so h1 still
+/// reaches h2 after 10 s of silence; after the NAT forgets every mapping,
+/// h2's next packet comes from a new port and h1 follows it.
+#[test]
+fn a_secure_wire_crosses_a_nat_and_stays_open_while_idle() {
+    let Some(env) = setup("secure_nat", &["tshark", "nft", "conntrack"]) else { return };
+    let t = &env.tag;
+    let mut ul = Underlay::new(&env);
+    ul.route("10.0.0.254/24", "10.1.0.254/24");
+    let nat = "table ip vwnat {
+        chain post {
+            type nat hook postrouting priority srcnat; policy accept;
+            oifname \"br0\" ip saddr 10.1.0.0/24 meta l4proto udp masquerade to :20000-29999
+        }
+        chain inward {
+            type filter hook forward priority filter; policy drop;
+            ct state established,related accept
+            iifname \"br1\" accept
+        }
+    }";
+    let rules = env.dir.join("nat.nft");
+    std::fs::write(&rules, nat).unwrap();
+    ul.ns.sh(&["nft", "-f", rules.to_str().unwrap()]);
+    // The conntrack sysctls exist once the NAT table loaded nf_conntrack.
+    ul.ns.sh(&["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=4"]);
+    ul.ns.sh(&["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=4"]);
+
+    let (up1, up2, e1, e2) = (format!("vw{t}u1"), format!("vw{t}u2"), format!("vw{t}e1"), format!("vw{t}e2"));
+    let opts = |up: &str, vtep: &str, state: &str, extra: &[&str]| {
+        let mut x = vec!["--state".into(), env.dir.join(state).display().to_string()];
+        x.extend(["--nat-keepalive".into(), "1".into()]);
+        x.extend(extra.iter().map(|s| s.to_string()));
+        FabricOpts { uplink: Some((up.to_owned(), vtep.to_owned())), extra: x, ..Default::default() }
+    };
+    let mut h1 = Fabric::start(&env, "h1", opts(&up1, "10.0.0.1/24", "h1.state", &[]));
+    let mut h2 = Fabric::start(
+        &env,
+        "h2",
+        opts(&up2, "10.1.0.2/24", "h2.state", &["--gateway", "10.1.0.254", "--public-address", "10.0.0.254"]),
+    );
+    ul.plug_into(&up1, "br0");
+    ul.plug_into(&up2, "br1");
+    h1.add_tap("vm1", &e1);
+    h2.add_tap("vm2", &e2);
+    let vm1 = Vm::new(&format!("vw{t}vm1"), &e1, "192.168.7.1/24", 1400);
+    let vm2 = Vm::new(&format!("vw{t}vm2"), &e2, "192.168.7.2/24", 1400);
+    let keys = (env.dir.join("w7.keys"), env.dir.join("w7-peer.keys"));
+    keygen(&env, &keys.0, &keys.1);
+    h1.ctl_ok(&["connect", "7", "vm1", "10.0.0.254", "--encap", "secure", "--key-file", keys.0.to_str().unwrap()]);
+    h2.ctl_ok(&["connect", "7", "vm2", "10.0.0.1", "--encap", "secure", "--key-file", keys.1.to_str().unwrap()]);
+    let logs = || format!("--- h1 ---\n{}\n--- h2 ---\n{}", h1.log_text(), h2.log_text());
+    let st = h2.json(&["status"]);
+    assert_eq!(st["uplink"]["public_address"], "10.0.0.254", "{st}");
+    assert_eq!(st["uplink"]["nat_keepalive_s"], 1, "{st}");
+
+    // The side behind the NAT speaks first: its mapping opens, h1 learns it.
+    assert!(vm2.wait_reachable("192.168.7.1"), "no ping from behind the NAT\n{}", logs());
+    let sec = h1.wire(7)["secure"].clone();
+    let port = u(&sec["peer_port"]);
+    assert!((20000..=29999).contains(&port), "h1 sends to the NAT's mapping: {sec}");
+    assert!(u(&sec["nat_rebinds"]) >= 1, "{sec}");
+    assert_eq!(u(&h2.wire(7)["secure"]["peer_port"]), 4500, "h1 is not behind a NAT");
+    assert!(h1.ctl_ok(&["wire", "list"]).contains(&format!("10.0.0.254:{port}")), "wire list shows the mapping");
+    let cap = Capture::start(&ul.ns, &up1, env.dir.join("nat.pcap"), "udp");
+    assert_eq!(vm1.ping("192.168.7.2", 20, 1000), Ping { sent: 20, received: 20 }, "{}", logs());
+    let (sent, got) = tcp_transfer(&env, &vm1.ns, &vm2.ns, "192.168.7.2", 4 << 20);
+    assert!(sent.starts_with("4194304 "), "sender: {sent}");
+    assert_eq!(sent, got, "the receiver's byte count and SHA-256 differ from the sender's");
+    let file = cap.stop();
+    // Outside the NAT: ESP in UDP between h1's 4500 and the mapped port,
+    // decoded by tshark with its SPIs.
+    let rows = tshark_fields(&file, &[], &["ip.src", "udp.srcport", "udp.dstport", "esp.spi"]);
+    assert!(rows.len() > 1000, "{} frames captured", rows.len());
+    let (p, four) = (port.to_string(), "4500".to_string());
+    for r in rows.iter().filter(|r| r[3].is_empty()) {
+        // Only NAT keepalives (no SPI) besides ESP.
+        assert!(r[1..3] == [four.clone(), p.clone()] || r[1..3] == [p.clone(), four.clone()], "{r:?}");
+    }
+    for r in rows.iter().filter(|r| !r[3].is_empty()) {
+        let want = if r[0] == "10.0.0.1" { [four.clone(), p.clone()] } else { [p.clone(), four.clone()] };
+        assert_eq!((r[0] == "10.0.0.1" || r[0] == "10.0.0.254", &r[1..3]), (true, &want[..]), "{r:?}");
+    }
+    assert!(!read_pcap(&file).iter().any(|f| f.windows(4).any(|w| w == [192, 168, 7, 2])), "a VM address in clear");
+
+    // Idle for 2.5 times the NAT's timeout: the keepalives keep the
+    // mapping, and h1 speaks first.
+    let (ka1, ka2) = (u(&h1.json(&["stats"])["nat_keepalives_sent"]), u(&h2.json(&["stats"])["nat_keepalives_sent"]));
+    let heard = u(&h1.json(&["stats"])["handled"]["nat_keepalive"]);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let ka2_after = u(&h2.json(&["stats"])["nat_keepalives_sent"]);
+    assert!(ka2_after >= ka2 + 5, "h2 sent {} keepalives in 10 idle s", ka2_after - ka2);
+    assert!(u(&h1.json(&["stats"])["nat_keepalives_sent"]) >= ka1 + 5);
+    assert!(u(&h1.json(&["stats"])["handled"]["nat_keepalive"]) >= heard + 5, "h1 received them");
+    assert_eq!(vm1.ping("192.168.7.2", 5, 100), Ping { sent: 5, received: 5 }, "after idling\n{}", logs());
+    assert_eq!(u(&h1.wire(7)["secure"]["peer_port"]), port, "the same mapping");
+
+    // The NAT forgets its mappings (a NAT reboot): h2's next packets get a
+    // new port, and h1 follows the first verified one.
+    let rebinds = u(&h1.wire(7)["secure"]["nat_rebinds"]);
+    let mut moved = None;
+    for _ in 0..3 {
+        ul.ns.sh(&["conntrack", "-F"]);
+        assert!(vm2.wait_reachable("192.168.7.1"), "after the NAT's new mapping\n{}", logs());
+        let now = u(&h1.wire(7)["secure"]["peer_port"]);
+        if now != port {
+            moved = Some(now);
+            break;
+        }
+    }
+    let moved = moved.unwrap_or_else(|| panic!("the NAT kept port {port} three times"));
+    assert!((20000..=29999).contains(&moved));
+    assert!(u(&h1.wire(7)["secure"]["nat_rebinds"]) > rebinds);
+    assert_eq!(vm1.ping("192.168.7.2", 10, 100), Ping { sent: 10, received: 10 }, "{}", logs());
+    for h in [&h1, &h2] {
+        let sec = h.wire(7)["secure"].clone();
+        assert_eq!(u(&sec["auth_failed"]) + u(&sec["replayed"]) + u(&sec["wrong_peer"]), 0, "{sec}");
+    }
+    assert!(h2.ctl_ok(&["status"]).contains("nat keepalives: every 1 s"));
+    assert!(h1.stop().success() && h2.stop().success());
+    drop((vm1, vm2, ul));
 }

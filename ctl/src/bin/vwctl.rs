@@ -390,6 +390,11 @@ fn print_status(s: &Status) {
                 u.vwire_port,
                 u.vxlan_port
             );
+            let keepalive = match u.nat_keepalive_s {
+                0 => "off".to_owned(),
+                n => format!("every {n} s to idle secure wires' far ends"),
+            };
+            out!("public address: {}  nat keepalives: {keepalive}", u.public_address.as_deref().unwrap_or("-"));
         }
         None => out!("uplink: none (loopback wires only)"),
     }
@@ -493,7 +498,12 @@ fn ends(w: &WireInfo) -> String {
         };
         return w.ends.iter().map(end).collect::<Vec<_>>().join(" <-> ");
     }
-    let far = if w.encap.is_some() { w.peer.clone() } else { format!("{}@here", w.peer) };
+    let far = match (&w.encap, &w.secure) {
+        // A secure wire's far end behind a NAT that maps 4500 elsewhere.
+        (Some(_), Some(s)) if s.peer_port != 4500 => format!("{}:{}", w.peer, s.peer_port),
+        (Some(_), _) => w.peer.clone(),
+        (None, _) => format!("{}@here", w.peer),
+    };
     match w.migration.as_ref().and_then(|m| m.moved_to.as_ref()) {
         Some(to) => format!("{}@{to} <-> {far}", w.endpoint),
         None => format!("{}@here <-> {far}", w.endpoint),
@@ -679,6 +689,6 @@ fn print_stats(s: &Stats) {
         }
     }
     out!();
-    out!("control frames sent: {}", s.control_frames_sent);
+    out!("control frames sent: {} (nat keepalives: {})", s.control_frames_sent, s.nat_keepalives_sent);
     out!("mbufs in use: {} of {}", s.mempool.in_use, s.mempool.size);
 }

@@ -251,6 +251,8 @@ impl Control {
                 vwire_port: u.vwire_port,
                 vxlan_port: u.vxlan_port,
                 link_up: Self::link_up(u.port),
+                public_address: self.settings.public_address.map(|a| a.to_string()),
+                nat_keepalive_s: self.settings.nat_keepalive.map_or(0, |d| d.as_secs()),
             }),
             neighbours: self
                 .state
@@ -432,6 +434,7 @@ impl Control {
             drops,
             handled,
             control_frames_sent,
+            nat_keepalives_sent: self.keepalive.count,
             mempool: self.mempool(),
             migration,
         }

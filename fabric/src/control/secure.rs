@@ -6,6 +6,7 @@
 use super::{Control, Refusal};
 use crate::persist::{Change, SavedRekey, SavedSecure};
 use crate::secure::{fingerprints, SecureSa, MAX_FLOOR, SEQ_CHUNK, SEQ_RAISE_AT};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,23 @@ const REKEY_LINGER: Duration = Duration::from_secs(2);
 
 /// The range `rekey --switch-in` may take, ms.
 const REKEY_SWITCH_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
+
+/// NAT keepalives to idle secure wires' far ends (`vwfabric --nat-keepalive`).
+#[derive(Debug)]
+pub(super) struct Keepalive {
+    /// When the next round is due.
+    next: Instant,
+    /// Each secure wire's outbound packets at the last round.
+    sent: HashMap<u32, u64>,
+    /// Keepalives sent.
+    pub(super) count: u64,
+}
+
+impl Default for Keepalive {
+    fn default() -> Keepalive {
+        Keepalive { next: Instant::now(), sent: HashMap::new(), count: 0 }
+    }
+}
 
 impl Control {
     /// Refuses a connect whose keys and format do not go together, or
@@ -173,7 +191,9 @@ impl Control {
                 keys.out_spi
             )));
         }
-        let sa = SecureSa::new(id.0, cur.peer, keys, 0, 0).map_err(|e| invalid(format!("the key file's {e}")))?;
+        let sa = SecureSa::new(id.0, cur.peer, keys, 0, 0)
+            .map_err(|e| invalid(format!("the key file's {e}")))?
+            .sharing_port_of(&cur);
         if let Some(store) = &mut self.store {
             let used = [Change::KeyUsed { fingerprint: fp_out }, Change::KeyUsed { fingerprint: fp_in }];
             store.record_all(&used).map_err(|e| {
@@ -312,12 +332,14 @@ impl Control {
         let vtep: Ipv4Addr = peer.parse().map_err(|_| format!("peer {peer} is not an IPv4 address"))?;
         let sa = SecureSa::new(id.0, vtep, &saved.keys, saved.out_floor, saved.in_floor)?;
         let next = SavedSecure { out_floor: sa.out.limit(), ..saved.clone() };
-        self.secure = Arc::new(self.secure.with(Arc::new(sa)));
+        let sa = Arc::new(sa);
+        self.secure = Arc::new(self.secure.with(sa.clone()));
         self.secure_saved.insert(id, next);
         if let Some(r) = &saved.next {
             // A rekey that had not switched: its inbound SA again, and the
             // whole wait for the far end's new keys anew.
-            let sa = SecureSa::new(id.0, vtep, &r.keys, 0, 0).map_err(|e| format!("its rekey's {e}"))?;
+            let sa =
+                SecureSa::new(id.0, vtep, &r.keys, 0, 0).map_err(|e| format!("its rekey's {e}"))?.sharing_port_of(&sa);
             self.rekey_install(id, sa, r.switch_in_ms).map_err(|r| r.message)?;
         }
         Ok(())
@@ -374,6 +396,38 @@ impl Control {
         }
     }
 
+    /// Every `--nat-keepalive` seconds: one NAT keepalive to each far end
+    /// (address and port) that none of our secure wires sent a packet to
+    /// since the last round. Every wire to one far end goes through the
+    /// same NAT mapping (4500 to its port), so one keepalive serves them
+    /// all; a wire connected since the last round counts as busy.
+    pub(super) fn nat_keepalive_tick(&mut self) {
+        let Some(every) = self.settings.nat_keepalive else { return };
+        let now = Instant::now();
+        if now < self.keepalive.next {
+            return;
+        }
+        self.keepalive.next = now + every;
+        let Some(u) = self.uplink.as_ref().map(|u| u.net.clone()) else { return };
+        let mut idle: HashMap<(Ipv4Addr, u16), bool> = HashMap::new();
+        let mut seen = HashMap::with_capacity(self.keepalive.sent.len());
+        for sa in self.secure.iter() {
+            let sent = sa.out.sent();
+            let busy = self.keepalive.sent.get(&sa.wire) != Some(&sent);
+            seen.insert(sa.wire, sent);
+            *idle.entry((sa.peer, sa.port.get())).or_insert(true) &= !busy;
+        }
+        self.keepalive.sent = seen;
+        for (peer, port) in idle.into_iter().filter_map(|(to, idle)| idle.then_some(to)) {
+            // Unresolved next hop: ARP is on it, and the next round comes.
+            let Some(mac) = self.state.next_hop_mac(peer) else { continue };
+            let mut buf = [0u8; vw_wire::ethernet::MIN_FRAME_LEN];
+            let n = vw_wire::encap::secure::build_nat_keepalive(&mut buf, u.mac, mac, u.vtep, peer, port);
+            self.inject(&buf[..n]);
+            self.keepalive.count += 1;
+        }
+    }
+
     /// What `wire list` shows of wire `id`'s SAs.
     pub(super) fn secure_info(&self, id: ConnectorId) -> Option<proto::SecureInfo> {
         let sa = self.secure.by_wire(id.0)?;
@@ -402,6 +456,8 @@ impl Control {
             auth_failed: drops[0],
             replayed: drops[1],
             wrong_peer: drops[2],
+            peer_port: sa.port.get(),
+            nat_rebinds: sa.port.rebinds(),
             rekey,
             old_in_spi: old.map(|o| o.inb.spi()),
         })
