@@ -75,8 +75,9 @@ fn forward_template(st: &State, id: ConnectorId, to: std::net::Ipv4Addr) -> Opti
 /// The forced-encap template of a loopback wire (benchmark aid).
 fn loop_template(st: &State, id: ConnectorId) -> Option<EncapTemplate> {
     let cfg = st.config();
-    let u = cfg.uplink.as_ref().filter(|_| cfg.force_encap)?;
-    Some(EncapTemplate::new(Encap::Vwire, id, u.mac, u.mac, u.vtep, u.vtep, u.vwire_port, u.mtu))
+    let (u, encap) = (cfg.uplink.as_ref()?, cfg.force_encap?);
+    let port = if encap.tunnel() == Encap::Vxlan { u.vxlan_port } else { u.vwire_port };
+    Some(EncapTemplate::new(encap, id, u.mac, u.mac, u.vtep, u.vtep, port, u.mtu))
 }
 
 /// How a hold shows in the plan, and its queue's counter slot.
@@ -162,9 +163,9 @@ fn wire_paths(plan: &mut Plan, st: &State, id: ConnectorId) {
     match &w.peer {
         Peer::Local(b) => {
             let Some(b) = st.endpoint(b) else { return };
-            if loop_template(st, id).is_some() {
+            if let Some(t) = loop_template(st, id) {
                 let vtep = st.config().uplink.as_ref().map(|u| u.vtep).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                plan.decap.insert(decap_key(Encap::Vwire, id.0), DecapTarget::deliver(b.ix, NO_SLOT, vtep));
+                plan.decap.insert(decap_key(t.encap(), id.0), DecapTarget::deliver(b.ix, NO_SLOT, vtep));
             }
             // Just co-located: frames the arriving end (a) sent from its old
             // host still reach b; frames for it that its old host passes on
@@ -378,7 +379,7 @@ pub(crate) mod tests {
                 vwire_port: 4789,
                 vxlan_port: 4790,
             }),
-            force_encap: false,
+            force_encap: None,
             migration: Some(MigrationConfig {
                 port: 4796,
                 grace: Duration::from_millis(100),
@@ -446,6 +447,33 @@ pub(crate) mod tests {
         check(&mut plan, &mut st);
         assert_eq!(plan.ports[2], PortDecision::UNUSED);
         assert!(plan.drains.iter().all(|d| d.is_empty()));
+    }
+
+    #[test]
+    fn a_forced_encap_loopback_wire_goes_out_and_back_in_its_format() {
+        for encap in [Encap::Vwire, Encap::Vxlan, Encap::Secure, Encap::SecureVxlan] {
+            let mut st = State::new(Config { force_encap: Some(encap), ..config(1) });
+            let mut plan = compile(&st);
+            st.add_endpoint("a", endpoint(1, false, 1, 1)).unwrap();
+            st.add_endpoint("b", endpoint(2, false, 1, 1)).unwrap();
+            let slot = st.free_slot().unwrap();
+            st.connect(ConnectorId(7), "a", Peer::Local("b".into()), slot).unwrap();
+            check(&mut plan, &mut st);
+            let Role::Endpoint(EndpointAction::Encap { template, uplink, .. }) = &plan.ports[1].role else {
+                panic!("{encap:?}: a's frames are not encapsulated: {:?}", plan.ports[1].role)
+            };
+            assert_eq!((template.encap(), template.dst_ip(), *uplink), (encap, VTEP, PortIndex::UPLINK));
+            let port = if encap.tunnel() == Encap::Vxlan { 4790 } else { 4789 };
+            assert_eq!(template.dst_port(), port, "{encap:?}");
+            // Back from the uplink in the same format, to b; b's frames go
+            // straight to a.
+            let t = plan.decap.get(&decap_key(encap, 7)).expect("a decap entry in the forced format");
+            assert_eq!(t.port, PortIndex(2), "{encap:?}");
+            assert_eq!(
+                plan.ports[2].role,
+                Role::Endpoint(EndpointAction::Loopback { peer: PortIndex(1), slot, dir: 1 })
+            );
+        }
     }
 
     #[test]

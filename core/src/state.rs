@@ -133,8 +133,9 @@ pub struct Config {
     /// The uplink, if any.
     pub uplink: Option<UplinkConfig>,
     /// Benchmark aid: send the forward direction of loopback wires through
-    /// encap, the uplink (which must return what it sends) and decap.
-    pub force_encap: bool,
+    /// encap in this format, the uplink (which must return what it sends)
+    /// and decap.
+    pub force_encap: Option<Encap>,
     /// Live migration, if on.
     pub migration: Option<MigrationConfig>,
 }

@@ -14,7 +14,7 @@
 //! 4-byte salt, as `ip xfrm state ... aead 'rfc4106(gcm(aes))' KEY 128`
 //! takes it. Lines starting with `#` and blank lines are ignored.
 
-use crate::proto::SecureKeys;
+use crate::proto::{SaLifetime, SecureKeys};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -34,6 +34,7 @@ fn parse_spi(t: &str) -> Option<u32> {
 /// material.
 pub fn parse(text: &str) -> Result<SecureKeys, String> {
     let (mut out, mut inb) = (None, None);
+    let mut lifetime = None;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let line = line.trim();
@@ -41,6 +42,27 @@ pub fn parse(text: &str) -> Result<SecureKeys, String> {
             continue;
         }
         let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"lifetime") {
+            let [_, secs, packets] = f.as_slice() else {
+                return Err(format!("line {n}: expected `lifetime SECONDS|- PACKETS|-`"));
+            };
+            let num = |t: &str, what: &str| -> Result<Option<u64>, String> {
+                match t {
+                    "-" => Ok(None),
+                    _ => t
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| format!("line {n}: the lifetime's {what} must be a number or -")),
+                }
+            };
+            if lifetime.is_some() {
+                return Err(format!("line {n}: a second `lifetime` line"));
+            }
+            let l = SaLifetime { seconds: num(secs, "seconds")?, packets: num(packets, "packets")? };
+            l.check().map_err(|e| format!("line {n}: {e}"))?;
+            lifetime = Some(l);
+            continue;
+        }
         let [dir, spi, key] = f.as_slice() else {
             return Err(format!("line {n}: expected `out|in SPI KEY`, found {} fields", f.len()));
         };
@@ -63,7 +85,7 @@ pub fn parse(text: &str) -> Result<SecureKeys, String> {
             if Keymat::from_hex(&out_key).ok() == Keymat::from_hex(&in_key).ok() {
                 return Err("the `out` and `in` SAs have the same key: each direction needs its own".into());
             }
-            Ok(SecureKeys { out_spi, out_key, in_spi, in_key })
+            Ok(SecureKeys { out_spi, out_key, in_spi, in_key, lifetime })
         }
         (None, _) => Err("no `out` line (the SA this end sends with)".into()),
         (_, None) => Err("no `in` line (the SA this end receives with)".into()),
@@ -91,13 +113,31 @@ pub fn format(keys: &SecureKeys, bits: usize) -> String {
         "# VirtualWire secure wire keys (AES-{bits}-GCM, RFC 4106): one SA per direction.\n# `out` is the SA \
          this end sends with, `in` the one it receives with; the far end's file has\n# them swapped. Keep it \
          secret (mode 0600). Use it for one wire, once: generate a new pair\n# for every connect (vwctl keygen).\n\
-         out {:#010x} {}\nin {:#010x} {}\n",
-        keys.out_spi, keys.out_key, keys.in_spi, keys.in_key
+         out {:#010x} {}\nin {:#010x} {}\n{}",
+        keys.out_spi,
+        keys.out_key,
+        keys.in_spi,
+        keys.in_key,
+        match keys.lifetime {
+            None => String::new(),
+            Some(l) => {
+                let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+                format!(
+                    "# The wire rekeys itself after SECONDS or PACKETS (both ends' files say the same):\nlifetime {} \
+                     {}\n",
+                    n(l.seconds),
+                    n(l.packets)
+                )
+            }
+        }
     )
 }
 
 /// Fresh keys for both ends of a wire: (this end's, the far end's).
-pub fn generate(bits: usize) -> Result<(SecureKeys, SecureKeys), String> {
+pub fn generate(bits: usize, lifetime: Option<SaLifetime>) -> Result<(SecureKeys, SecureKeys), String> {
+    if let Some(l) = &lifetime {
+        l.check()?;
+    }
     let k1 = Keymat::generate(bits).map_err(|e| e.to_string())?;
     let k2 = Keymat::generate(bits).map_err(|e| e.to_string())?;
     let mut spis = [0u32; 2];
@@ -110,8 +150,8 @@ pub fn generate(bits: usize) -> Result<(SecureKeys, SecureKeys), String> {
     if spis[0] == spis[1] {
         spis[1] = spis[0].wrapping_add(1).max(MIN_SPI);
     }
-    let here = SecureKeys { out_spi: spis[0], out_key: k1.to_hex(), in_spi: spis[1], in_key: k2.to_hex() };
-    let there = SecureKeys { out_spi: spis[1], out_key: k2.to_hex(), in_spi: spis[0], in_key: k1.to_hex() };
+    let here = SecureKeys { out_spi: spis[0], out_key: k1.to_hex(), in_spi: spis[1], in_key: k2.to_hex(), lifetime };
+    let there = SecureKeys { out_spi: spis[1], out_key: k2.to_hex(), in_spi: spis[0], in_key: k1.to_hex(), lifetime };
     Ok((here, there))
 }
 
@@ -133,15 +173,15 @@ mod tests {
 
     #[test]
     fn a_generated_pair_is_mirrored_and_reads_back() {
-        let (a, b) = generate(128).unwrap();
+        let (a, b) = generate(128, None).unwrap();
         assert_eq!((a.out_spi, a.in_spi), (b.in_spi, b.out_spi));
         assert_eq!((&a.out_key, &a.in_key), (&b.in_key, &b.out_key));
         assert_ne!(a.out_key, a.in_key);
         assert!(a.out_spi >= MIN_SPI && a.in_spi >= MIN_SPI && a.out_spi != a.in_spi);
         assert_eq!(parse(&format(&a, 128)).unwrap(), a);
-        let (c, _) = generate(256).unwrap();
+        let (c, _) = generate(256, None).unwrap();
         assert_eq!(c.out_key.len(), 2 + 72);
-        assert!(generate(100).is_err());
+        assert!(generate(100, None).is_err());
     }
 
     #[test]
@@ -170,12 +210,38 @@ mod tests {
     }
 
     #[test]
+    fn a_lifetime_line_is_written_to_both_files_and_read_back() {
+        let l = SaLifetime { seconds: Some(3600), packets: None };
+        let (a, b) = generate(128, Some(l)).unwrap();
+        let text = format(&a, 128);
+        assert!(text.contains("\nlifetime 3600 -\n"), "{text}");
+        assert_eq!(parse(&text).unwrap(), a);
+        assert_eq!(parse(&format(&b, 128)).unwrap().lifetime, Some(l));
+        let both = SaLifetime { seconds: Some(60), packets: Some(1 << 30) };
+        assert_eq!(parse(&format(&generate(256, Some(both)).unwrap().0, 256)).unwrap().lifetime, Some(both));
+        assert!(generate(128, Some(SaLifetime { seconds: Some(5), packets: None }))
+            .unwrap_err()
+            .contains("10 seconds"));
+        let k = "0x0123456789abcdef0123456789abcdef01020304";
+        let k2 = "0x1123456789abcdef0123456789abcdef01020304";
+        for (line, want) in [
+            ("lifetime 3600", "expected `lifetime SECONDS|- PACKETS|-`"),
+            ("lifetime - -", "needs seconds, packets or both"),
+            ("lifetime x -", "seconds must be a number"),
+            ("lifetime - 100", "at least 10000 packets"),
+        ] {
+            let e = parse(&format!("out 0x1001 {k}\nin 4098 {k2}\n{line}\n")).unwrap_err();
+            assert!(e.contains(want) && e.contains("line 3"), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn a_key_file_others_can_read_is_refused() {
         let dir = std::env::temp_dir().join(format!("vw-keyfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("k");
         let _ = std::fs::remove_file(&path);
-        let (a, _) = generate(128).unwrap();
+        let (a, _) = generate(128, None).unwrap();
         write_new(&path, &format(&a, 128)).unwrap();
         assert_eq!(read(&path).unwrap(), a);
         assert!(write_new(&path, "x").unwrap_err().contains("cannot create"), "never over a file");

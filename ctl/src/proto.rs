@@ -56,6 +56,46 @@ pub struct SecureKeys {
     pub in_spi: u32,
     /// Its key and salt.
     pub in_key: String,
+    /// When the wire rekeys itself (both ends' key files say the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<SaLifetime>,
+}
+
+/// A secure wire's SA lifetime: once its outbound SA has sent for this
+/// long or this many packets, the wire rekeys itself to the next
+/// generation of its keys (derived from the current ones at both ends;
+/// see docs/security.md, "SA lifetimes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaLifetime {
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// Packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+}
+
+impl SaLifetime {
+    /// The shortest lifetime in seconds a key file may set.
+    pub const MIN_SECONDS: u64 = 10;
+    /// The fewest packets.
+    pub const MIN_PACKETS: u64 = 10_000;
+
+    /// Refuses limits too small to rekey by (each generation waits for the
+    /// far end's switch and a 2-second grace before the next).
+    pub fn check(&self) -> Result<(), String> {
+        match (self.seconds, self.packets) {
+            (None, None) => Err("a lifetime needs seconds, packets or both".into()),
+            (Some(s), _) if s < Self::MIN_SECONDS => {
+                Err(format!("an SA lifetime is at least {} seconds", Self::MIN_SECONDS))
+            }
+            (_, Some(p)) if p < Self::MIN_PACKETS => {
+                Err(format!("an SA lifetime is at least {} packets", Self::MIN_PACKETS))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Debug for SecureKeys {
@@ -96,6 +136,12 @@ pub struct SecureInfo {
     /// How many times that port changed (the far end's NAT mapped it anew).
     #[serde(default)]
     pub nat_rebinds: u64,
+    /// The SA lifetime, if the keys set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<SaLifetime>,
+    /// Rekeys this wire made by itself at its lifetime since the fabric started.
+    #[serde(default)]
+    pub generations: u64,
     /// A rekey under way: the new keys' SPIs, until the outbound SA switched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekey: Option<RekeyInfo>,
@@ -120,8 +166,13 @@ pub struct RekeyInfo {
     pub out_spi: u32,
     /// The new inbound SA's SPI (already receiving).
     pub in_spi: u32,
-    /// The outbound SA switches in this long at the latest, ms.
+    /// The outbound SA switches in this long at the latest, ms (0 for an
+    /// automatic rekey: it switches at the lifetime).
     pub switch_in_ms: u64,
+    /// The next generation of the keys, installed ahead for the SA
+    /// lifetime (not a `vwctl rekey`).
+    #[serde(default)]
+    pub automatic: bool,
 }
 
 /// How an endpoint's device is created.

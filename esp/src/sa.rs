@@ -115,6 +115,39 @@ impl Keymat {
         ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The next generation of this SA, for a wire that rekeys itself when
+    /// its SA lifetime is reached: key material of the same length and a
+    /// new SPI (256 or more), both from HKDF-SHA256 (RFC 5869) with this
+    /// material as input key and the current SPI as context. Both ends of
+    /// a direction derive the same SA; the old material cannot be found
+    /// from the new (HKDF is one-way), the new can from the old.
+    pub fn next_generation(&self, spi: u32) -> (Keymat, u32) {
+        struct Len(usize);
+        impl ring::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let mut out = [0u8; 40];
+        let n = self.len + 4;
+        let info = [b"VirtualWire SA generation v1\0".as_slice(), &spi.to_be_bytes()];
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"VirtualWire").extract(&self.bytes[..self.len]);
+        // 24 or 40 bytes: far below HKDF-SHA256's 8160-byte limit.
+        if let Ok(okm) = prk.expand(&info, Len(n)) {
+            let _ = okm.fill(&mut out[..n]);
+        }
+        let mut next = Keymat { bytes: [0; 36], len: self.len };
+        next.bytes[..self.len].copy_from_slice(&out[..self.len]);
+        let raw = u32::from_be_bytes([out[self.len], out[self.len + 1], out[self.len + 2], out[self.len + 3]]);
+        out.fill(0);
+        // RFC 4303 §2.1: 0 is invalid and 1-255 reserved; never the same SPI.
+        let mut spi_next = if raw < 256 { raw + 256 } else { raw };
+        if spi_next == spi {
+            spi_next = spi_next.wrapping_add(1).max(256);
+        }
+        (next, spi_next)
+    }
+
     /// The material as hexadecimal with a leading `0x`, as `ip xfrm` and
     /// [`Keymat::from_hex`] take it. For key files only: never log it.
     pub fn to_hex(&self) -> String {
@@ -519,6 +552,30 @@ mod tests {
         let n = out.seal(&mut buf, payload.len(), 17).unwrap();
         buf.truncate(n);
         buf
+    }
+
+    #[test]
+    fn the_next_generation_is_the_same_at_both_ends_and_new_each_time() {
+        for bits in [128, 256] {
+            let k = keys(bits);
+            let (a, spi_a) = k.next_generation(0x1001);
+            // The far end holds the same material (its inbound SA): it
+            // derives the same SA.
+            let (b, spi_b) = keys(bits).next_generation(0x1001);
+            assert_eq!((a.to_hex(), spi_a), (b.to_hex(), spi_b));
+            assert_eq!(a.bits(), bits);
+            assert_ne!(a, k);
+            assert!(spi_a >= 256 && spi_a != 0x1001);
+            // The next one differs again; another SPI gives another SA.
+            let (c, spi_c) = a.next_generation(spi_a);
+            assert!(c != a && c != k && spi_c != spi_a);
+            assert_ne!(k.next_generation(0x1002).0, a);
+            // What one generation seals, the next does not open.
+            let mut out = Outbound::new(spi_a, &a);
+            let mut pkt = sealed(&mut out, b"generation");
+            assert!(Inbound::new(spi_a, &a).open(&mut pkt.clone()).is_ok());
+            assert_eq!(Inbound::new(spi_a, &c).open(&mut pkt).map(|_| ()), Err(OpenError::AuthFailed));
+        }
     }
 
     #[test]

@@ -112,8 +112,9 @@ pub struct Settings {
     /// Neighbours configured by the operator (never probed).
     pub static_neighbours: Vec<(Ipv4Addr, MacAddr)>,
     /// Benchmark aid: send the forward direction of loopback wires through
-    /// encap, the uplink (which must return what it sends) and decap.
-    pub force_encap: bool,
+    /// encap in this format, the uplink (which must return what it sends)
+    /// and decap.
+    pub force_encap: Option<vw_wire::Encap>,
     /// Live migration, if a key was given.
     pub migration: Option<MigrationSettings>,
     /// The endpoint directory on etcd, with `--directory`.
@@ -396,6 +397,8 @@ pub struct Control {
     /// NAT keepalives: when the next round is due, each secure wire's
     /// packets sent at the last round, and how many keepalives went out.
     keepalive: secure::Keepalive,
+    /// Secure wires whose keys carry an SA lifetime.
+    lifetimes: BTreeMap<ConnectorId, secure::Lifetime>,
 }
 
 impl Control {
@@ -468,6 +471,7 @@ impl Control {
             rekey_due: BTreeMap::new(),
             rekey_linger: BTreeMap::new(),
             keepalive: secure::Keepalive::default(),
+            lifetimes: BTreeMap::new(),
             incoming: BTreeMap::new(),
             hold_expired: 0,
             rates: vec![hold::WireRate::default(); settings_max_wires],
@@ -631,7 +635,7 @@ impl Control {
                             self.connect_secure(ConnectorId(*wire), endpoint, peer, *e, k)
                         }
                         _ if *incoming => self.connect_incoming(ConnectorId(*wire), endpoint, peer, *encap),
-                        _ => self.connect(ConnectorId(*wire), endpoint, peer, *encap),
+                        _ => self.connect_or_loop_sa(ConnectorId(*wire), endpoint, peer, *encap),
                     }
                 });
                 if r.is_ok() {

@@ -177,9 +177,12 @@ struct Args {
     /// Benchmarking aid: the forward direction of every loopback wire (first
     /// endpoint to second) is encapsulated onto the uplink and decapsulated
     /// when it comes back. Needs an uplink that returns what it sends (e.g.
-    /// `net_ring0`). The reverse direction stays loopback.
-    #[arg(long)]
-    force_encap: bool,
+    /// `net_ring0`). The reverse direction stays loopback. FORMAT is vwire
+    /// (the default), vxlan, secure or secure-vxlan: a secure format seals
+    /// and opens with a loop SA of a random key that only this process
+    /// holds.
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "vwire")]
+    force_encap: Option<vw_wire::Encap>,
     /// Take part in live migration: a file holding the key (hex, e.g.
     /// `openssl rand -hex 32`) that authenticates location updates between
     /// fabrics. Every fabric that moves endpoints needs the same key. Without
@@ -554,7 +557,7 @@ fn run(args: Args, stop: Arc<AtomicBool>) -> Result<(), StartError> {
             )));
         }
     }
-    if args.force_encap && uplink.is_none() {
+    if args.force_encap.is_some() && uplink.is_none() {
         return Err(StartError::Config("--force-encap needs an --uplink (one that returns what it sends)".into()));
     }
     // librte_vhost calls this when a VM's device goes away, on its own

@@ -893,6 +893,7 @@ mod tests {
             out_key: "0x0123456789abcdef0123456789abcdef01020304".into(),
             in_spi: 0x2002,
             in_key: "0x1123456789abcdef0123456789abcdef01020304".into(),
+            lifetime: None,
         };
         let secure = SavedSecure { keys, out_floor: 1 << 22, in_floor: 77, next: None };
         let w = SavedWire { secure: Some(secure.clone()), ..wire(7, "vm1", "10.0.0.2", 0) };

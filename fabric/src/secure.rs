@@ -169,6 +169,27 @@ impl SecureSa {
 }
 
 impl SecureSa {
+    /// The SA of a loopback wire under `--force-encap secure[-vxlan]`
+    /// (benchmark aid): this fabric seals the wire's forward direction and
+    /// opens it again when the uplink returns it, so one SA is both the
+    /// outbound and the inbound one: SPI `spi`, a random 128-bit key that
+    /// never leaves the process, from and to our own VTEP. Its sequence
+    /// numbers need no saved floor (the key dies with the process), so its
+    /// limit is the end of the sequence space.
+    pub fn loop_bench(wire: u32, vtep: Ipv4Addr, spi: u32) -> Result<SecureSa, String> {
+        let key = Keymat::generate(128).map_err(|e| format!("a loop SA's key: {e}"))?;
+        Ok(SecureSa {
+            wire,
+            peer: vtep,
+            port: Arc::new(PeerPort::new()),
+            out: SharedOutbound::new(spi, &key, 1, MAX_FLOOR),
+            inb: OpenKey::new(spi, &key),
+            window: SharedWindow::starting_at(0),
+            bits: key.bits() as u32,
+            drops: Default::default(),
+        })
+    }
+
     /// The same SAs, following the far end's port with `other` (the wire's
     /// current SAs, for the SAs of its rekey).
     pub fn sharing_port_of(self, other: &SecureSa) -> SecureSa {
@@ -300,6 +321,7 @@ mod tests {
             out_key: "0x0123456789abcdef0123456789abcdef01020304".into(),
             in_spi,
             in_key: "0x1123456789abcdef0123456789abcdef01020304".into(),
+            lifetime: None,
         }
     }
 

@@ -214,7 +214,7 @@ fn the_socket_group_manages_wires_and_reaches_nothing_else() {
     // A secure wire's keys are root's to give: a member's own key file is
     // refused, and nothing is connected.
     let mine = env.dir.join("member.keys");
-    let (here, _) = vw_ctl::keyfile::generate(128).unwrap();
+    let (here, _) = vw_ctl::keyfile::generate(128, None).unwrap();
     vw_ctl::keyfile::write_new(&mine, &vw_ctl::keyfile::format(&here, 128)).unwrap();
     std::os::unix::fs::chown(&mine, Some(member.uid), Some(member.gid)).unwrap();
     let key_arg = mine.to_str().unwrap();

@@ -108,6 +108,17 @@ enum Command {
         /// AES key length.
         #[arg(long, default_value_t = 128, value_parser = parse_bits)]
         bits: usize,
+        /// SA lifetime in seconds (at least 10): after it, the wire rekeys
+        /// itself to the next generation of its keys, which both ends
+        /// derive (HKDF) from the current ones. Written into both files;
+        /// without --lifetime or --lifetime-packets the keys live until
+        /// `vwctl rekey`. A Linux far end cannot follow (keep it off).
+        #[arg(long, value_name = "SECONDS")]
+        lifetime: Option<u64>,
+        /// SA lifetime in packets sent (at least 10000), alone or with
+        /// --lifetime (whichever comes first).
+        #[arg(long, value_name = "PACKETS")]
+        lifetime_packets: Option<u64>,
     },
     /// (root) Give secure wire WIRE new keys, under traffic, losing no frame.
     ///
@@ -224,7 +235,11 @@ fn main() -> ExitCode {
         }
         Command::Endpoint(EndpointCmd::Del { name }) => Request::EndpointDel { name: name.clone() },
         Command::Endpoint(EndpointCmd::List) => Request::EndpointList,
-        Command::Keygen { file, peer_file, bits } => return keygen(file, peer_file, *bits),
+        Command::Keygen { file, peer_file, bits, lifetime, lifetime_packets } => {
+            let l = (lifetime.is_some() || lifetime_packets.is_some())
+                .then_some(vw_ctl::proto::SaLifetime { seconds: *lifetime, packets: *lifetime_packets });
+            return keygen(file, peer_file, *bits, l);
+        }
         Command::Connect { args, encap, incoming, key_file } => {
             let keys = match key_file {
                 Some(f) => match vw_ctl::keyfile::read(f) {
@@ -519,9 +534,14 @@ fn parse_bits(s: &str) -> Result<usize, String> {
 }
 
 /// `vwctl keygen`: two mirrored key files, written before anything is said.
-fn keygen(file: &std::path::Path, peer_file: &std::path::Path, bits: usize) -> ExitCode {
+fn keygen(
+    file: &std::path::Path,
+    peer_file: &std::path::Path,
+    bits: usize,
+    lifetime: Option<vw_ctl::proto::SaLifetime>,
+) -> ExitCode {
     use vw_ctl::keyfile;
-    let (here, there) = match keyfile::generate(bits) {
+    let (here, there) = match keyfile::generate(bits, lifetime) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("vwctl: {e}");

@@ -14,6 +14,12 @@ use vw_core::policy::Role;
 use vw_ctl::proto::{self, EncapName, ErrorCode, SecureKeys};
 use vw_wire::ConnectorId;
 
+/// The lifetime of a wire's SAs: (duration, packets).
+fn next_limit(next: &SecureKeys) -> (Option<Duration>, Option<u64>) {
+    let l = next.lifetime.unwrap_or_default();
+    (l.seconds.map(Duration::from_secs), l.packets)
+}
+
 fn invalid(m: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::InvalidArgument, m)
 }
@@ -22,6 +28,10 @@ fn invalid(m: impl Into<String>) -> Refusal {
 /// with the new keys: for packets it sealed with the old ones just before,
 /// still on their way or in a queue.
 const REKEY_LINGER: Duration = Duration::from_secs(2);
+
+/// How long a wire's next generation is installed before its lifetime may
+/// switch to it (the far end installs it about when this end did).
+const LIFETIME_SETTLE: Duration = Duration::from_secs(1);
 
 /// The range `rekey --switch-in` may take, ms.
 const REKEY_SWITCH_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
@@ -35,6 +45,33 @@ pub(super) struct Keepalive {
     sent: HashMap<u32, u64>,
     /// Keepalives sent.
     pub(super) count: u64,
+}
+
+/// A secure wire whose keys carry an SA lifetime: its next generation of
+/// keys is installed ahead as a rekey (its inbound SA opens at once), and
+/// its outbound SA switches to it at the lifetime, or when the far end
+/// sends with it first.
+#[derive(Debug)]
+pub(super) struct Lifetime {
+    /// When the current outbound SA began.
+    since: Instant,
+    /// The next generation's keys, while they are the pending rekey.
+    next: Option<SecureKeys>,
+    /// When they were installed.
+    installed: Instant,
+    /// Rekeys at the lifetime since the fabric started.
+    generations: u64,
+    /// The next inbound SPI collided with another wire's (logged once).
+    stuck: bool,
+}
+
+/// The next generation of `keys`: each direction's SA derived from its
+/// current one (`Keymat::next_generation`), the lifetime kept.
+fn next_generation(keys: &SecureKeys) -> Result<SecureKeys, String> {
+    let out = vw_esp::Keymat::from_hex(&keys.out_key).map_err(|e| e.to_string())?;
+    let inb = vw_esp::Keymat::from_hex(&keys.in_key).map_err(|e| e.to_string())?;
+    let ((out, out_spi), (inb, in_spi)) = (out.next_generation(keys.out_spi), inb.next_generation(keys.in_spi));
+    Ok(SecureKeys { out_spi, out_key: out.to_hex(), in_spi, in_key: inb.to_hex(), lifetime: keys.lifetime })
 }
 
 impl Default for Keepalive {
@@ -118,6 +155,38 @@ impl Control {
         let r = self.connect(id, endpoint, peer, Some(encap));
         if r.is_err() {
             (self.secure, self.secure_saved) = before;
+            return r;
+        }
+        self.lifetime_prepare(id);
+        Ok(self.wire_info(id))
+    }
+
+    /// Connects wire `id`; under `--force-encap secure[-vxlan]` (benchmark
+    /// aid) a loopback wire also gets its loop SA first
+    /// ([`SecureSa::loop_bench`], SPI 0xb0000000 plus the low 28 bits of
+    /// the wire id), dropped again if the connect is refused.
+    pub(super) fn connect_or_loop_sa(
+        &mut self,
+        id: ConnectorId,
+        endpoint: &str,
+        peer: &str,
+        encap: Option<EncapName>,
+    ) -> Result<proto::WireInfo, Refusal> {
+        let forced = self.settings.force_encap.filter(|e| e.is_secure());
+        let vtep = self.uplink.as_ref().map(|u| u.net.vtep);
+        let (Some(_), Some(vtep), true) = (forced, vtep, self.state.endpoint(peer).is_some()) else {
+            return self.connect(id, endpoint, peer, encap);
+        };
+        let spi = 0xb000_0000 | (id.0 & 0x0fff_ffff);
+        if let Some(other) = self.secure.by_spi(spi) {
+            return Err(invalid(format!("loop SA SPI {spi:#010x} is wire {}'s already", other.wire)));
+        }
+        let sa = SecureSa::loop_bench(id.0, vtep, spi).map_err(invalid)?;
+        let before = self.secure.clone();
+        self.secure = Arc::new(self.secure.with(Arc::new(sa)));
+        let r = self.connect(id, endpoint, peer, encap);
+        if r.is_err() {
+            self.secure = before;
         }
         r
     }
@@ -208,6 +277,10 @@ impl Control {
             return Err(r);
         }
         self.rekey_install(id, sa, switch_in_ms)?;
+        // A next generation waiting for the lifetime gives way.
+        if let Some(l) = self.lifetimes.get_mut(&id) {
+            l.next = None;
+        }
         crate::log(&format!(
             "wire {id}: rekey: inbound SPI {:#010x} installed; sending with SPI {:#010x} once the far end's new keys \
              arrive, within {} s",
@@ -245,6 +318,31 @@ impl Control {
         for (id, heard) in due {
             self.rekey_switch(id, heard);
         }
+        let auto: Vec<(ConnectorId, SecureKeys, bool)> = self
+            .lifetimes
+            .iter()
+            .filter_map(|(id, l)| {
+                let next = l.next.as_ref()?;
+                let limit = next_limit(next);
+                let (cur, pending) = (self.secure.by_wire(id.0)?, self.secure.pending(id.0)?);
+                let heard = pending.window.top() > 0;
+                // The far end installs the same generation when its own
+                // old SA goes, about when ours did: give it a moment.
+                let settled = now >= l.installed + LIFETIME_SETTLE;
+                let expired = settled
+                    && (limit.0.is_some_and(|s| now >= l.since + s) || limit.1.is_some_and(|p| cur.out.sent() >= p));
+                (heard || expired).then(|| (*id, next.clone(), heard))
+            })
+            .collect();
+        for (id, next, heard) in auto {
+            let why = if heard { "the far end's next generation arrived" } else { "its lifetime was reached" };
+            if self.switch_to(id, next, heard, why) {
+                if let Some(l) = self.lifetimes.get_mut(&id) {
+                    l.next = None;
+                    l.generations += 1;
+                }
+            }
+        }
         let mut retire = Vec::new();
         for (id, since) in self.rekey_linger.iter_mut() {
             match (*since, self.secure.by_wire(id.0)) {
@@ -262,14 +360,70 @@ impl Control {
             if self.apply(st).is_ok() {
                 crate::log(&format!("wire {id}: rekey done: the old inbound SPI {old:#010x} is removed"));
             }
+            self.lifetime_prepare(id);
+        }
+    }
+
+    /// Installs the next generation of wire `id`'s keys as its pending
+    /// rekey, if its keys carry a lifetime and no rekey or old SA is there
+    /// (each generation waits for the far end to have switched to the
+    /// last one, so the two ends are never more than one apart).
+    fn lifetime_prepare(&mut self, id: ConnectorId) {
+        let Some(keys) = self.secure_saved.get(&id).map(|s| s.keys.clone()) else { return };
+        if keys.lifetime.is_none() {
+            self.lifetimes.remove(&id);
+            return;
+        }
+        let l = self.lifetimes.entry(id).or_insert_with(|| Lifetime {
+            since: Instant::now(),
+            next: None,
+            installed: Instant::now(),
+            generations: 0,
+            stuck: false,
+        });
+        let Some(cur) = self.secure.by_wire(id.0).cloned() else { return };
+        if l.next.is_some() || self.secure.pending(id.0).is_some() || self.secure.old(id.0).is_some() {
+            return;
+        }
+        let sa = next_generation(&keys).and_then(|next| {
+            if let Some(other) = self.secure.by_spi(next.in_spi) {
+                return Err(format!(
+                    "its next inbound SPI {:#010x} is wire {}'s already; it cannot rekey itself: give it new keys \
+                     with `vwctl rekey` at both ends",
+                    next.in_spi, other.wire
+                ));
+            }
+            let sa = SecureSa::new(id.0, cur.peer, &next, 0, 0)?.sharing_port_of(&cur);
+            Ok((sa, next))
+        });
+        match sa {
+            Ok((sa, next)) => {
+                self.secure = Arc::new(self.secure.with_pending(Arc::new(sa)));
+                let in_spi = next.in_spi;
+                if let Some(l) = self.lifetimes.get_mut(&id) {
+                    l.next = Some(next);
+                    l.installed = Instant::now();
+                    l.stuck = false;
+                }
+                let st = self.state.clone();
+                if self.apply(st).is_ok() {
+                    crate::log(&format!(
+                        "wire {id}: SA lifetime: the next generation's inbound SPI {in_spi:#010x} is installed"
+                    ));
+                }
+            }
+            Err(e) if !l.stuck => {
+                l.stuck = true;
+                crate::log(&format!("wire {id}: SA lifetime: {e}"));
+            }
+            Err(_) => {}
         }
     }
 
     /// Wire `id`'s outbound SA switches to the rekey's keys, once they are
     /// saved as the wire's keys (a failure to save is tried again next tick).
     fn rekey_switch(&mut self, id: ConnectorId, heard: bool) {
-        let (Some(saved), Some(pending)) = (self.secure_saved.get(&id).cloned(), self.secure.pending(id.0).cloned())
-        else {
+        let Some(saved) = self.secure_saved.get(&id).filter(|_| self.secure.pending(id.0).is_some()) else {
             self.rekey_due.remove(&id);
             return;
         };
@@ -277,43 +431,60 @@ impl Control {
             self.rekey_due.remove(&id);
             return;
         };
+        let why = if heard {
+            "the far end's new keys arrived".to_owned()
+        } else {
+            format!("nothing came with the far end's new keys within {} s", next.switch_in_ms / 1000)
+        };
+        if self.switch_to(id, next.keys, heard, &why) {
+            self.rekey_due.remove(&id);
+        }
+    }
+
+    /// Wire `id`'s outbound SA switches to its pending SAs, whose keys are
+    /// `keys`, once those are saved as the wire's keys (false if they could
+    /// not be: tried again next tick).
+    fn switch_to(&mut self, id: ConnectorId, keys: SecureKeys, heard: bool, why: &str) -> bool {
+        let (Some(saved), Some(pending)) = (self.secure_saved.get(&id).cloned(), self.secure.pending(id.0).cloned())
+        else {
+            return false;
+        };
         // Its limit is its floor, as at connect: saved before any use.
-        let switched =
-            SavedSecure { keys: next.keys, out_floor: pending.out.limit(), in_floor: pending.window.top(), next: None };
+        let switched = SavedSecure { keys, out_floor: pending.out.limit(), in_floor: pending.window.top(), next: None };
         self.secure_saved.insert(id, switched);
         let st = self.state.clone();
         if let Err(r) = self.record(&st, &[super::Touched::Wire(id)]) {
             self.secure_saved.insert(id, saved);
             crate::log(&format!("wire {id}: rekey: {}; it goes on sending with the old keys", r.message));
-            return;
+            return false;
         }
         let old_in = self.secure.by_wire(id.0).map(|c| c.inb.spi()).unwrap_or_default();
         self.secure = Arc::new(self.secure.switched(id.0));
-        self.rekey_due.remove(&id);
         self.rekey_linger.insert(id, heard.then(Instant::now));
+        if let Some(l) = self.lifetimes.get_mut(&id) {
+            l.since = Instant::now();
+        }
         let st = self.state.clone();
         if self.apply(st).is_ok() {
-            let why = if heard {
-                "the far end's new keys arrived".to_owned()
-            } else {
-                format!("nothing came with the far end's new keys within {} s", next.switch_in_ms / 1000)
-            };
             crate::log(&format!(
                 "wire {id}: rekeyed: sending with SPI {:#010x} ({why}); the old inbound SPI {old_in:#010x} stays \
                  until the far end sends with the new keys",
                 pending.out.key().spi()
             ));
         }
+        true
     }
 
     /// Drops wire `id`'s SAs (it is being disconnected); returns them, to
     /// put back with [`Control::secure_put_back`] if the disconnect fails.
     pub(super) fn secure_forget(&mut self, id: ConnectorId) -> Option<(Arc<SecureSa>, SavedSecure)> {
+        // (A loop SA of --force-encap has nothing saved.)
+        let sa = self.secure.by_wire(id.0)?.clone();
+        self.secure = Arc::new(self.secure.without(id.0));
+        self.lifetimes.remove(&id);
         let saved = self.secure_saved.remove(&id)?;
         self.rekey_due.remove(&id);
         self.rekey_linger.remove(&id);
-        let sa = self.secure.by_wire(id.0)?.clone();
-        self.secure = Arc::new(self.secure.without(id.0));
         Some((sa, saved))
     }
 
@@ -341,6 +512,8 @@ impl Control {
             let sa =
                 SecureSa::new(id.0, vtep, &r.keys, 0, 0).map_err(|e| format!("its rekey's {e}"))?.sharing_port_of(&sa);
             self.rekey_install(id, sa, r.switch_in_ms).map_err(|r| r.message)?;
+        } else {
+            self.lifetime_prepare(id);
         }
         Ok(())
     }
@@ -438,7 +611,10 @@ impl Control {
             }
             d
         });
+        let lifetime = self.lifetimes.get(&id);
+        let automatic = lifetime.is_some_and(|l| l.next.is_some());
         let rekey = pending.map(|p| proto::RekeyInfo {
+            automatic,
             out_spi: p.out.key().spi(),
             in_spi: p.inb.spi(),
             switch_in_ms: self
@@ -458,6 +634,8 @@ impl Control {
             wrong_peer: drops[2],
             peer_port: sa.port.get(),
             nat_rebinds: sa.port.rebinds(),
+            lifetime: self.secure_saved.get(&id).and_then(|s| s.keys.lifetime),
+            generations: lifetime.map_or(0, |l| l.generations),
             rekey,
             old_in_spi: old.map(|o| o.inb.spi()),
         })

@@ -150,6 +150,8 @@ enum Switch {
     FabricLoopback,
     /// The fabric, forced encap+decap through a net_ring uplink.
     FabricEncap,
+    /// The same, as a secure wire: sealed (ESP, AES-128-GCM) and opened.
+    FabricSecure,
     /// testpmd io net_null (RX) -> net_null (TX).
     TestpmdNull,
     /// The fabric: net_null endpoint -> encap -> net_null uplink.
@@ -167,6 +169,7 @@ impl Switch {
             Switch::FabricLoopback => "vhost loopback: fabric loopback wire",
             Switch::TestpmdVhostRing => "vhost encap+decap: testpmd io via net_ring (baseline)",
             Switch::FabricEncap => "vhost encap+decap: fabric encap -> net_ring -> decap",
+            Switch::FabricSecure => "vhost encap+decap: fabric secure (AES-128-GCM) seal -> net_ring -> open",
             Switch::TestpmdNull => "null encap: testpmd io net_null -> net_null (baseline)",
             Switch::FabricNullEncap => "null encap: fabric classify+encap",
             Switch::TestpmdPcap => "null decap: testpmd io net_pcap -> net_null (baseline)",
@@ -175,21 +178,41 @@ impl Switch {
     }
 
     fn fabric(self) -> bool {
-        matches!(self, Switch::FabricLoopback | Switch::FabricEncap | Switch::FabricNullEncap | Switch::FabricNullDecap)
+        matches!(
+            self,
+            Switch::FabricLoopback
+                | Switch::FabricEncap
+                | Switch::FabricSecure
+                | Switch::FabricNullEncap
+                | Switch::FabricNullDecap
+        )
     }
 
     fn vhost(self) -> bool {
-        matches!(self, Switch::TestpmdVhost | Switch::TestpmdVhostRing | Switch::FabricLoopback | Switch::FabricEncap)
+        matches!(
+            self,
+            Switch::TestpmdVhost
+                | Switch::TestpmdVhostRing
+                | Switch::FabricLoopback
+                | Switch::FabricEncap
+                | Switch::FabricSecure
+        )
     }
 }
 
-/// Pairs of (baseline, fabric) in the order they are run.
-const PAIRS: [(Switch, Switch); 4] = [
-    (Switch::TestpmdVhost, Switch::FabricLoopback),
-    (Switch::TestpmdVhostRing, Switch::FabricEncap),
-    (Switch::TestpmdNull, Switch::FabricNullEncap),
-    (Switch::TestpmdPcap, Switch::FabricNullDecap),
+/// Each baseline with the fabric runs compared with it, in the order they
+/// are run (the first fabric of a group is the one of the latency rows).
+const GROUPS: [(Switch, &[Switch]); 4] = [
+    (Switch::TestpmdVhost, &[Switch::FabricLoopback]),
+    (Switch::TestpmdVhostRing, &[Switch::FabricEncap, Switch::FabricSecure]),
+    (Switch::TestpmdNull, &[Switch::FabricNullEncap]),
+    (Switch::TestpmdPcap, &[Switch::FabricNullDecap]),
 ];
+
+/// A group's switches: the baseline, then its fabrics.
+fn group(base: Switch, fabs: &[Switch]) -> impl Iterator<Item = Switch> + '_ {
+    std::iter::once(base).chain(fabs.iter().copied())
+}
 
 /// A running switch and how to read its forwarding counter.
 struct Running {
@@ -321,16 +344,9 @@ impl Bench {
             cmd = Command::new(self.bin.join("vwfabric"));
             cmd.arg("--socket").arg(&sock).args(extra);
             match sw {
-                Switch::FabricEncap => {
-                    cmd.args([
-                        "--uplink",
-                        "net_ring0",
-                        "--vtep",
-                        "10.0.0.1/24",
-                        "--underlay-mtu",
-                        "2000",
-                        "--force-encap",
-                    ]);
+                Switch::FabricEncap | Switch::FabricSecure => {
+                    cmd.args(["--uplink", "net_ring0", "--vtep", "10.0.0.1/24", "--underlay-mtu", "2000"]);
+                    cmd.args(["--force-encap", if sw == Switch::FabricSecure { "secure" } else { "vwire" }]);
                 }
                 Switch::FabricNullEncap => {
                     cmd.args(["--uplink", "net_null1,no-rx=1", "--vtep", "10.0.0.1/24", "--underlay-mtu", "2000"]);
@@ -404,7 +420,7 @@ impl Bench {
         if let (Some(s), None) = (r.socket.clone(), reuse) {
             let setup = || -> Res<()> {
                 match sw {
-                    Switch::FabricLoopback | Switch::FabricEncap => {
+                    Switch::FabricLoopback | Switch::FabricEncap | Switch::FabricSecure => {
                         self.vwctl(&s, &["endpoint", "add", "a", "--vhost-user", &a.display().to_string()])?;
                         self.vwctl(&s, &["endpoint", "add", "b", "--vhost-user", &b.display().to_string()])?;
                         self.vwctl(&s, &["connect", "1", "a", "b"])?;
@@ -550,6 +566,19 @@ impl Bench {
                 })
                 .map_err(|_| format!("{}: {now} mbufs in use after the run, {idle} before", sw.name()))?;
             }
+            // Every frame of the secure run was sealed and opened: nothing
+            // failed to verify, was refused as a replay or ran out of SA.
+            if sw == Switch::FabricSecure {
+                let st = self.stats(s)?;
+                let bad: u64 = ["auth_failed", "replayed", "sa_expired", "unknown_spi", "secure_inner"]
+                    .iter()
+                    .map(|d| st["drops"][*d].as_u64().unwrap_or(0))
+                    .sum();
+                let sealed = st["wires"][0]["secure"]["sent_seq"].as_u64().unwrap_or(0);
+                if bad != 0 || sealed == 0 {
+                    return Err(format!("{}: {sealed} frames sealed, {bad} refused: {}", sw.name(), st["drops"]));
+                }
+            }
         }
         let log = r.log.clone();
         r.finish()?;
@@ -623,11 +652,11 @@ fn table(runs: &[Run], args: &Args, command: &str) -> String {
             .collect();
         (!r.is_empty()).then(|| median(&mut r))
     };
-    for (base, fab) in PAIRS {
+    for (base, fabs) in GROUPS {
         for &size in &args.sizes {
-            for sw in [base, fab] {
+            for sw in group(base, fabs) {
                 let Some((pps, bps, all)) = med(sw.name(), size) else { continue };
-                let ratio = match (paired(base.name(), fab.name(), size), sw == base) {
+                let ratio = match (paired(base.name(), sw.name(), size), sw == base) {
                     (_, true) => "1 (baseline)".to_string(),
                     (Some(r), false) => format!("{r:.2}"),
                     _ => "-".into(),
@@ -657,9 +686,9 @@ fn table(runs: &[Run], args: &Args, command: &str) -> String {
                 .collect();
             median(&mut v)
         };
-        for (base, fab) in PAIRS.iter().take(2) {
+        for (base, fabs) in GROUPS.iter().take(2) {
             let bp99 = p(base.name(), |l| l.p99_ns);
-            for sw in [base, fab] {
+            for sw in [base, &fabs[0]] {
                 if !names.iter().any(|n| n == sw.name()) {
                     continue;
                 }
@@ -713,8 +742,8 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     for run in 1..=args.runs {
         for &size in &args.sizes {
-            for (base, fab) in PAIRS {
-                for sw in [base, fab] {
+            for (base, fabs) in GROUPS {
+                for sw in group(base, fabs) {
                     if !wanted(sw) {
                         continue;
                     }
@@ -742,7 +771,8 @@ fn main() -> ExitCode {
     }
     // Latency at half the baseline's 64-byte maximum rate, same rate for both.
     if args.only.is_empty() || args.only.iter().any(|o| o == "latency") {
-        for (base, fab) in PAIRS.iter().take(2) {
+        for (base, fabs) in GROUPS.iter().take(2) {
+            let fab = &fabs[0];
             // Both at the same offered rate, half of the lower of their two
             // 64-byte maximums, so neither runs above half its capacity and
             // the comparison measures switching, not queueing.
