@@ -19,7 +19,8 @@
 //!   key used here and a connect with one of them is refused.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU16, AtomicU64};
 use std::sync::Arc;
 use vw_ctl::proto::SecureKeys;
 use vw_esp::{Keymat, OpenKey, SharedOutbound, SharedWindow};
@@ -67,32 +68,32 @@ pub struct SecureSa {
 /// another port of the same address.
 #[derive(Debug)]
 pub struct PeerPort {
-    port: std::sync::atomic::AtomicU16,
+    port: AtomicU16,
     rebinds: AtomicU64,
 }
 
 impl PeerPort {
     /// Port 4500, no rebind yet.
     pub fn new() -> PeerPort {
-        PeerPort { port: std::sync::atomic::AtomicU16::new(vw_wire::encap::secure::PORT), rebinds: AtomicU64::new(0) }
+        PeerPort { port: AtomicU16::new(vw_wire::encap::secure::PORT), rebinds: AtomicU64::new(0) }
     }
 
     /// The port to send to and expect packets from.
     #[inline(always)]
     pub fn get(&self) -> u16 {
-        self.port.load(std::sync::atomic::Ordering::Relaxed)
+        self.port.load(Relaxed)
     }
 
     /// A verified packet newer than any before came from `port`.
     #[cold]
     pub fn rebind(&self, port: u16) {
-        self.port.store(port, std::sync::atomic::Ordering::Relaxed);
-        self.rebinds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.port.store(port, Relaxed);
+        self.rebinds.fetch_add(1, Relaxed);
     }
 
     /// How many times the port changed.
     pub fn rebinds(&self) -> u64 {
-        self.rebinds.load(std::sync::atomic::Ordering::Relaxed)
+        self.rebinds.load(Relaxed)
     }
 }
 
@@ -117,12 +118,12 @@ impl SecureSa {
     /// Counts a dropped inbound packet of this wire.
     #[cold]
     pub fn count(&self, why: InboundDrop) {
-        self.drops[why as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.drops[why as usize].fetch_add(1, Relaxed);
     }
 
     /// The inbound drops, by [`InboundDrop`].
     pub fn drops(&self) -> [u64; 3] {
-        self.drops.each_ref().map(|d| d.load(std::sync::atomic::Ordering::Relaxed))
+        self.drops.each_ref().map(|d| d.load(Relaxed))
     }
 }
 

@@ -38,10 +38,11 @@ use vw_wire::{arp, encap::secure, encap::source_port, flow::flow_hash, icmpv4, E
 
 /// Encapsulates `m` for a secure wire and seals it in place as packet
 /// `seq` of the wire's outbound SA: the ESP trailer's room is appended, the
-/// outer headers prepended, then the datagram after the ESP header is
-/// encrypted and the ICV written.
+/// outer headers prepended (to the far end's UDP port `port`, read once
+/// per burst), then the datagram after the ESP header is encrypted and the
+/// ICV written.
 #[inline(always)]
-fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -> Result<(), FabricDrop> {
+fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, port: u16, seq: u64) -> Result<(), FabricDrop> {
     let len = m.pkt_len() as usize;
     if len > template.max_inner_len() {
         return Err(FabricDrop::EncapTooBig);
@@ -57,7 +58,7 @@ fn seal_frame(m: &mut Mbuf, template: &EncapTemplate, sa: &SecureSa, seq: u64) -
     match m.prepend(template.len()) {
         Some(hdr) => {
             template.write(hdr, len, source_port(hash));
-            EncapTemplate::set_outer_dst_port(hdr, sa.port.get());
+            EncapTemplate::set_outer_dst_port(hdr, port);
         }
         None => return Err(FabricDrop::NoHeadroom),
     }
@@ -518,6 +519,7 @@ impl Io {
             self.rx.clear();
             return;
         };
+        let port = sa.port.get();
         let (mut seq, mut granted) = sa.out.reserve(n);
         let mut counts = [0u64; FabricDrop::ALL.len()];
         let mut bytes = 0u64;
@@ -527,7 +529,7 @@ impl Io {
                 return false;
             }
             let len = m.pkt_len() as usize;
-            let r = seal_frame(m, template, sa, seq);
+            let r = seal_frame(m, template, sa, port, seq);
             seq += 1;
             granted -= 1;
             match r {
@@ -562,7 +564,7 @@ impl Io {
         if template.encap().is_secure() {
             let sealed = match snap.secure.by_wire(template.connector().0) {
                 Some(sa) => match sa.out.reserve(1) {
-                    (seq, 1) => seal_frame(&mut m, template, sa, seq),
+                    (seq, 1) => seal_frame(&mut m, template, sa, sa.port.get(), seq),
                     _ => Err(FabricDrop::SaExpired),
                 },
                 None => Err(FabricDrop::SaExpired),
